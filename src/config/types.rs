@@ -1,0 +1,271 @@
+//! The typed configuration tree. Every field has a `///` comment and a default, and unknown keys
+//! are rejected, so a typo fails at start instead of being silently ignored.
+//! `config/build-cache-proxy.toml` is the reference that documents the same tree for users.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener addresses and connection handling.
+    pub listen: ListenConfig,
+    /// The in-memory tier for small entries.
+    pub memory: MemoryConfig,
+    /// The on-disk tier.
+    pub disk: DiskConfig,
+    /// The shared S3 backend; absent means a local cache only.
+    pub s3: Option<S3Config>,
+    /// The Gradle HTTP build cache front.
+    pub gradle: GradleConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Where the daemon listens. An empty address turns that listener off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Gradle HTTP build cache listener.
+    pub gradle: String,
+    /// Admin listener: /metrics, /healthz, /readyz.
+    pub admin: String,
+    /// How long an idle keep-alive connection stays open. Must outlive Gradle's 3-minute
+    /// connection pool, or Gradle reuses connections the server already closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            gradle: "127.0.0.1:5071".into(),
+            admin: "127.0.0.1:9091".into(),
+            idle_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The memory tier: a byte-weighed cache of small entries.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Total bytes held in memory. "0" turns the memory tier off.
+    pub max_size: ByteSize,
+    /// Only entries up to this size are kept in memory.
+    pub max_entry_size: ByteSize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_size: ByteSize::mib(512),
+            max_entry_size: ByteSize::mib(1),
+        }
+    }
+}
+
+/// The disk tier.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Directory for entries; created if missing.
+    pub dir: PathBuf,
+    /// Upper bound for the bytes of all entries; least recently used entries are evicted.
+    pub max_size: ByteSize,
+    /// Entries up to this size are checksum-verified completely before the first byte is sent,
+    /// so a corrupted entry is always a clean miss. Larger entries are verified while streaming
+    /// and a mismatch cuts the response off before its last bytes.
+    pub verify_before_serve: ByteSize,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            dir: PathBuf::from("./data"),
+            max_size: ByteSize::gib(20),
+            verify_before_serve: ByteSize::mib(128),
+        }
+    }
+}
+
+/// The shared S3 backend.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket that holds every node's entries.
+    pub bucket: String,
+    /// Key prefix inside the bucket ("" for none; a '/' is added when missing).
+    pub prefix: String,
+    /// Region; empty takes it from the AWS environment (AWS_REGION, profile).
+    pub region: String,
+    /// Endpoint URL for S3-compatible stores; empty for AWS.
+    pub endpoint: String,
+    /// Path-style addressing (bucket in the path), needed by most S3-compatible stores.
+    pub force_path_style: bool,
+    /// TCP connect timeout to S3.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a read-through waits for S3's response headers before the miss is answered as
+    /// a miss. Keep it well under the clients' own timeouts (GitLab's helper waits 30s).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Attempts per S3 request, the first included.
+    pub max_attempts: u32,
+    /// Consecutive S3 failures that open the circuit breaker: while open, misses skip S3.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one request probes S3 again.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// Write-back uploads running at once.
+    pub upload_concurrency: usize,
+    /// Entries waiting for upload before new writes are refused (nothing is dropped silently).
+    pub queue_max_entries: usize,
+    /// Longest wait between retries of a failing upload.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// Bodies above this size are uploaded in multipart parts of this size.
+    pub multipart_part_size: ByteSize,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: String::new(),
+            endpoint: String::new(),
+            force_path_style: false,
+            connect_timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            upload_concurrency: 4,
+            queue_max_entries: 100_000,
+            retry_max_backoff: Duration::from_secs(60),
+            multipart_part_size: ByteSize::mib(16),
+        }
+    }
+}
+
+/// What an access level allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Nothing.
+    None,
+    /// GET and HEAD.
+    Read,
+    /// GET, HEAD and PUT.
+    Readwrite,
+}
+
+/// What happens to a PUT larger than `gradle.max_entry_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Oversize {
+    /// Answer 2xx and store nothing: Gradle keeps its remote cache on.
+    Drop,
+    /// Answer 413: Gradle then disables the remote cache for the rest of the build.
+    Reject,
+}
+
+/// When a write is acknowledged relative to the S3 upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePolicy {
+    /// Acknowledge once the local write is durable; upload from a persistent queue.
+    Back,
+    /// Acknowledge only after S3 has the object.
+    Through,
+}
+
+/// The Gradle HTTP build cache front.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GradleConfig {
+    /// Largest entry stored; larger PUTs are handled as `oversize` says.
+    pub max_entry_size: ByteSize,
+    /// "drop" (2xx, nothing stored) or "reject" (413).
+    pub oversize: Oversize,
+    /// Access without credentials: "readwrite", "read" or "none".
+    pub anonymous: Access,
+    /// Write policy towards S3: "back" or "through".
+    pub write: WritePolicy,
+    /// HTTP Basic users.
+    pub users: Vec<GradleUser>,
+}
+
+impl Default for GradleConfig {
+    fn default() -> Self {
+        GradleConfig {
+            max_entry_size: ByteSize::mib(100),
+            oversize: Oversize::Drop,
+            anonymous: Access::Readwrite,
+            write: WritePolicy::Back,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One HTTP Basic user of the Gradle front.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradleUser {
+    /// User name.
+    pub name: String,
+    /// Password; prefer `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// File holding the password (a mounted Kubernetes Secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// "read" or "readwrite".
+    pub access: Access,
+}
+
+impl std::fmt::Debug for GradleUser {
+    // Never print a password, not even in a debug dump of the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradleUser")
+            .field("name", &self.name)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "human" or "json".
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "build_cache_proxy=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}

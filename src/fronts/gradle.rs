@@ -1,0 +1,305 @@
+//! The Gradle HTTP build cache front: `GET`/`HEAD`/`PUT /cache/{key}`.
+//!
+//! Gradle disables its remote cache for the whole build on any non-2xx answer (PROTOCOLS.md), so
+//! this front answers non-2xx only where the user must act: bad credentials (401), a read-only
+//! user writing (403), and `oversize = "reject"` (413). A store failure on read is a miss (404);
+//! a store failure on write is an accepted-and-dropped write (2xx, counted), because a missing
+//! cache entry costs one task's rebuild while a disabled cache costs the whole build's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::auth::{BasicAuth, Identity};
+use crate::config::{Access, GradleConfig, Oversize};
+use crate::metrics::Metrics;
+use crate::server::access::Outcome;
+use crate::server::body::{self, ResponseBody};
+use crate::server::Front;
+use crate::store::{Key, Store, StoreError, Tier};
+
+const CACHE_PREFIX: &str = "/cache/";
+const ARTIFACT_TYPE: &str = "application/vnd.gradle.build-cache-artifact.v1";
+const DROPPED_HEADER: &str = "x-build-cache-proxy-dropped";
+
+pub struct GradleFront<S> {
+    store: Arc<S>,
+    auth: BasicAuth,
+    max_entry_size: u64,
+    oversize: Oversize,
+    stall_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: Store> GradleFront<S> {
+    pub fn new(
+        store: Arc<S>,
+        config: &GradleConfig,
+        stall_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        GradleFront {
+            store,
+            auth: BasicAuth::new(&config.users, config.anonymous),
+            max_entry_size: config.max_entry_size.as_u64(),
+            oversize: config.oversize,
+            stall_timeout,
+            metrics,
+        }
+    }
+
+    async fn get(&self, key: &Key, head_only: bool) -> Response<ResponseBody> {
+        if head_only {
+            return match self.store.head(key).await {
+                Ok(Some(meta)) => {
+                    let mut response = respond(StatusCode::OK, "hit", body::empty());
+                    set_length(response.headers_mut(), meta.len);
+                    response
+                }
+                Ok(None) => respond(StatusCode::NOT_FOUND, "miss", body::empty()),
+                Err(e) => self.read_failed(key, e),
+            };
+        }
+        match self.store.get(key).await {
+            Ok(Some(object)) => {
+                let mut response = respond(StatusCode::OK, "hit", body::stream(object.body));
+                set_length(response.headers_mut(), object.meta.len);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(ARTIFACT_TYPE),
+                );
+                with_tier(response, object.tier)
+            }
+            Ok(None) => respond(StatusCode::NOT_FOUND, "miss", body::empty()),
+            Err(e) => self.read_failed(key, e),
+        }
+    }
+
+    fn read_failed(&self, key: &Key, error: StoreError) -> Response<ResponseBody> {
+        tracing::warn!(key = %key, %error, "store failed on read; answering a miss");
+        respond(StatusCode::NOT_FOUND, "store_error", body::empty())
+    }
+
+    async fn put(&self, key: &Key, req: Request<Incoming>) -> Response<ResponseBody> {
+        let Some(len) = content_length(req.headers()) else {
+            return respond(
+                StatusCode::LENGTH_REQUIRED,
+                "no_length",
+                body::full("a PUT needs a Content-Length\n"),
+            );
+        };
+        if len > self.max_entry_size {
+            return self.oversize(req, len).await;
+        }
+        let stream = body::request_stream(req.into_body(), self.stall_timeout);
+        match self.store.put(key, len, stream).await {
+            Ok(()) => received(respond(StatusCode::OK, "stored", body::empty()), len),
+            Err(StoreError::LengthMismatch { received: got, .. }) => received(
+                respond(
+                    StatusCode::BAD_REQUEST,
+                    "short_body",
+                    body::full("body length differs from Content-Length\n"),
+                ),
+                got,
+            ),
+            Err(StoreError::BodyAborted(e)) => {
+                tracing::info!(key = %key, error = %e, "upload aborted by the client; nothing stored");
+                respond(StatusCode::BAD_REQUEST, "aborted", body::empty())
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "store failed on write; answering 2xx without storing");
+                self.metrics
+                    .dropped_puts
+                    .with_label_values(&["gradle", "store_error"])
+                    .inc();
+                dropped(
+                    respond(StatusCode::OK, "dropped", body::empty()),
+                    "store-error",
+                )
+            }
+        }
+    }
+
+    async fn oversize(&self, req: Request<Incoming>, len: u64) -> Response<ResponseBody> {
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        match self.oversize {
+            Oversize::Reject => {
+                let mut response = respond(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "oversize",
+                    body::full(format!(
+                        "entry of {len} bytes exceeds gradle.max_entry_size of {} bytes\n",
+                        self.max_entry_size
+                    )),
+                );
+                if !expects_continue {
+                    // The body is on its way and will not be read: the connection can't be reused.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+            Oversize::Drop => {
+                self.metrics
+                    .dropped_puts
+                    .with_label_values(&["gradle", "oversize"])
+                    .inc();
+                // With `Expect: 100-continue` the answer comes before the body is sent at all.
+                // Without it, the client is already sending: read it to the end and throw it
+                // away, so the client sees a completed upload and not a reset connection.
+                let drained = if expects_continue {
+                    0
+                } else {
+                    body::drain(req.into_body(), self.stall_timeout).await
+                };
+                received(
+                    dropped(
+                        respond(StatusCode::OK, "dropped", body::empty()),
+                        "oversize",
+                    ),
+                    drained,
+                )
+            }
+        }
+    }
+}
+
+impl<S: Store> Front for GradleFront<S> {
+    fn name(&self) -> &'static str {
+        "gradle"
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let Some(raw_key) = req.uri().path().strip_prefix(CACHE_PREFIX) else {
+            return respond(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                body::full("the Gradle build cache is served under /cache/\n"),
+            );
+        };
+        let needed = match *req.method() {
+            Method::GET | Method::HEAD => Access::Read,
+            Method::PUT => Access::Readwrite,
+            _ => {
+                let mut response =
+                    respond(StatusCode::METHOD_NOT_ALLOWED, "bad_method", body::empty());
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
+                return response;
+            }
+        };
+        match self.auth.identify(req.headers()) {
+            Identity::Invalid => {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["gradle", "bad_credentials"])
+                    .inc();
+                return unauthorized("unauthorized");
+            }
+            Identity::Known(access) if access < needed => {
+                let anonymous = req.headers().get(header::AUTHORIZATION).is_none();
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["gradle", "access_denied"])
+                    .inc();
+                return if anonymous {
+                    unauthorized("credentials_required")
+                } else {
+                    respond(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        body::full("this user may not write to the cache\n"),
+                    )
+                };
+            }
+            Identity::Known(_) => {}
+        }
+        let key = match Key::gradle(raw_key) {
+            Ok(key) => key,
+            Err(e) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    "bad_key",
+                    body::full(format!("invalid cache key: {e}\n")),
+                )
+            }
+        };
+        let mut response = match *req.method() {
+            Method::PUT => self.put(&key, req).await,
+            Method::HEAD => self.get(&key, true).await,
+            _ => self.get(&key, false).await,
+        };
+        if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
+            outcome.namespace = Some(key.namespace().as_str().to_string());
+        }
+        response
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    outcome: &'static str,
+    body: ResponseBody,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.extensions_mut().insert(Outcome::new(outcome));
+    response
+}
+
+fn unauthorized(outcome: &'static str) -> Response<ResponseBody> {
+    let mut response = respond(
+        StatusCode::UNAUTHORIZED,
+        outcome,
+        body::full("bad or missing credentials\n"),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"build-cache-proxy\""),
+    );
+    response
+}
+
+fn with_tier(mut response: Response<ResponseBody>, tier: Tier) -> Response<ResponseBody> {
+    if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
+        outcome.tier = Some(tier);
+    }
+    response
+}
+
+fn received(mut response: Response<ResponseBody>, bytes: u64) -> Response<ResponseBody> {
+    if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
+        outcome.received = bytes;
+    }
+    response
+}
+
+fn dropped(mut response: Response<ResponseBody>, reason: &'static str) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(DROPPED_HEADER, HeaderValue::from_static(reason));
+    response
+}
+
+fn set_length(headers: &mut HeaderMap, len: u64) {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

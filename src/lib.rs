@@ -1,0 +1,22 @@
+//! build-cache-proxy: a node-local cache daemon for CI builds.
+//!
+//! ```text
+//! listener (hyper) → front (gradle | admin) → Store → tiers: memory (moka) → disk → S3
+//! ```
+//!
+//! - [`server`] accepts connections, serves HTTP/1.1, writes one access log line per request and
+//!   drains on SIGTERM. It knows nothing of any protocol.
+//! - [`fronts`] translate a protocol into store operations and store outcomes back into that
+//!   protocol's status codes; they own authentication and protocol quirks.
+//! - [`store`] is one narrow streaming interface ([`store::Store`]) and its tiers; the
+//!   composition in [`store::tiered`] is what the fronts use.
+//! - [`config`] is the typed configuration tree; [`metrics`] defines every exported metric;
+//!   [`daemon`] wires it all together.
+
+pub mod config;
+pub mod daemon;
+pub mod fronts;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod store;

@@ -1,0 +1,26 @@
+//! Log output: human-readable or JSON lines on stderr, filtered by `log.level`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
+pub fn init(config: &LogConfig) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec),
+        _ => EnvFilter::try_new(&config.level),
+    }
+    .map_err(|e| format!("log.level: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Human => builder.with_ansi(false).try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}

@@ -1,0 +1,113 @@
+//! The `build-cache-proxy` command: `serve` and `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use build_cache_proxy::config::Config;
+use build_cache_proxy::daemon::Daemon;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "build-cache-proxy",
+    version,
+    about = "Node-local cache for CI builds: Gradle build cache and S3, backed by S3"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config it serves a local cache under ./data on 127.0.0.1.
+    Serve {
+        /// TOML config file (see config/build-cache-proxy.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file (with the environment's overrides) and say what is wrong.
+    CheckConfig {
+        /// TOML config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = build_cache_proxy::logging::init(&config.log) {
+                eprintln!("invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("build-cache-proxy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&config).await?;
+    // One line on stdout once every listener is bound: people read it, and tests wait for it.
+    let show =
+        |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());
+    println!(
+        "build-cache-proxy ready gradle={} admin={}",
+        show(daemon.gradle_addr),
+        show(daemon.admin_addr)
+    );
+    tracing::info!(gradle = %show(daemon.gradle_addr), admin = %show(daemon.admin_addr), "listening");
+    wait_for_signal().await?;
+    tracing::info!(deadline = ?config.listen.drain_timeout, "shutting down: draining in-flight requests");
+    if daemon.stop().await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain deadline passed; exiting with requests still in flight");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

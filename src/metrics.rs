@@ -1,0 +1,296 @@
+//! Every Prometheus metric the daemon exports, defined in one place.
+//!
+//! Names carry the `build_cache_proxy_` prefix and base units; labels are low-cardinality
+//! (`front`, `method`, `status`, `tier`, `result`, `op`), never a key. Label sets that are known
+//! up front are created at start so dashboards see zeros instead of gaps.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::store::disk::DiskUsage;
+use crate::store::Tier;
+
+const PREFIX: &str = "build_cache_proxy";
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub bytes_received: IntCounterVec,
+    pub bytes_sent: IntCounterVec,
+    pub lookups: IntCounterVec,
+    pub dropped_puts: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub memory_bytes: IntGauge,
+    pub memory_entries: IntGauge,
+    pub disk_bytes: IntGauge,
+    pub disk_entries: IntGauge,
+    pub disk_max_bytes: IntGauge,
+    pub disk_pinned_bytes: IntGauge,
+    pub disk_evictions: IntCounter,
+    evictions_seen: AtomicU64,
+    pub s3_requests: IntCounterVec,
+    pub s3_duration: HistogramVec,
+    pub s3_bytes_received: IntCounter,
+    pub s3_bytes_sent: IntCounter,
+    pub s3_up: IntGauge,
+    pub single_flight_waiters: IntGauge,
+    pub upload_queue_entries: IntGauge,
+    pub upload_queue_bytes: IntGauge,
+    pub upload_queue_oldest_seconds: IntGauge,
+    pub upload_failures: IntCounter,
+    pub build_info: IntGaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let duration_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0, 300.0,
+        ];
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                opts(
+                    "requests_total",
+                    "HTTP requests answered, by front, method and status.",
+                ),
+                &["front", "method", "status"],
+            )
+            .unwrap(),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Time from request to the end of the response body, by front and method.",
+                )
+                .namespace(PREFIX)
+                .buckets(duration_buckets.clone()),
+                &["front", "method"],
+            )
+            .unwrap(),
+            bytes_received: IntCounterVec::new(
+                opts(
+                    "received_bytes_total",
+                    "Request body bytes received, by front.",
+                ),
+                &["front"],
+            )
+            .unwrap(),
+            bytes_sent: IntCounterVec::new(
+                opts("sent_bytes_total", "Response body bytes sent, by front."),
+                &["front"],
+            )
+            .unwrap(),
+            lookups: IntCounterVec::new(
+                opts(
+                    "lookups_total",
+                    "Cache lookups by tier and result (hit or miss).",
+                ),
+                &["tier", "result"],
+            )
+            .unwrap(),
+            dropped_puts: IntCounterVec::new(
+                opts(
+                    "dropped_puts_total",
+                    "Writes answered 2xx but not stored, by front and reason.",
+                ),
+                &["front", "reason"],
+            )
+            .unwrap(),
+            auth_failures: IntCounterVec::new(
+                opts(
+                    "auth_failures_total",
+                    "Requests refused for credentials or access, by front and reason.",
+                ),
+                &["front", "reason"],
+            )
+            .unwrap(),
+            memory_bytes: IntGauge::with_opts(opts(
+                "memory_bytes",
+                "Bytes held by the memory tier.",
+            ))
+            .unwrap(),
+            memory_entries: IntGauge::with_opts(opts(
+                "memory_entries",
+                "Entries held by the memory tier.",
+            ))
+            .unwrap(),
+            disk_bytes: IntGauge::with_opts(opts("disk_bytes", "Bytes held by the disk tier."))
+                .unwrap(),
+            disk_entries: IntGauge::with_opts(opts(
+                "disk_entries",
+                "Entries held by the disk tier.",
+            ))
+            .unwrap(),
+            disk_max_bytes: IntGauge::with_opts(opts(
+                "disk_max_bytes",
+                "Configured bound of the disk tier.",
+            ))
+            .unwrap(),
+            disk_pinned_bytes: IntGauge::with_opts(opts(
+                "disk_pinned_bytes",
+                "Disk bytes not evictable because S3 does not have them yet.",
+            ))
+            .unwrap(),
+            disk_evictions: IntCounter::with_opts(opts(
+                "disk_evictions_total",
+                "Entries evicted from the disk tier.",
+            ))
+            .unwrap(),
+            evictions_seen: AtomicU64::new(0),
+            s3_requests: IntCounterVec::new(
+                opts(
+                    "s3_requests_total",
+                    "Requests to the S3 backend, by operation and result.",
+                ),
+                &["op", "result"],
+            )
+            .unwrap(),
+            s3_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "s3_request_duration_seconds",
+                    "S3 request latency (to response headers), by operation.",
+                )
+                .namespace(PREFIX)
+                .buckets(duration_buckets),
+                &["op"],
+            )
+            .unwrap(),
+            s3_bytes_received: IntCounter::with_opts(opts(
+                "s3_received_bytes_total",
+                "Body bytes read from S3.",
+            ))
+            .unwrap(),
+            s3_bytes_sent: IntCounter::with_opts(opts(
+                "s3_sent_bytes_total",
+                "Body bytes uploaded to S3.",
+            ))
+            .unwrap(),
+            s3_up: IntGauge::with_opts(opts(
+                "s3_up",
+                "1 while the S3 circuit breaker is closed (S3 usable), else 0.",
+            ))
+            .unwrap(),
+            single_flight_waiters: IntGauge::with_opts(opts(
+                "single_flight_waiters",
+                "Requests currently waiting on another request's S3 read of the same key.",
+            ))
+            .unwrap(),
+            upload_queue_entries: IntGauge::with_opts(opts(
+                "upload_queue_entries",
+                "Entries waiting for write-back to S3.",
+            ))
+            .unwrap(),
+            upload_queue_bytes: IntGauge::with_opts(opts(
+                "upload_queue_bytes",
+                "Bytes waiting for write-back to S3.",
+            ))
+            .unwrap(),
+            upload_queue_oldest_seconds: IntGauge::with_opts(opts(
+                "upload_queue_oldest_age_seconds",
+                "Age of the oldest entry waiting for write-back to S3.",
+            ))
+            .unwrap(),
+            upload_failures: IntCounter::with_opts(opts(
+                "upload_failures_total",
+                "Failed write-back upload attempts.",
+            ))
+            .unwrap(),
+            build_info: IntGaugeVec::new(
+                opts("build_info", "Always 1; the version as a label."),
+                &["version"],
+            )
+            .unwrap(),
+            registry,
+        };
+        m.register_all();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for tier in [Tier::Memory, Tier::Disk, Tier::S3] {
+            for result in ["hit", "miss"] {
+                m.lookups.with_label_values(&[tier.as_str(), result]);
+            }
+        }
+        for front in ["gradle", "admin"] {
+            m.bytes_received.with_label_values(&[front]);
+            m.bytes_sent.with_label_values(&[front]);
+        }
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.bytes_received.clone()),
+            Box::new(self.bytes_sent.clone()),
+            Box::new(self.lookups.clone()),
+            Box::new(self.dropped_puts.clone()),
+            Box::new(self.auth_failures.clone()),
+            Box::new(self.memory_bytes.clone()),
+            Box::new(self.memory_entries.clone()),
+            Box::new(self.disk_bytes.clone()),
+            Box::new(self.disk_entries.clone()),
+            Box::new(self.disk_max_bytes.clone()),
+            Box::new(self.disk_pinned_bytes.clone()),
+            Box::new(self.disk_evictions.clone()),
+            Box::new(self.s3_requests.clone()),
+            Box::new(self.s3_duration.clone()),
+            Box::new(self.s3_bytes_received.clone()),
+            Box::new(self.s3_bytes_sent.clone()),
+            Box::new(self.s3_up.clone()),
+            Box::new(self.single_flight_waiters.clone()),
+            Box::new(self.upload_queue_entries.clone()),
+            Box::new(self.upload_queue_bytes.clone()),
+            Box::new(self.upload_queue_oldest_seconds.clone()),
+            Box::new(self.upload_failures.clone()),
+            Box::new(self.build_info.clone()),
+        ];
+        for c in collectors {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    pub fn record_lookup(&self, tier: Tier, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.lookups
+            .with_label_values(&[tier.as_str(), result])
+            .inc();
+    }
+
+    /// Copies the tiers' own counters into the exported gauges (called at scrape time).
+    pub fn observe_tiers(&self, memory: (u64, u64), disk: DiskUsage) {
+        self.memory_bytes.set(memory.0 as i64);
+        self.memory_entries.set(memory.1 as i64);
+        self.disk_bytes.set(disk.bytes as i64);
+        self.disk_entries.set(disk.entries as i64);
+        self.disk_pinned_bytes.set(disk.pinned_bytes as i64);
+        let before = self.evictions_seen.swap(disk.evictions, Ordering::Relaxed);
+        self.disk_evictions
+            .inc_by(disk.evictions.saturating_sub(before));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

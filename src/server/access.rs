@@ -1,0 +1,190 @@
+//! One access log line and the request metrics for every request, in one place for all fronts.
+//!
+//! A front attaches an [`Outcome`] to its response; the response body is wrapped so that the
+//! line is written when the body has been sent (or abandoned), with the real byte count and
+//! duration.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use super::body::ResponseBody;
+use super::Front;
+use crate::metrics::Metrics;
+use crate::store::Tier;
+
+/// What a front did with a request, for the access log.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// A short word: "hit", "miss", "stored", "dropped", "unauthorized", ...
+    pub outcome: &'static str,
+    /// The tier that answered a hit.
+    pub tier: Option<Tier>,
+    /// The key's namespace, when the request named one.
+    pub namespace: Option<String>,
+    /// Request body bytes taken in.
+    pub received: u64,
+}
+
+impl Outcome {
+    pub fn new(outcome: &'static str) -> Self {
+        Outcome {
+            outcome,
+            ..Outcome::default()
+        }
+    }
+}
+
+pub async fn instrument<F: Front>(
+    front: &F,
+    metrics: &Arc<Metrics>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = front.handle(req).await;
+    let outcome = response
+        .extensions()
+        .get::<Outcome>()
+        .cloned()
+        .unwrap_or_default();
+    let record = Record {
+        metrics: metrics.clone(),
+        front: front.name(),
+        method: method_label(&method),
+        status: response.status().as_u16(),
+        expected: response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok()),
+        path,
+        peer,
+        outcome,
+        started,
+        sent: 0,
+        finished: false,
+    };
+    response.map(|inner| Instrumented { inner, record }.boxed_unsync())
+}
+
+/// Methods as a bounded label set.
+fn method_label(method: &hyper::Method) -> &'static str {
+    match *method {
+        hyper::Method::GET => "GET",
+        hyper::Method::HEAD => "HEAD",
+        hyper::Method::PUT => "PUT",
+        hyper::Method::POST => "POST",
+        hyper::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+struct Record {
+    metrics: Arc<Metrics>,
+    front: &'static str,
+    method: &'static str,
+    status: u16,
+    /// The declared Content-Length: hyper stops polling a body once that much was sent.
+    expected: Option<u64>,
+    path: String,
+    peer: SocketAddr,
+    outcome: Outcome,
+    started: Instant,
+    sent: u64,
+    finished: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let status = self.status.to_string();
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[self.front, self.method, &status])
+            .inc();
+        m.request_duration
+            .with_label_values(&[self.front, self.method])
+            .observe(elapsed.as_secs_f64());
+        m.bytes_sent
+            .with_label_values(&[self.front])
+            .inc_by(self.sent);
+        m.bytes_received
+            .with_label_values(&[self.front])
+            .inc_by(self.outcome.received);
+        let outcome = if self.finished {
+            self.outcome.outcome
+        } else {
+            "aborted"
+        };
+        tracing::info!(
+            target: "access",
+            front = self.front,
+            method = self.method,
+            path = %self.path,
+            status = self.status,
+            outcome,
+            tier = self.outcome.tier.map(Tier::as_str).unwrap_or("-"),
+            namespace = self.outcome.namespace.as_deref().unwrap_or("-"),
+            bytes_in = self.outcome.received,
+            bytes_out = self.sent,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            peer = %self.peer,
+        );
+    }
+}
+
+/// A response body that reports to its [`Record`] when it ends or is dropped.
+struct Instrumented {
+    inner: ResponseBody,
+    record: Record,
+}
+
+impl Drop for Instrumented {
+    fn drop(&mut self) {
+        // hyper never polls a body that is empty from the start (HEAD, 404, 204).
+        if self.inner.is_end_stream() {
+            self.record.finished = true;
+        }
+    }
+}
+
+impl Body for Instrumented {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.record.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.record.finished = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,220 @@
+//! The in-memory index of the disk tier: entry sizes, recency, pins and the space accounting.
+//! Every method runs under the tier's mutex and does only quick work (at most an unlink).
+
+use std::io;
+use std::path::Path;
+
+use lru::LruCache;
+
+use super::{entry_path, DiskTier, DiskUsage};
+use crate::store::entry_file::EntryHeader;
+use crate::store::{Key, StoreError};
+
+#[derive(Debug, Clone, Copy)]
+struct EntryInfo {
+    /// File bytes (header + body): what counts against the bound.
+    size: u64,
+    /// Not evictable: the entry has not reached the shared tier yet.
+    pinned: bool,
+}
+
+pub struct Index {
+    lru: LruCache<Key, EntryInfo>,
+    max_size: u64,
+    used: u64,
+    reserved: u64,
+    evictions: u64,
+    pinned_bytes: u64,
+    pinned_entries: u64,
+}
+
+impl Index {
+    fn new(max_size: u64) -> Index {
+        Index {
+            lru: LruCache::unbounded(),
+            max_size,
+            used: 0,
+            reserved: 0,
+            evictions: 0,
+            pinned_bytes: 0,
+            pinned_entries: 0,
+        }
+    }
+
+    pub fn usage(&self) -> DiskUsage {
+        DiskUsage {
+            bytes: self.used,
+            entries: self.lru.len() as u64,
+            evictions: self.evictions,
+            pinned_bytes: self.pinned_bytes,
+            pinned_entries: self.pinned_entries,
+        }
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.lru.contains(key)
+    }
+
+    /// Marks a read: the entry becomes the most recently used.
+    pub fn touch(&mut self, key: &Key) -> bool {
+        self.lru.get(key).is_some()
+    }
+
+    /// Makes room for `bytes` more, evicting least recently used unpinned entries.
+    pub fn reserve(&mut self, bytes: u64, dir: &Path) -> Result<(), StoreError> {
+        if bytes > self.max_size {
+            return Err(StoreError::Full { needed: bytes });
+        }
+        while self.used + self.reserved + bytes > self.max_size {
+            let victim = self
+                .lru
+                .iter()
+                .rev()
+                .find(|(_, info)| !info.pinned)
+                .map(|(key, _)| key.clone());
+            let Some(victim) = victim else {
+                return Err(StoreError::Full { needed: bytes });
+            };
+            match std::fs::remove_file(entry_path(dir, &victim)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.forget(&victim);
+            self.evictions += 1;
+        }
+        self.reserved += bytes;
+        Ok(())
+    }
+
+    pub fn release(&mut self, bytes: u64) {
+        self.reserved -= bytes;
+    }
+
+    /// Records a file renamed into place, converting its reservation into used space.
+    pub fn commit(&mut self, key: &Key, bytes: u64, pinned: bool) {
+        self.reserved -= bytes;
+        // A replaced entry that was still waiting for upload stays pinned: its successor is
+        // what the upload will read now.
+        let was_pinned = self.forget(key);
+        self.insert(key.clone(), bytes, pinned || was_pinned);
+    }
+
+    fn insert(&mut self, key: Key, size: u64, pinned: bool) {
+        self.used += size;
+        if pinned {
+            self.pinned_bytes += size;
+            self.pinned_entries += 1;
+        }
+        self.lru.put(key, EntryInfo { size, pinned });
+    }
+
+    /// Drops a key from the index; returns whether it was pinned.
+    pub fn forget(&mut self, key: &Key) -> bool {
+        match self.lru.pop(key) {
+            Some(info) => {
+                self.used -= info.size;
+                if info.pinned {
+                    self.pinned_bytes -= info.size;
+                    self.pinned_entries -= 1;
+                }
+                info.pinned
+            }
+            None => false,
+        }
+    }
+
+    pub fn set_pinned(&mut self, key: &Key, pinned: bool) -> bool {
+        let Some(info) = self.lru.peek_mut(key) else {
+            return false;
+        };
+        if info.pinned != pinned {
+            info.pinned = pinned;
+            if pinned {
+                self.pinned_bytes += info.size;
+                self.pinned_entries += 1;
+            } else {
+                self.pinned_bytes -= info.size;
+                self.pinned_entries -= 1;
+            }
+        }
+        true
+    }
+}
+
+/// Space reserved for a write in progress; released on drop unless the write commits.
+pub struct Reservation {
+    disk: Option<DiskTier>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Reserve with [`Index::reserve`] first; this only arranges the release.
+    pub fn new(disk: DiskTier, bytes: u64) -> Reservation {
+        Reservation {
+            disk: Some(disk),
+            bytes,
+        }
+    }
+
+    /// Hands the bytes over to a commit; call with the index lock held.
+    pub fn take(mut self) -> u64 {
+        self.disk = None;
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(disk) = self.disk.take() {
+            disk.lock().release(self.bytes);
+        }
+    }
+}
+
+/// Rebuilds the index from the entry files under `dir`, oldest modification first so the
+/// most recently written entries are the last to be evicted. Files that are not complete,
+/// sealed entries at their expected path are removed.
+pub fn rebuild(dir: &Path, max_size: u64) -> io::Result<Index> {
+    let mut found = Vec::new();
+    for ns_dir in std::fs::read_dir(dir)? {
+        let ns_dir = ns_dir?;
+        if !ns_dir.file_type()?.is_dir() || ns_dir.file_name() == "tmp" {
+            continue;
+        }
+        for shard in std::fs::read_dir(ns_dir.path())? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(shard.path())? {
+                let path = file?.path();
+                match check_entry_file(dir, &path) {
+                    Ok(Some(entry)) => found.push(entry),
+                    Ok(None) | Err(_) => {
+                        tracing::warn!(path = %path.display(), "removing invalid entry file");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+    }
+    found.sort_by_key(|(modified, _, _)| *modified);
+    let mut index = Index::new(max_size);
+    for (_, key, size) in found {
+        index.insert(key, size, false);
+    }
+    Ok(index)
+}
+
+fn check_entry_file(
+    dir: &Path,
+    path: &Path,
+) -> io::Result<Option<(std::time::SystemTime, Key, u64)>> {
+    let mut file = std::fs::File::open(path)?;
+    let header = EntryHeader::read_from(&mut file)?;
+    let size = file.metadata()?.len();
+    let consistent =
+        size == header.header_len + header.body_len && entry_path(dir, &header.key) == path;
+    Ok(consistent.then_some((header.modified, header.key, size)))
+}

@@ -1,0 +1,147 @@
+//! Namespaced, validated keys. A `Key` can only be built through a validating constructor, so
+//! every tier can trust that it never escapes its namespace.
+
+use std::fmt;
+
+/// Longest key accepted in any namespace (S3's own limit is 1024 bytes).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Longest Gradle key: Gradle sends 32 hex chars (MD5) today; leave room for longer hashes.
+pub const MAX_GRADLE_KEY_LEN: usize = 128;
+
+/// Why a key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key is empty")]
+    Empty,
+    #[error("key is longer than {0} bytes")]
+    TooLong(usize),
+    #[error("key must be lowercase hex")]
+    NotHex,
+    #[error("key contains a NUL or control character")]
+    ControlChar,
+    #[error("key contains an empty, '.' or '..' path segment or starts with '/'")]
+    BadSegment,
+    #[error("namespace name is not valid")]
+    BadNamespace,
+}
+
+/// A key's namespace: `gradle`, or one per S3 bucket the daemon fronts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn gradle() -> Self {
+        Namespace("gradle".into())
+    }
+
+    /// A namespace name follows S3 bucket naming: 3–63 of `[a-z0-9.-]`.
+    pub fn new(name: &str) -> Result<Self, KeyError> {
+        let ok = (3..=63).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !name.contains("..");
+        if ok {
+            Ok(Namespace(name.to_string()))
+        } else {
+            Err(KeyError::BadNamespace)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated key within a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    ns: Namespace,
+    name: String,
+}
+
+impl Key {
+    /// A Gradle cache key: lowercase hex of a sane length.
+    pub fn gradle(name: &str) -> Result<Key, KeyError> {
+        if name.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if name.len() > MAX_GRADLE_KEY_LEN {
+            return Err(KeyError::TooLong(MAX_GRADLE_KEY_LEN));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(KeyError::NotHex);
+        }
+        Ok(Key {
+            ns: Namespace::gradle(),
+            name: name.to_string(),
+        })
+    }
+
+    /// An object key (S3 style: may contain '/'), refusing anything that could be read as a
+    /// path outside the namespace.
+    pub fn object(ns: Namespace, name: &str) -> Result<Key, KeyError> {
+        if name.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if name.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong(MAX_KEY_LEN));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(KeyError::ControlChar);
+        }
+        if name.starts_with('/') || name.split('/').any(|s| s == "." || s == "..") {
+            return Err(KeyError::BadSegment);
+        }
+        Ok(Key {
+            ns,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ns.0, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradle_keys_are_lowercase_hex_of_sane_length() {
+        assert!(Key::gradle("0123456789abcdef0123456789abcdef").is_ok());
+        assert_eq!(Key::gradle(""), Err(KeyError::Empty));
+        assert_eq!(Key::gradle("../etc/passwd"), Err(KeyError::NotHex));
+        assert_eq!(Key::gradle("ab/cd"), Err(KeyError::NotHex));
+        assert_eq!(Key::gradle("ABCDEF"), Err(KeyError::NotHex));
+        assert_eq!(Key::gradle("abc\0"), Err(KeyError::NotHex));
+        assert_eq!(Key::gradle(&"a".repeat(129)), Err(KeyError::TooLong(128)));
+        assert!(Key::gradle(&"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn object_keys_never_escape_their_namespace() {
+        let ns = Namespace::new("runner-cache").unwrap();
+        assert!(Key::object(ns.clone(), "project/1/default-protected").is_ok());
+        for bad in ["/abs", "a/../b", "..", "a/./b", "nul\0", "new\nline"] {
+            assert!(Key::object(ns.clone(), bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Key::object(ns, &"k".repeat(1025)).is_err());
+        assert!(Namespace::new("Upper").is_err());
+        assert!(Namespace::new("a..b").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! The memory tier: moka, weighed in bytes, holding only small entries whole.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
+
+/// One entry held in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryEntry {
+    pub data: Bytes,
+    pub modified: SystemTime,
+    pub crc32c: u32,
+}
+
+impl MemoryEntry {
+    pub fn new(data: Bytes, modified: SystemTime) -> Self {
+        let crc32c = crc32c::crc32c(&data);
+        MemoryEntry {
+            data,
+            modified,
+            crc32c,
+        }
+    }
+
+    fn meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            len: self.data.len() as u64,
+            modified: self.modified,
+            crc32c: Some(self.crc32c),
+        }
+    }
+}
+
+/// Byte-bounded in-memory cache of entries up to `max_entry_size`.
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: moka::future::Cache<Key, Arc<MemoryEntry>>,
+    max_entry_size: u64,
+}
+
+impl MemoryTier {
+    pub fn new(max_size: u64, max_entry_size: u64) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(max_size)
+            .weigher(|key: &Key, entry: &Arc<MemoryEntry>| {
+                let weight = entry.data.len() + key.name().len() + 64;
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            .build();
+        MemoryTier {
+            cache,
+            max_entry_size: if max_size == 0 { 0 } else { max_entry_size },
+        }
+    }
+
+    /// Whether an entry of this size belongs in memory at all.
+    pub fn accepts(&self, len: u64) -> bool {
+        len <= self.max_entry_size && self.max_entry_size > 0
+    }
+
+    pub async fn lookup(&self, key: &Key) -> Option<Arc<MemoryEntry>> {
+        self.cache.get(key).await
+    }
+
+    pub async fn insert(&self, key: Key, entry: MemoryEntry) {
+        if self.accepts(entry.data.len() as u64) {
+            self.cache.insert(key, Arc::new(entry)).await;
+        }
+    }
+
+    pub async fn remove(&self, key: &Key) -> bool {
+        self.cache.remove(key).await.is_some()
+    }
+
+    /// Bytes and entries currently held (approximate until moka's pending tasks run).
+    pub fn usage(&self) -> (u64, u64) {
+        (self.cache.weighted_size(), self.cache.entry_count())
+    }
+
+    /// Runs moka's deferred maintenance, so usage and evictions are current.
+    pub async fn sync(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+impl Store for MemoryTier {
+    async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
+        Ok(self.lookup(key).await.map(|entry| Object {
+            meta: entry.meta(),
+            body: bytes_stream(entry.data.clone()),
+            tier: Tier::Memory,
+        }))
+    }
+
+    async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
+        Ok(self.lookup(key).await.map(|entry| entry.meta()))
+    }
+
+    async fn put(&self, key: &Key, len: u64, mut body: ByteStream) -> Result<(), StoreError> {
+        if !self.accepts(len) {
+            return Err(StoreError::Full { needed: len });
+        }
+        let mut buf = BytesMut::with_capacity(len as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StoreError::BodyAborted)?;
+            if buf.len() as u64 + chunk.len() as u64 > len {
+                return Err(StoreError::LengthMismatch {
+                    declared: len,
+                    received: buf.len() as u64 + chunk.len() as u64,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.len() as u64 != len {
+            return Err(StoreError::LengthMismatch {
+                declared: len,
+                received: buf.len() as u64,
+            });
+        }
+        self.insert(
+            key.clone(),
+            MemoryEntry::new(buf.freeze(), SystemTime::now()),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        Ok(self.remove(key).await)
+    }
+}

@@ -1,0 +1,124 @@
+//! The storage interface and its tiers.
+//!
+//! Every tier implements [`Store`]: get / head / put / delete on a namespaced [`Key`], bodies as
+//! byte streams with a declared length. The memory tier ([`memory`]), the disk tier ([`disk`])
+//! and the S3 tier ([`s3`]) each stand alone; [`tiered::TieredStore`] composes them and is what
+//! the fronts talk to.
+//!
+//! A put consumes a stream that must yield exactly the declared number of bytes. A stream that
+//! ends early, fails, or is dropped half way is an aborted write: nothing becomes visible.
+
+pub mod disk;
+pub mod entry_file;
+pub mod key;
+pub mod memory;
+pub mod tiered;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use key::{Key, KeyError, Namespace};
+
+/// A body: a stream of chunks. An `Err` item aborts whatever consumes it.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Disk,
+    S3,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+            Tier::S3 => "s3",
+        }
+    }
+}
+
+/// What is known about a stored entry without reading its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Body length in bytes.
+    pub len: u64,
+    /// When the entry was written.
+    pub modified: SystemTime,
+    /// CRC32C of the body, when the tier knows it.
+    pub crc32c: Option<u32>,
+}
+
+/// An entry being read: its metadata and its body.
+pub struct Object {
+    pub meta: ObjectMeta,
+    pub body: ByteStream,
+    pub tier: Tier,
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object")
+            .field("meta", &self.meta)
+            .field("tier", &self.tier)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a store operation failed. Fronts map each variant to their protocol's status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The body stream ended before the declared length, or had more bytes than declared.
+    #[error("body length mismatch: declared {declared} bytes, received {received}")]
+    LengthMismatch { declared: u64, received: u64 },
+    /// The body stream failed (client disconnected, upstream error).
+    #[error("body aborted: {0}")]
+    BodyAborted(io::Error),
+    /// The entry cannot fit: every evictable byte is already gone.
+    #[error("not enough space for {needed} bytes")]
+    Full { needed: u64 },
+    /// Local filesystem failure.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// The remote tier failed or is unavailable.
+    #[error("remote store: {0}")]
+    Remote(String),
+    /// The write-back queue is full; the write was refused rather than dropped later.
+    #[error("upload queue is full")]
+    QueueFull,
+}
+
+/// The one storage interface every tier and composition implements.
+pub trait Store: Send + Sync + 'static {
+    /// Reads an entry; `Ok(None)` is a miss.
+    fn get(&self, key: &Key) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
+
+    /// Metadata only; `Ok(None)` is a miss.
+    fn head(
+        &self,
+        key: &Key,
+    ) -> impl Future<Output = Result<Option<ObjectMeta>, StoreError>> + Send;
+
+    /// Stores exactly `len` bytes from `body`. Visible to readers only once complete.
+    fn put(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes an entry; `Ok(false)` if there was none.
+    fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// A stream over one in-memory buffer.
+pub fn bytes_stream(data: Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::once(async move { Ok(data) }))
+}
