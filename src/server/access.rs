@@ -122,7 +122,8 @@ impl Drop for Record {
         m.bytes_received
             .with_label_values(&[self.front])
             .inc_by(self.outcome.received);
-        let outcome = if self.finished {
+        let complete = self.finished || self.expected.is_some_and(|len| self.sent >= len);
+        let outcome = if complete {
             self.outcome.outcome
         } else {
             "aborted"
