@@ -1,0 +1,215 @@
+//! Test harness: runs the real `build-cache-proxy` binary on 127.0.0.1:0 with its data under a
+//! temp dir, and waits for the "ready" line it prints once every listener is bound.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running daemon process; killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub gradle: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+}
+
+/// How to start a daemon: the config file text plus environment overrides.
+pub struct DaemonSpec {
+    pub config: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl DaemonSpec {
+    pub fn new(config: &str) -> Self {
+        DaemonSpec {
+            config: config.to_string(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon whose data lives in `work` (`work/data`), with `config` as its file.
+    pub fn start(work: &Path, config: &str) -> Daemon {
+        Self::start_spec(work, DaemonSpec::new(config))
+    }
+
+    pub fn start_spec(work: &Path, spec: DaemonSpec) -> Daemon {
+        std::fs::create_dir_all(work).unwrap();
+        let config_path = work.join("config.toml");
+        std::fs::write(&config_path, &spec.config).unwrap();
+        let data_dir = work.join("data");
+        let log_path = work.join(format!("daemon-{}.log", unique()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_build-cache-proxy"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("BUILD_CACHE_PROXY_LISTEN_GRADLE", "127.0.0.1:0")
+            .env("BUILD_CACHE_PROXY_LISTEN_ADMIN", "127.0.0.1:0")
+            .env("BUILD_CACHE_PROXY_DISK_DIR", &data_dir)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start build-cache-proxy");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the daemon never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "daemon did not become ready; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        let addr = |name: &str| -> SocketAddr {
+            let prefix = format!("{name}=");
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&prefix))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} address in ready line {line:?}"))
+        };
+        Daemon {
+            gradle: addr("gradle"),
+            admin: addr("admin"),
+            child,
+            data_dir,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://127.0.0.1:port/cache/` — the URL Gradle is configured with.
+    pub fn cache_url(&self) -> String {
+        format!("http://{}/cache/", self.gradle)
+    }
+
+    pub fn entry_url(&self, key: &str) -> String {
+        format!("http://{}/cache/{key}", self.gradle)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The daemon's peak resident set size (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/pid/status");
+        kib * 1024
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(self.pid(), "TERM");
+        let status = wait_with_deadline(&mut self.child, Duration::from_secs(60));
+        std::mem::forget(self);
+        status
+    }
+
+    /// SIGKILL: no chance to clean up, as after a node crash or OOM kill.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+fn wait_with_deadline(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < deadline, "daemon did not exit within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Reads one sample from a Prometheus text exposition, e.g.
+/// `metric_value(&text, "build_cache_proxy_lookups_total{result=\"hit\",tier=\"disk\"}")`.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Fetches /metrics from the daemon's admin listener.
+pub async fn metrics(daemon: &Daemon) -> String {
+    reqwest::get(daemon.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits (polling, with a deadline) until `check` holds.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
