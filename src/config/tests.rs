@@ -1,1 +1,188 @@
+use std::time::Duration;
 
+use super::*;
+
+const REFERENCE: &str = include_str!("../../config/build-cache-proxy.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_with_env("test", text, Vec::new())
+}
+
+fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_toml_with_env("test", text, vars)
+}
+
+fn as_toml(config: &Config) -> String {
+    toml::to_string(config).unwrap()
+}
+
+#[test]
+fn reference_file_parses_and_shows_the_defaults() {
+    let config = parse(REFERENCE).expect("reference config parses");
+    assert_eq!(as_toml(&config), as_toml(&Config::default()));
+}
+
+#[test]
+fn reference_file_commented_examples_are_valid() {
+    // Uncomment every commented key and table: the examples must be valid config too.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "from-file\n").unwrap();
+    let uncommented: String = REFERENCE
+        .lines()
+        .map(|line| {
+            let looks_like_setting = line.starts_with("#[")
+                || line
+                    .strip_prefix('#')
+                    .and_then(|rest| rest.split_once(" = "))
+                    .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+            if looks_like_setting {
+                line[1..].replace(
+                    "/etc/build-cache-proxy/secrets/ci-password",
+                    secret.to_str().unwrap(),
+                )
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config =
+        parse(&uncommented.replace("bucket = \"my-build-cache\"", "bucket = \"b\"")).unwrap();
+    let s3 = config.s3.expect("[s3] example uncommented");
+    assert_eq!(s3.bucket, "b");
+    assert_eq!(config.gradle.users.len(), 2);
+    assert_eq!(
+        config.gradle.users[0].password.as_deref(),
+        Some("from-file")
+    );
+}
+
+#[test]
+fn empty_config_is_the_embedded_default() {
+    let config = parse("").unwrap();
+    assert_eq!(config.listen.gradle, "127.0.0.1:5071");
+    assert_eq!(config.listen.admin, "127.0.0.1:9091");
+    assert_eq!(config.disk.dir, std::path::PathBuf::from("./data"));
+    assert_eq!(config.gradle.anonymous, Access::Readwrite);
+    assert!(config.s3.is_none());
+}
+
+#[test]
+fn idle_timeout_outlives_gradles_connection_pool() {
+    assert!(Config::default().listen.idle_timeout > Duration::from_secs(180));
+}
+
+#[test]
+fn human_sizes_and_durations() {
+    let config = parse("[disk]\nmax_size = \"50GiB\"\n[memory]\nmax_size = \"64MiB\"\nmax_entry_size = 4096\n[listen]\nidle_timeout = \"4m 30s\"").unwrap();
+    assert_eq!(config.disk.max_size.as_u64(), 50 << 30);
+    assert_eq!(config.memory.max_size.as_u64(), 64 << 20);
+    assert_eq!(config.memory.max_entry_size.as_u64(), 4096);
+    assert_eq!(config.listen.idle_timeout, Duration::from_secs(270));
+}
+
+#[test]
+fn unknown_keys_are_rejected_by_name() {
+    let err = parse("[disk]\nmax_sizee = \"1GiB\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_sizee"), "{err}");
+    let err = parse("[disks]\nmax_size = \"1GiB\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("disks"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let err = parse("[disk]\nmax_size = \"lots\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("disk.max_size:"), "{err}");
+    let err = parse("[gradle]\noversize = \"ignore\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("gradle.oversize:"), "{err}");
+    let err = parse("[listen]\ngradle = \"localhost\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("listen.gradle:"), "{err}");
+    let err = parse("[memory]\nmax_size = \"1MiB\"\nmax_entry_size = \"2MiB\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("memory.max_entry_size:"), "{err}");
+    let err = parse("[[gradle.users]]\nname = \"a\"\naccess = \"read\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("gradle.users[0].password:"), "{err}");
+    let err = parse("[s3]\nprefix = \"x\"").unwrap_err().to_string();
+    assert!(err.starts_with("s3.bucket:"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let config = parse_env(
+        "[disk]\nmax_size = \"1GiB\"",
+        &[
+            ("BUILD_CACHE_PROXY_DISK_MAX_SIZE", "50GiB"),
+            ("BUILD_CACHE_PROXY_LISTEN_GRADLE", "0.0.0.0:5071"),
+            ("BUILD_CACHE_PROXY_GRADLE_OVERSIZE", "reject"),
+            ("BUILD_CACHE_PROXY_S3_BUCKET", "shared"),
+            ("BUILD_CACHE_PROXY_S3_PREFIX", "2024"),
+            ("BUILD_CACHE_PROXY_S3_MAX_ATTEMPTS", "5"),
+            ("BUILD_CACHE_PROXY_S3_FORCE_PATH_STYLE", "true"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.disk.max_size.as_u64(), 50 << 30);
+    assert_eq!(config.listen.gradle, "0.0.0.0:5071");
+    assert_eq!(config.gradle.oversize, Oversize::Reject);
+    let s3 = config.s3.unwrap();
+    assert_eq!(s3.bucket, "shared");
+    assert_eq!(s3.prefix, "2024");
+    assert_eq!(s3.max_attempts, 5);
+    assert!(s3.force_path_style);
+}
+
+#[test]
+fn bad_environment_overrides_name_the_variable() {
+    let err = parse_env("", &[("BUILD_CACHE_PROXY_DISK_MAX_SIZ", "1GiB")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("BUILD_CACHE_PROXY_DISK_MAX_SIZ:"), "{err}");
+    let err = parse_env("", &[("BUILD_CACHE_PROXY_S3_MAX_ATTEMPTS", "many")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("BUILD_CACHE_PROXY_S3_MAX_ATTEMPTS:"),
+        "{err}"
+    );
+    let err = parse_env("", &[("BUILD_CACHE_PROXY_DISK_MAX_SIZE", "huge")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("disk.max_size"), "{err}");
+}
+
+#[test]
+fn secrets_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "hunter2\n").unwrap();
+    let text = format!(
+        "[[gradle.users]]\nname = \"ci\"\npassword_file = {:?}\naccess = \"readwrite\"",
+        file.to_str().unwrap()
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.gradle.users[0].password.as_deref(), Some("hunter2"));
+    assert!(
+        !format!("{config:?}").contains("hunter2"),
+        "secrets must not appear in debug output"
+    );
+
+    let missing = text.replace("password\"", "nope\"");
+    let err = parse(&missing).unwrap_err().to_string();
+    assert!(err.starts_with("gradle.users[0].password_file:"), "{err}");
+}

@@ -1,1 +1,304 @@
+use std::io::{Seek, SeekFrom, Write};
 
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+
+use super::*;
+use crate::store::{Key, Store};
+
+fn settings(dir: &Path, max_size: u64) -> DiskSettings {
+    DiskSettings {
+        dir: dir.to_path_buf(),
+        max_size,
+        verify_before_serve: 1024 * 1024,
+    }
+}
+
+fn key(n: u32) -> Key {
+    Key::gradle(&format!("{n:032x}")).unwrap()
+}
+
+fn body(data: &[u8]) -> ByteStream {
+    let chunks: Vec<io::Result<Bytes>> = data
+        .chunks(7000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(stream::iter(chunks))
+}
+
+async fn read_all(disk: &DiskTier, key: &Key) -> Option<io::Result<Vec<u8>>> {
+    let object = disk.get(key).await.unwrap()?;
+    let mut out = Vec::new();
+    let mut body = object.body;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => out.extend_from_slice(&c),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(out))
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Flips one byte of a stored entry's body on disk.
+fn corrupt(disk: &DiskTier, key: &Key, at: u64) {
+    let path = disk.path_for(key);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let header = EntryHeader::read_from(&mut file).unwrap();
+    file.seek(SeekFrom::Start(header.header_len + at)).unwrap();
+    file.write_all(&[0xff ^ pattern(at as usize + 1, 1)[at as usize]])
+        .unwrap();
+}
+
+#[tokio::test]
+async fn put_get_head_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let data = pattern(100_000, 1);
+    disk.put(&key(1), data.len() as u64, body(&data))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), data);
+    assert_eq!(disk.head(&key(1)).await.unwrap().unwrap().len, 100_000);
+    assert!(disk.get(&key(2)).await.unwrap().is_none());
+    assert!(disk.delete(&key(1)).await.unwrap());
+    assert!(disk.get(&key(1)).await.unwrap().is_none());
+    assert_eq!(disk.usage().bytes, 0);
+}
+
+#[tokio::test]
+async fn short_long_and_failed_bodies_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let data = pattern(50_000, 1);
+    let short = disk.put(&key(1), 60_000, body(&data)).await;
+    assert!(
+        matches!(short, Err(StoreError::LengthMismatch { .. })),
+        "{short:?}"
+    );
+    let long = disk.put(&key(1), 40_000, body(&data)).await;
+    assert!(
+        matches!(long, Err(StoreError::LengthMismatch { .. })),
+        "{long:?}"
+    );
+    let failing: ByteStream = Box::pin(stream::iter(vec![
+        Ok(Bytes::from(data.clone())),
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ]));
+    let failed = disk.put(&key(1), 100_000, failing).await;
+    assert!(
+        matches!(failed, Err(StoreError::BodyAborted(_))),
+        "{failed:?}"
+    );
+    // A writer dropped half way (the request future cancelled) is an aborted write too.
+    let pending: ByteStream =
+        Box::pin(stream::iter(vec![Ok(Bytes::from(data.clone()))]).chain(stream::pending()));
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        disk.put(&key(1), 100_000, pending),
+    )
+    .await;
+    assert!(cancelled.is_err());
+
+    assert!(disk.get(&key(1)).await.unwrap().is_none());
+    assert_eq!(disk.usage(), DiskUsage::default());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0,
+        "temp files left behind"
+    );
+}
+
+#[tokio::test]
+async fn eviction_keeps_the_bound_and_spares_pinned_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 1 << 20;
+    let disk = DiskTier::open(settings(dir.path(), max)).await.unwrap();
+    let data = pattern(200_000, 1);
+    disk.put_entry(&key(0), data.len() as u64, body(&data), true)
+        .await
+        .unwrap();
+    for n in 1..20 {
+        disk.put(&key(n), data.len() as u64, body(&data))
+            .await
+            .unwrap();
+        // Reading key 1 keeps it recently used.
+        assert!(read_all(&disk, &key(1)).await.is_some());
+        assert!(disk.usage().bytes <= max);
+    }
+    assert!(disk.usage().evictions > 0);
+    assert!(disk.contains(&key(0)), "a pinned entry was evicted");
+    assert!(
+        disk.contains(&key(1)),
+        "the recently read entry was evicted"
+    );
+    assert!(
+        !disk.contains(&key(2)),
+        "the least recently used entry survived"
+    );
+    let on_disk: u64 = walk_files(&dir.path().join("gradle"))
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    assert_eq!(on_disk, disk.usage().bytes);
+    // With everything else pinned, a write that can't fit is refused, not forced in.
+    let huge = pattern(2 << 20, 1);
+    assert!(matches!(
+        disk.put(&key(99), huge.len() as u64, body(&huge)).await,
+        Err(StoreError::Full { .. })
+    ));
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn restart_rebuilds_the_index_and_drops_junk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(30_000, 1);
+    {
+        let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+            .await
+            .unwrap();
+        for n in 0..5 {
+            disk.put(&key(n), data.len() as u64, body(&data))
+                .await
+                .unwrap();
+        }
+    }
+    // A leftover temp file and a truncated entry, as after a crash.
+    std::fs::write(dir.path().join("tmp").join("partial"), b"half").unwrap();
+    let victim = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap()
+        .path_for(&key(4));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap();
+    file.set_len(1000).unwrap();
+
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    assert_eq!(disk.usage().entries, 4);
+    for n in 0..4 {
+        assert_eq!(read_all(&disk, &key(n)).await.unwrap().unwrap(), data);
+    }
+    assert!(disk.get(&key(4)).await.unwrap().is_none());
+    assert!(!victim.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn corrupt_small_entry_is_a_miss_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let data = pattern(100_000, 1);
+    disk.put(&key(1), data.len() as u64, body(&data))
+        .await
+        .unwrap();
+    corrupt(&disk, &key(1), 5000);
+    assert!(disk.get(&key(1)).await.unwrap().is_none());
+    assert!(!disk.path_for(&key(1)).exists());
+    assert!(!disk.contains(&key(1)));
+}
+
+#[tokio::test]
+async fn corrupt_large_entry_is_cut_off_before_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 20 << 20))
+        .await
+        .unwrap();
+    let data = pattern(3 << 20, 1); // above verify_before_serve: verified while streaming
+    disk.put(&key(1), data.len() as u64, body(&data))
+        .await
+        .unwrap();
+    corrupt(&disk, &key(1), 2 << 20);
+    let object = disk.get(&key(1)).await.unwrap().unwrap();
+    let mut received = 0usize;
+    let mut failed = false;
+    let mut stream = object.body;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => received += c.len(),
+            Err(_) => failed = true,
+        }
+    }
+    assert!(failed, "a corrupt body must end in an error");
+    assert!(
+        received < data.len(),
+        "a corrupt body must never arrive complete"
+    );
+    // The removal runs on a blocking thread; then the entry is gone.
+    for _ in 0..100 {
+        if !disk.contains(&key(1)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(disk.get(&key(1)).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_readers_never_mix_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 64 << 20))
+        .await
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..4).map(|seed| pattern(300_000, seed)).collect();
+    let mut tasks = Vec::new();
+    for round in 0..8 {
+        let writer = disk.clone();
+        let data = bodies[round % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            writer
+                .put(&key(7), data.len() as u64, body(&data))
+                .await
+                .unwrap();
+        }));
+        let reader = disk.clone();
+        let bodies = bodies.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Some(read) = read_all(&reader, &key(7)).await {
+                let read = read.unwrap();
+                assert!(bodies.contains(&read), "a mixed or partial body was served");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(disk.usage().entries, 1);
+}
