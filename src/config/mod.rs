@@ -107,7 +107,8 @@ impl Config {
                 ));
             }
         }
-        if self.memory.max_entry_size > self.memory.max_size {
+        // max_size "0" turns the memory tier off, whatever max_entry_size says.
+        if self.memory.max_size.as_u64() > 0 && self.memory.max_entry_size > self.memory.max_size {
             return Err(ConfigError::invalid(
                 "memory.max_entry_size",
                 "must not be larger than memory.max_size",
