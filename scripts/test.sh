@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs the real clients and servers the tests
+# drive, starts SeaweedFS (the S3 backend), runs `cargo test`, and stops SeaweedFS again.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test gradle_http`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+state=$(mktemp -d /tmp/bcp-seaweedfs.XXXXXX)
+cleanup() { scripts/seaweedfs.sh stop "$state"; rm -rf "$state"; }
+trap cleanup EXIT
+
+if [ -z "${BCP_TEST_S3_ENDPOINT:-}" ]; then
+  BCP_TEST_S3_ENDPOINT=$(scripts/seaweedfs.sh start "$state")
+  export BCP_TEST_S3_ENDPOINT
+fi
+echo "S3 backend for tests: $BCP_TEST_S3_ENDPOINT" >&2
+
+cargo test "$@"
