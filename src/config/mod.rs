@@ -176,9 +176,26 @@ impl Config {
             if s3.prefix.starts_with('/') {
                 return Err(ConfigError::invalid("s3.prefix", "must not start with '/'"));
             }
-            if !s3.endpoint.is_empty()
-                && !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://"))
-            {
+            if s3.multipart_part_size.as_u64() < 5 * 1024 * 1024 {
+                return Err(ConfigError::invalid(
+                    "s3.multipart_part_size",
+                    "must be at least 5MiB (S3's smallest part)",
+                ));
+            }
+            if s3.upload_concurrency == 0 || s3.queue_max_entries == 0 {
+                return Err(ConfigError::invalid(
+                    if s3.upload_concurrency == 0 {
+                        "s3.upload_concurrency"
+                    } else {
+                        "s3.queue_max_entries"
+                    },
+                    "must be at least 1",
+                ));
+            }
+            let endpoint_ok = s3.endpoint.is_empty()
+                || s3.endpoint.starts_with("http://")
+                || s3.endpoint.starts_with("https://");
+            if !endpoint_ok {
                 return Err(ConfigError::invalid(
                     "s3.endpoint",
                     "must start with http:// or https://",
