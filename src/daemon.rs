@@ -1,19 +1,27 @@
 //! Wiring: builds the tiers and fronts from a [`Config`], binds the listeners, and runs until
 //! shutdown, then drains in-flight requests within `listen.drain_timeout`.
+//!
+//! With `[s3]`, the S3 tier goes behind memory and disk: read-through for every namespace, and
+//! the write-back queue (restored from disk, entries re-pinned, before any listener is bound) or
+//! write-through for Gradle per `gradle.write`. SIGTERM stops the uploaders and leaves the queue
+//! on disk for the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::fronts::admin::AdminFront;
+use crate::config::{Config, WritePolicy};
+use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
 use crate::metrics::Metrics;
 use crate::server::{self, ConnSettings, Shutdown};
 use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
-use crate::store::tiered::TieredStore;
+use crate::store::read_through::ReadThrough;
+use crate::store::s3::{self, S3Tier};
+use crate::store::tiered::{Remote, RemoteWrite, TieredStore};
+use crate::store::write_back::{WriteBack, WriteBackSettings};
 
 /// A started daemon: its bound addresses and the handle to stop it.
 pub struct Daemon {
@@ -44,13 +52,47 @@ impl Daemon {
         .map_err(|e| anyhow::anyhow!("disk.dir {}: {e}", config.disk.dir.display()))?;
         let usage = disk.usage();
         tracing::info!(dir = %config.disk.dir.display(), entries = usage.entries, bytes = usage.bytes, "disk tier opened");
-        let store = Arc::new(TieredStore::new(
-            memory.clone(),
-            disk.clone(),
-            metrics.clone(),
-        ));
-
         let shutdown = Shutdown::new();
+        let mut store = TieredStore::new(memory.clone(), disk.clone(), metrics.clone());
+        let mut remote_status = None;
+        if let Some(s3_config) = &config.s3 {
+            let client = s3::client::build(s3_config).await;
+            let s3 = S3Tier::new(client, s3_config, metrics.clone());
+            let read = ReadThrough::new(s3.clone(), disk.clone(), memory.clone(), metrics.clone());
+            let (write, queue) = match config.gradle.write {
+                WritePolicy::Back => {
+                    let queue = WriteBack::load(
+                        WriteBackSettings {
+                            disk_dir: config.disk.dir.clone(),
+                            max_entries: s3_config.queue_max_entries,
+                            concurrency: s3_config.upload_concurrency,
+                            max_backoff: s3_config.retry_max_backoff,
+                        },
+                        disk.clone(),
+                        s3.clone(),
+                        metrics.clone(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("write-back queue in {}: {e}", config.disk.dir.display())
+                    })?;
+                    queue.start(shutdown.subscribe());
+                    (RemoteWrite::Back(queue.clone()), Some(queue))
+                }
+                WritePolicy::Through => (RemoteWrite::Through(s3.clone()), None),
+            };
+            tracing::info!(
+                bucket = %s3_config.bucket,
+                prefix = %s3_config.prefix,
+                endpoint = %s3_config.endpoint,
+                queued = queue.as_ref().map_or(0, |q| q.len()),
+                "S3 tier configured"
+            );
+            remote_status = Some(RemoteStatus { s3, queue });
+            store = store.with_remote(Remote { read, write });
+        }
+        let store = Arc::new(store);
+
         let tasks = TaskTracker::new();
         let conn = ConnSettings {
             idle_timeout: config.listen.idle_timeout,
@@ -81,7 +123,11 @@ impl Daemon {
         }
         if let Some(listener) = bind("listen.admin", &config.listen.admin).await? {
             daemon.admin_addr = Some(listener.local_addr()?);
-            let front = Arc::new(AdminFront::new(metrics.clone(), memory, disk));
+            let mut front = AdminFront::new(metrics.clone(), memory, disk);
+            if let Some(status) = remote_status {
+                front = front.with_remote(status);
+            }
+            let front = Arc::new(front);
             tasks.spawn(server::serve(
                 listener,
                 front,

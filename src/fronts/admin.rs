@@ -1,7 +1,11 @@
 //! The admin front: `/metrics`, `/healthz`, `/readyz` and a plain-text status page.
 //!
 //! Liveness (`/healthz`) only says the process serves HTTP: a slow disk or S3 outage must not
-//! get the pod restarted. Readiness (`/readyz`) says whether this node's cache can take writes.
+//! get the pod restarted. Readiness (`/readyz`) says whether this node's cache can take writes:
+//! it fails only when the disk tier is not writable. An S3 outage does not make the node unready,
+//! because the node still serves its local hits and queues its writes, and taking every node out
+//! of the Service during an S3 outage would turn a partial outage into a complete one; `/readyz`
+//! reports the S3 state in its body (and `build_cache_proxy_s3_up` in the metrics) instead.
 
 use std::sync::Arc;
 
@@ -16,11 +20,35 @@ use crate::server::body::{self, ResponseBody};
 use crate::server::Front;
 use crate::store::disk::DiskTier;
 use crate::store::memory::MemoryTier;
+use crate::store::s3::S3Tier;
+use crate::store::write_back::WriteBack;
 
 pub struct AdminFront {
     metrics: Arc<Metrics>,
     memory: MemoryTier,
     disk: DiskTier,
+    remote: Option<RemoteStatus>,
+}
+
+/// What the admin front reports about the S3 tier.
+pub struct RemoteStatus {
+    pub s3: S3Tier,
+    /// The write-back queue, when writes go back (not through).
+    pub queue: Option<WriteBack>,
+}
+
+impl RemoteStatus {
+    fn describe(&self) -> String {
+        let state = if self.s3.breaker().is_up() {
+            "up"
+        } else {
+            "down (circuit breaker open: misses skip S3, writes queue)"
+        };
+        let queued = self.queue.as_ref().map_or(String::new(), |q| {
+            format!(", {} entries queued for upload", q.len())
+        });
+        format!("s3: {state}, bucket {}{queued}\n", self.s3.bucket())
+    }
 }
 
 impl AdminFront {
@@ -29,13 +57,29 @@ impl AdminFront {
             metrics,
             memory,
             disk,
+            remote: None,
         }
+    }
+
+    /// Reports the S3 tier on `/readyz`, the status page and in the queue-age metric.
+    pub fn with_remote(mut self, remote: RemoteStatus) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    fn remote_line(&self) -> String {
+        self.remote
+            .as_ref()
+            .map_or(String::new(), RemoteStatus::describe)
     }
 
     async fn observe(&self) {
         self.memory.sync().await;
         self.metrics
             .observe_tiers(self.memory.usage(), self.disk.usage());
+        if let Some(queue) = self.remote.as_ref().and_then(|r| r.queue.as_ref()) {
+            queue.observe();
+        }
     }
 
     /// Whether the disk tier can take a write: create, write, fsync and remove a probe file.
@@ -69,7 +113,7 @@ impl AdminFront {
             settings.dir.display(),
             disk.evictions,
             disk.pinned_bytes,
-        )
+        ) + &self.remote_line()
     }
 }
 
@@ -90,7 +134,11 @@ impl Front for AdminFront {
             }
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             "/readyz" => match self.disk_writable().await {
-                Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+                Ok(()) => (
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready\n{}", self.remote_line()),
+                ),
                 Err(why) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -12,7 +12,10 @@ pub mod disk;
 pub mod entry_file;
 pub mod key;
 pub mod memory;
+pub mod read_through;
+pub mod s3;
 pub mod tiered;
+pub mod write_back;
 
 use std::future::Future;
 use std::io;
@@ -90,6 +93,9 @@ pub enum StoreError {
     /// The remote tier failed or is unavailable.
     #[error("remote store: {0}")]
     Remote(String),
+    /// The remote tier is being skipped (its circuit breaker is open): no request was made.
+    #[error("remote store unavailable (circuit breaker open)")]
+    Unavailable,
     /// The write-back queue is full; the write was refused rather than dropped later.
     #[error("upload queue is full")]
     QueueFull,

@@ -1,7 +1,15 @@
-//! The composition the fronts talk to: memory in front of disk.
+//! The composition the fronts talk to: memory in front of disk, optionally S3 behind both.
 //!
-//! Reads go memory → disk; a small disk hit is promoted to memory. Writes go to disk (the
-//! durable local copy) and, when small, to memory once the disk write committed.
+//! Reads go memory → disk → S3; a small disk hit is promoted to memory, and an S3 hit is filled
+//! into disk (and memory, when small) while it streams ([`super::read_through`]). S3 failures
+//! on read are misses: the local tiers keep serving whatever S3 does.
+//!
+//! Writes go to disk (the durable local copy) and, when small, to memory once the disk write
+//! committed. With S3, per the write policy:
+//! - back: the entry is committed pinned and queued ([`super::write_back`]); acknowledged once
+//!   the queue marker is durable;
+//! - through: the entry is committed, uploaded from its file, and acknowledged only once S3
+//!   has it. If the upload fails the write fails (the local copy stays, as a cache entry).
 
 use std::sync::{Arc, Mutex};
 
@@ -9,7 +17,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::disk::DiskTier;
+use super::entry_file::EntryHeader;
 use super::memory::{MemoryEntry, MemoryTier};
+use super::read_through::ReadThrough;
+use super::s3::{FileBody, S3Tier};
+use super::write_back::WriteBack;
 use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
 use crate::metrics::Metrics;
 
@@ -17,7 +29,24 @@ use crate::metrics::Metrics;
 pub struct TieredStore {
     memory: MemoryTier,
     disk: DiskTier,
+    remote: Option<Remote>,
     metrics: Arc<Metrics>,
+}
+
+/// The S3 tier behind the local ones, and how writes reach it.
+#[derive(Clone)]
+pub struct Remote {
+    pub read: ReadThrough,
+    pub write: RemoteWrite,
+}
+
+/// The write policy towards S3.
+#[derive(Clone)]
+pub enum RemoteWrite {
+    /// Acknowledge when durable locally; upload from the persistent queue.
+    Back(WriteBack),
+    /// Acknowledge only once S3 has the object.
+    Through(S3Tier),
 }
 
 impl TieredStore {
@@ -25,8 +54,98 @@ impl TieredStore {
         TieredStore {
             memory,
             disk,
+            remote: None,
             metrics,
         }
+    }
+
+    /// Puts S3 behind the local tiers.
+    pub fn with_remote(mut self, remote: Remote) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// A local miss: read through S3 when there is one. S3 failing is a miss, logged here once
+    /// (a skipped S3, with the breaker open, is not news: the breaker logged when it opened).
+    async fn remote_get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        match remote.read.get(key).await {
+            Ok(found) => Ok(found),
+            Err(StoreError::Unavailable) => Ok(None),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "S3 read failed; answering a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes the durable local copy (and a memory copy when small).
+    async fn put_local(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        pinned: bool,
+    ) -> Result<EntryHeader, StoreError> {
+        if !self.memory.accepts(len) {
+            return self.disk.put_entry(key, len, body, pinned).await;
+        }
+        // Keep a copy of a small body while it streams to disk; it enters memory only after
+        // the disk write committed, so memory never holds what disk refused.
+        let copy = Arc::new(Mutex::new(BytesMut::with_capacity(len as usize)));
+        let sink = copy.clone();
+        let teed = body.inspect_ok(move |chunk| {
+            let mut buf = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if (buf.len() + chunk.len()) as u64 <= len {
+                buf.extend_from_slice(chunk);
+            }
+        });
+        let header = self
+            .disk
+            .put_entry(key, len, Box::pin(teed), pinned)
+            .await?;
+        let data = std::mem::take(&mut *copy.lock().unwrap_or_else(|e| e.into_inner())).freeze();
+        self.memory
+            .insert(key.clone(), MemoryEntry::new(data, header.modified))
+            .await;
+        Ok(header)
+    }
+
+    /// Write-through: commit locally (pinned while uploading), upload from the committed file.
+    async fn put_through(
+        &self,
+        s3: &S3Tier,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<(), StoreError> {
+        self.put_local(key, len, body, true).await?;
+        let uploaded = async {
+            let loc = self
+                .disk
+                .locate(key)
+                .await?
+                .ok_or_else(|| StoreError::Remote("entry vanished before its upload".into()))?;
+            s3.upload_file(
+                key,
+                FileBody {
+                    path: &loc.path,
+                    offset: loc.body_offset,
+                    len: loc.header.body_len,
+                    crc32c: loc.header.crc32c,
+                },
+            )
+            .await
+        }
+        .await;
+        self.disk.set_pinned(key, false);
+        uploaded
     }
 
     pub fn memory(&self) -> &MemoryTier {
@@ -69,7 +188,7 @@ impl Store for TieredStore {
         self.lookup(Tier::Memory, false);
         let Some(object) = self.disk.get(key).await? else {
             self.lookup(Tier::Disk, false);
-            return Ok(None);
+            return self.remote_get(key).await;
         };
         if !self.memory.accepts(object.meta.len) {
             self.lookup(Tier::Disk, true);
@@ -77,7 +196,7 @@ impl Store for TieredStore {
         }
         let Some(data) = Self::collect_small(object.body, object.meta.len).await else {
             self.lookup(Tier::Disk, false);
-            return Ok(None);
+            return self.remote_get(key).await;
         };
         self.lookup(Tier::Disk, true);
         self.memory
@@ -97,29 +216,42 @@ impl Store for TieredStore {
         if let Some(meta) = self.memory.head(key).await? {
             return Ok(Some(meta));
         }
-        self.disk.head(key).await
+        if let Some(meta) = self.disk.head(key).await? {
+            return Ok(Some(meta));
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        match remote.read.remote().head(key).await {
+            Ok(found) => Ok(found),
+            Err(StoreError::Unavailable) => Ok(None),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "S3 head failed; answering a miss");
+                Ok(None)
+            }
+        }
     }
 
     async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
-        if !self.memory.accepts(len) {
-            return self.disk.put(key, len, body).await;
-        }
-        // Keep a copy of a small body while it streams to disk; it enters memory only after
-        // the disk write committed, so memory never holds what disk refused.
-        let copy = Arc::new(Mutex::new(BytesMut::with_capacity(len as usize)));
-        let sink = copy.clone();
-        let teed = body.inspect_ok(move |chunk| {
-            let mut buf = sink.lock().unwrap_or_else(|e| e.into_inner());
-            if (buf.len() + chunk.len()) as u64 <= len {
-                buf.extend_from_slice(chunk);
+        match self.remote.as_ref().map(|r| &r.write) {
+            None => self.put_local(key, len, body, false).await.map(|_| ()),
+            Some(RemoteWrite::Through(s3)) => self.put_through(s3, key, len, body).await,
+            Some(RemoteWrite::Back(queue)) => {
+                // The slot first: a full queue refuses the write before its body is read.
+                let slot = queue.reserve(key)?;
+                let already_queued = !slot.is_new();
+                let header = self.put_local(key, len, body, true).await?;
+                if let Err(e) = queue.enqueue(slot, key, header.body_len).await {
+                    // Not acknowledged, so not owed to S3: let the entry be an ordinary one
+                    // (unless an earlier, acknowledged write of the key still waits for upload).
+                    if !already_queued {
+                        self.disk.set_pinned(key, false);
+                    }
+                    return Err(e);
+                }
+                Ok(())
             }
-        });
-        let header = self.disk.put_entry(key, len, Box::pin(teed), false).await?;
-        let data = std::mem::take(&mut *copy.lock().unwrap_or_else(|e| e.into_inner())).freeze();
-        self.memory
-            .insert(key.clone(), MemoryEntry::new(data, header.modified))
-            .await;
-        Ok(())
+        }
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {

@@ -179,7 +179,12 @@ pub fn rebuild(dir: &Path, max_size: u64) -> io::Result<Index> {
     let mut found = Vec::new();
     for ns_dir in std::fs::read_dir(dir)? {
         let ns_dir = ns_dir?;
-        if !ns_dir.file_type()?.is_dir() || ns_dir.file_name() == "tmp" {
+        let name = ns_dir.file_name();
+        // `tmp` holds unfinished writes; dot-directories (`.queue`) are not entries at all.
+        if !ns_dir.file_type()?.is_dir()
+            || name == "tmp"
+            || name.as_encoded_bytes().starts_with(b".")
+        {
             continue;
         }
         for shard in std::fs::read_dir(ns_dir.path())? {

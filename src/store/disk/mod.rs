@@ -4,10 +4,12 @@
 //! A write reserves its space first (evicting as needed), streams into its own temp file, checks
 //! the length, seals the header with the checksum, fsyncs, and is renamed into place under the
 //! index lock, so readers only ever see complete entries. The index lives in memory and is
-//! rebuilt from the entry headers at start-up.
+//! rebuilt from the entry headers at start-up. Directories whose names start with `.` belong to
+//! other parts of the daemon (the write-back queue) and are left alone by the rebuild.
 
 mod index;
 mod read;
+pub mod spool;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,155 @@
+//! Spooling: an entry written by one task while other tasks read it as it grows.
+//!
+//! A read-through fills the disk tier from S3 while clients are served from the same bytes. The
+//! filler writes through a [`Spool`]; readers share its open file ([`Spool::file`]) and read
+//! at explicit offsets (`pread`), up to what the filler reports as written. The file is the
+//! entry's temp file: [`Spool::finish`] checks the length, seals, fsyncs and commits it like
+//! any other write, and a spool dropped before that is an aborted write (file removed, space
+//! released). Readers' handles stay valid across the rename into place and across the removal,
+//! since they hold the inode, not the path.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::index::Reservation;
+use super::{DiskTier, TempFile};
+use crate::store::entry_file::EntryHeader;
+use crate::store::{Key, StoreError};
+
+/// A disk-tier write in progress whose file can be read while it is written.
+pub struct Spool {
+    disk: DiskTier,
+    key: Key,
+    header: EntryHeader,
+    file: Arc<std::fs::File>,
+    temp: TempFile,
+    reservation: Reservation,
+    written: u64,
+    crc: u32,
+}
+
+impl DiskTier {
+    /// Starts writing an entry of exactly `len` body bytes: reserves its space (evicting as
+    /// needed) and creates its temp file with an unsealed header.
+    pub async fn spool(&self, key: &Key, len: u64) -> Result<Spool, StoreError> {
+        let header = EntryHeader::unsealed(key);
+        let bytes = header.header_len + len;
+        let encoded = header.encode();
+        let (file, temp, reservation) = self
+            .blocking(
+                move |disk| -> Result<(std::fs::File, TempFile, Reservation), StoreError> {
+                    disk.lock().reserve(bytes, &disk.inner.settings.dir)?;
+                    let reservation = Reservation::new(disk.clone(), bytes);
+                    let temp = TempFile::new(&disk.inner.tmp_dir);
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&temp.path)?;
+                    file.write_all_at(&encoded, 0)?;
+                    Ok((file, temp, reservation))
+                },
+            )
+            .await??;
+        Ok(Spool {
+            disk: self.clone(),
+            key: key.clone(),
+            header: EntryHeader {
+                body_len: len,
+                ..header
+            },
+            file: Arc::new(file),
+            temp,
+            reservation,
+            written: 0,
+            crc: 0,
+        })
+    }
+}
+
+impl Spool {
+    /// The file being written; read the body at [`Spool::body_offset`] + n with `read_at`.
+    pub fn file(&self) -> Arc<std::fs::File> {
+        self.file.clone()
+    }
+
+    /// Where the body starts in the file.
+    pub fn body_offset(&self) -> u64 {
+        self.header.header_len
+    }
+
+    /// Declared body length.
+    pub fn len(&self) -> u64 {
+        self.header.body_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.body_len == 0
+    }
+
+    /// Body bytes written so far (readable by any holder of [`Spool::file`]).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// CRC32C of the body bytes written so far.
+    pub fn crc32c(&self) -> u32 {
+        self.crc
+    }
+
+    /// Appends body bytes. Writing more than the declared length fails.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+        let end = self.written + data.len() as u64;
+        if end > self.header.body_len {
+            return Err(StoreError::LengthMismatch {
+                declared: self.header.body_len,
+                received: end,
+            });
+        }
+        let file = self.file.clone();
+        let at = self.header.header_len + self.written;
+        let crc = self.crc;
+        self.crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
+            file.write_all_at(&data, at)?;
+            Ok(crc32c::crc32c_append(crc, &data))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.written = end;
+        Ok(())
+    }
+
+    /// Seals, fsyncs and commits the entry, which must be complete. Returns its header.
+    pub async fn finish(self, pinned: bool) -> Result<EntryHeader, StoreError> {
+        if self.written != self.header.body_len {
+            return Err(StoreError::LengthMismatch {
+                declared: self.header.body_len,
+                received: self.written,
+            });
+        }
+        let header = EntryHeader {
+            crc32c: self.crc,
+            modified: SystemTime::now(),
+            ..self.header
+        };
+        let sealed = header.clone();
+        let Spool {
+            disk,
+            key,
+            file,
+            temp,
+            reservation,
+            ..
+        } = self;
+        disk.blocking(move |disk| -> Result<(), StoreError> {
+            sealed.seal(&mut &*file)?;
+            file.sync_all()?;
+            disk.commit(&key, temp, reservation, pinned)
+        })
+        .await??;
+        Ok(header)
+    }
+}

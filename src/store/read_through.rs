@@ -1,0 +1,392 @@
+//! Read-through with single-flight: a local miss is filled from S3 once, however many requests
+//! want the key, and every one of them is served while the fill is still running.
+//!
+//! ```text
+//! request ─┐                      ┌─ fill task (owned by no request) ─────────────────────┐
+//! request ─┼─ join_or_start(key) ─┤  S3 GET → Spool (disk-tier temp file) → verify → commit │
+//! request ─┘        │             └──────── watch: source, bytes written, end ─────────────┘
+//!                   └─ each request tails the spool file with pread, up to "bytes written"
+//! ```
+//!
+//! - **One S3 request per key at a time.** The first miss registers a fill and spawns it as its
+//!   own task; later misses for the key join it. Since no request owns the fill, cancelling any
+//!   of them (the first included) never strands the others. The fill runs to the end even when
+//!   nobody is left reading: the bytes are on their way into the cache anyway.
+//! - **Bounded memory, independent readers.** The fill writes S3's body to the spool file in
+//!   small batches and publishes how much is on disk; each reader reads the file at its own pace,
+//!   so a slow client neither holds back the download nor makes anyone buffer for it.
+//! - **Nothing unverified is committed or served whole.** The entry is committed only when its
+//!   length (and its CRC32C, when the object carries ours) matched. Readers are held one byte
+//!   short of the end until then, so a failed fill ends every response with an error, never a
+//!   complete-looking body.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::disk::DiskTier;
+use super::memory::{MemoryEntry, MemoryTier};
+use super::s3::S3Tier;
+use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
+use crate::metrics::Metrics;
+
+/// The fill writes S3's body to disk in batches of this size (and readers read at most this
+/// much per step): large enough for efficient I/O, small enough to keep memory flat.
+const BATCH: usize = 256 * 1024;
+
+/// A handle to the read-through; cheap to clone.
+#[derive(Clone)]
+pub struct ReadThrough {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    remote: S3Tier,
+    disk: DiskTier,
+    memory: MemoryTier,
+    metrics: Arc<Metrics>,
+    fills: Mutex<HashMap<Key, Fill>>,
+    next_id: AtomicU64,
+}
+
+/// A fill in progress, as registered for joiners.
+struct Fill {
+    id: u64,
+    progress: watch::Receiver<Progress>,
+}
+
+/// What a fill has achieved so far; published through a `watch`.
+#[derive(Clone, Default)]
+struct Progress {
+    /// Set once S3 answered and the spool file exists.
+    source: Option<Source>,
+    /// Body bytes in the spool file, readable by anyone holding `source.file`.
+    written: u64,
+    /// Set when the fill is over.
+    end: Option<End>,
+}
+
+#[derive(Clone)]
+struct Source {
+    meta: ObjectMeta,
+    file: Arc<std::fs::File>,
+    body_offset: u64,
+}
+
+#[derive(Clone)]
+enum End {
+    /// Verified and committed to the disk tier.
+    Complete,
+    /// S3 has no such object.
+    Missing,
+    /// S3 was skipped (circuit breaker open).
+    Unavailable,
+    Failed(Arc<str>),
+}
+
+impl ReadThrough {
+    pub fn new(
+        remote: S3Tier,
+        disk: DiskTier,
+        memory: MemoryTier,
+        metrics: Arc<Metrics>,
+    ) -> ReadThrough {
+        ReadThrough {
+            inner: Arc::new(Inner {
+                remote,
+                disk,
+                memory,
+                metrics,
+                fills: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn remote(&self) -> &S3Tier {
+        &self.inner.remote
+    }
+
+    /// Number of fills running now.
+    pub fn fills_in_flight(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Reads `key` through S3 after a local miss. Returns once S3 answered (or failed): the
+    /// body then streams as the fill progresses.
+    pub async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
+        let (mut progress, joined) = match self.join_or_start(key) {
+            Some(joined) => joined,
+            // A fill for this key committed between the caller's miss and now.
+            None => return self.inner.disk.get(key).await,
+        };
+        let waiter = joined.then(|| WaiterGuard::new(self.inner.metrics.clone()));
+        let current = match progress
+            .wait_for(|p| p.source.is_some() || p.end.is_some())
+            .await
+        {
+            Ok(p) => p.clone(),
+            Err(_) => return Err(StoreError::Remote("S3 fill task ended unexpectedly".into())),
+        };
+        let lookup = |hit| self.inner.metrics.record_lookup(Tier::S3, hit);
+        match (current.source, current.end) {
+            (Some(source), _) => {
+                lookup(true);
+                let meta = source.meta.clone();
+                Ok(Some(Object {
+                    meta,
+                    body: tail(progress, source, waiter),
+                    tier: Tier::S3,
+                }))
+            }
+            (None, Some(End::Missing)) => {
+                lookup(false);
+                Ok(None)
+            }
+            (None, Some(End::Unavailable)) => Err(StoreError::Unavailable),
+            (None, Some(End::Failed(why))) => Err(StoreError::Remote(why.to_string())),
+            (None, Some(End::Complete)) | (None, None) => {
+                unreachable!("a fill completes only after it has a source; waited for one of them")
+            }
+        }
+    }
+
+    /// Joins the fill running for `key`, or starts one. `None`: the key is on disk now.
+    fn join_or_start(&self, key: &Key) -> Option<(watch::Receiver<Progress>, bool)> {
+        let mut fills = self.inner.lock();
+        if let Some(fill) = fills.get(key) {
+            return Some((fill.progress.clone(), true));
+        }
+        if self.inner.disk.contains(key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(Progress::default());
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        fills.insert(
+            key.clone(),
+            Fill {
+                id,
+                progress: rx.clone(),
+            },
+        );
+        drop(fills);
+        // Spawned, not awaited: the fill belongs to no request, so no request's cancellation
+        // can stop it. At most one task per distinct key being missed, so this is bounded by
+        // the requests in flight.
+        tokio::spawn(run_fill(self.inner.clone(), key.clone(), id, tx));
+        Some((rx, false))
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Fill>> {
+        // The map is only inserted into and removed from: a poisoned lock is still consistent.
+        self.fills.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn run_fill(inner: Arc<Inner>, key: Key, id: u64, tx: watch::Sender<Progress>) {
+    let end = fill(&inner, &key, &tx).await;
+    if let End::Failed(why) = &end {
+        tracing::warn!(key = %key, error = %why, "read-through from S3 failed; nothing cached");
+    }
+    tx.send_modify(|p| p.end = Some(end));
+    let mut fills = inner.lock();
+    if fills.get(&key).is_some_and(|f| f.id == id) {
+        fills.remove(&key);
+    }
+}
+
+async fn fill(inner: &Inner, key: &Key, tx: &watch::Sender<Progress>) -> End {
+    let failed = |e: &dyn std::fmt::Display| End::Failed(e.to_string().into());
+    let object = match inner.remote.get(key).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return End::Missing,
+        Err(StoreError::Unavailable) => return End::Unavailable,
+        Err(e) => return failed(&e),
+    };
+    let meta = object.meta.clone();
+    let mut spool = match inner.disk.spool(key, meta.len).await {
+        Ok(spool) => spool,
+        Err(e) => return failed(&e),
+    };
+    tx.send_modify(|p| {
+        p.source = Some(Source {
+            meta: meta.clone(),
+            file: spool.file(),
+            body_offset: spool.body_offset(),
+        })
+    });
+    // Small entries also go to memory once committed; keep a copy as they pass.
+    let mut keep = inner
+        .memory
+        .accepts(meta.len)
+        .then(|| BytesMut::with_capacity(meta.len as usize));
+    let mut body = object.body;
+    let mut batch = BytesMut::with_capacity(BATCH);
+    loop {
+        let chunk = match body.next().await {
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(e)) => return failed(&format!("S3 body: {e}")),
+            None => None,
+        };
+        let last = chunk.is_none();
+        if let Some(chunk) = chunk {
+            if let Some(keep) = keep.as_mut() {
+                if keep.len() + chunk.len() <= meta.len as usize {
+                    keep.extend_from_slice(&chunk);
+                }
+            }
+            batch.extend_from_slice(&chunk);
+        }
+        if batch.len() >= BATCH || (last && !batch.is_empty()) {
+            if let Err(e) = spool.write(batch.split().freeze()).await {
+                return failed(&e);
+            }
+            let written = spool.written();
+            tx.send_modify(|p| p.written = written);
+        }
+        if last {
+            break;
+        }
+    }
+    if spool.written() != meta.len {
+        return failed(&format!(
+            "S3 body ended after {} of {} bytes",
+            spool.written(),
+            meta.len
+        ));
+    }
+    if let Some(expected) = meta.crc32c {
+        if spool.crc32c() != expected {
+            return failed(&format!(
+                "S3 object checksum mismatch: crc32c {:08x}, metadata says {expected:08x}",
+                spool.crc32c()
+            ));
+        }
+    }
+    let header = match spool.finish(false).await {
+        Ok(header) => header,
+        Err(e) => return failed(&e),
+    };
+    if let Some(data) = keep {
+        inner
+            .memory
+            .insert(
+                key.clone(),
+                MemoryEntry::new(data.freeze(), header.modified),
+            )
+            .await;
+    }
+    End::Complete
+}
+
+/// Counts a request that joined another's fill, for as long as it reads from it.
+struct WaiterGuard(Arc<Metrics>);
+
+impl WaiterGuard {
+    fn new(metrics: Arc<Metrics>) -> WaiterGuard {
+        metrics.single_flight_waiters.inc();
+        WaiterGuard(metrics)
+    }
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        self.0.single_flight_waiters.dec();
+    }
+}
+
+/// A reader of a fill: reads the spool file up to what is written, ends only once the fill
+/// completed, and fails if the fill fails.
+struct Tail {
+    progress: watch::Receiver<Progress>,
+    source: Source,
+    pos: u64,
+    _waiter: Option<WaiterGuard>,
+}
+
+fn tail(
+    progress: watch::Receiver<Progress>,
+    source: Source,
+    waiter: Option<WaiterGuard>,
+) -> ByteStream {
+    let state = Tail {
+        progress,
+        source,
+        pos: 0,
+        _waiter: waiter,
+    };
+    Box::pin(futures_util::stream::unfold(
+        Some(state),
+        |state| async move {
+            let mut state = state?;
+            match state.next().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(state))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    ))
+}
+
+impl Tail {
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        let len = self.source.meta.len;
+        loop {
+            let (written, end) = {
+                let p = self.progress.borrow_and_update();
+                (p.written, p.end.clone())
+            };
+            let complete = matches!(end, Some(End::Complete));
+            // Hold the last byte back until the fill is verified and committed: a client that
+            // has every byte of a Content-Length body considers it complete.
+            let readable = if complete {
+                written
+            } else {
+                written.min(len.saturating_sub(1))
+            };
+            if self.pos < readable {
+                let n = (readable - self.pos).min(BATCH as u64) as usize;
+                let chunk = self.read(n).await?;
+                self.pos += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            match end {
+                Some(End::Complete) if self.pos == len => return Ok(None),
+                Some(End::Complete) => {
+                    return Err(io::Error::other("S3 fill completed short"));
+                }
+                Some(End::Failed(why)) => {
+                    return Err(io::Error::other(format!("S3 read failed: {why}")))
+                }
+                Some(End::Missing | End::Unavailable) => {
+                    return Err(io::Error::other("S3 read failed"))
+                }
+                None => {
+                    if self.progress.changed().await.is_err() {
+                        return Err(io::Error::other("S3 fill task ended unexpectedly"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read(&self, n: usize) -> io::Result<Bytes> {
+        let file = self.source.file.clone();
+        let at = self.source.body_offset + self.pos;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, at)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}

@@ -1,0 +1,549 @@
+//! Write-back: a write is acknowledged once it is durable on local disk, and uploaded to S3
+//! afterwards from a bounded queue that survives restarts, crashes included.
+//!
+//! # The protocol
+//!
+//! 1. [`WriteBack::reserve`] takes a queue slot *before* the body is read, so a full queue
+//!    refuses the write ([`StoreError::QueueFull`]) instead of dropping it later.
+//! 2. The entry is committed to the disk tier *pinned*: the index never evicts it.
+//! 3. [`WriteBack::enqueue`] writes a marker file `<disk.dir>/.queue/<sha256 of the key>` (temp
+//!    file, fsync, rename, fsync of the directory). Only then is the write acknowledged.
+//! 4. Uploader tasks ([`WriteBack::start`]) take due entries, upload the entry file's body
+//!    (file-backed, so the SDK can retry it), and on success remove the marker and unpin the
+//!    entry. Failures are retried with exponential backoff and jitter, up to
+//!    `s3.retry_max_backoff`, for as long as it takes: nothing acknowledged is ever given up.
+//! 5. At start-up [`WriteBack::load`] reads the markers back and re-pins their entries before
+//!    the daemon serves anything, so nothing can be evicted before it is uploaded. A marker whose
+//!    entry is gone belongs to a write that was never acknowledged (the crash came between
+//!    commit and marker) or was deleted since; it is dropped.
+//!
+//! A key written again while its upload runs gets a new generation (bumped in `reserve`, before
+//! the new body can land); an upload only retires the generation it started with, so the newer
+//! body is uploaded too and stays pinned until it is.
+//!
+//! SIGTERM simply stops the uploaders: the markers stay, and the next start drains them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::disk::DiskTier;
+use super::s3::{FileBody, S3Tier};
+use super::{Key, Namespace, StoreError};
+use crate::metrics::Metrics;
+
+/// The queue directory under `disk.dir`; dot-directories are skipped by the disk index.
+pub const QUEUE_DIR: &str = ".queue";
+const MARKER_MAGIC: &str = "bcp-upload v1";
+/// First retry delay; doubled per failed attempt up to `s3.retry_max_backoff`.
+const BASE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Queue settings.
+#[derive(Debug, Clone)]
+pub struct WriteBackSettings {
+    /// `<disk.dir>`; markers live in `<disk.dir>/.queue`.
+    pub disk_dir: PathBuf,
+    pub max_entries: usize,
+    pub concurrency: usize,
+    pub max_backoff: Duration,
+}
+
+/// A handle to the write-back queue; cheap to clone.
+#[derive(Clone)]
+pub struct WriteBack {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    disk: DiskTier,
+    remote: S3Tier,
+    metrics: Arc<Metrics>,
+    settings: WriteBackSettings,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Source of jitter in [0, 1); injectable for tests.
+    jitter: fn() -> f64,
+}
+
+#[derive(Default)]
+struct State {
+    items: HashMap<Key, Item>,
+    /// Due times; entries whose `seq` no longer matches their item's are stale and skipped.
+    due: BinaryHeap<Reverse<(Instant, u64, Key)>>,
+    /// Slots taken by writes in progress for keys not in `items` yet.
+    reserved: usize,
+    bytes: u64,
+    seq: u64,
+}
+
+struct Item {
+    generation: u64,
+    enqueued: SystemTime,
+    bytes: u64,
+    attempts: u32,
+    in_flight: bool,
+    /// The `seq` of this item's live entry in `due`, if it has one.
+    scheduled: Option<u64>,
+}
+
+/// A queue slot held by a write in progress; released on drop unless enqueued.
+pub struct Slot {
+    inner: Arc<Inner>,
+    counted: bool,
+}
+
+impl Slot {
+    /// False when the key was already queued (an earlier write still waits for upload).
+    pub fn is_new(&self) -> bool {
+        self.counted
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.counted {
+            self.inner.lock().reserved -= 1;
+        }
+    }
+}
+
+impl WriteBack {
+    /// Opens the queue and restores it from its markers, re-pinning their entries. Call before
+    /// anything can write to (and so evict from) the disk tier.
+    pub async fn load(
+        settings: WriteBackSettings,
+        disk: DiskTier,
+        remote: S3Tier,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<WriteBack> {
+        let dir = settings.disk_dir.join(QUEUE_DIR);
+        let loaded = {
+            let dir = dir.clone();
+            let disk = disk.clone();
+            tokio::task::spawn_blocking(move || load_markers(&dir, &disk))
+                .await
+                .map_err(io::Error::other)??
+        };
+        let mut state = State::default();
+        let now = Instant::now();
+        for (key, enqueued, bytes) in loaded {
+            state.bytes += bytes;
+            state.seq += 1;
+            state.due.push(Reverse((now, state.seq, key.clone())));
+            state.items.insert(
+                key,
+                Item {
+                    generation: 0,
+                    enqueued,
+                    bytes,
+                    attempts: 0,
+                    in_flight: false,
+                    scheduled: Some(state.seq),
+                },
+            );
+        }
+        let wb = WriteBack {
+            inner: Arc::new(Inner {
+                dir,
+                disk,
+                remote,
+                metrics,
+                settings,
+                state: Mutex::new(state),
+                wake: Notify::new(),
+                jitter: fastrand::f64,
+            }),
+        };
+        wb.inner.publish(&wb.inner.lock());
+        Ok(wb)
+    }
+
+    /// Starts the uploader tasks; they stop when `stop` turns true, leaving the queue on disk.
+    pub fn start(&self, stop: watch::Receiver<bool>) {
+        for _ in 0..self.inner.settings.concurrency.max(1) {
+            tokio::spawn(uploader(self.inner.clone(), stop.clone()));
+        }
+    }
+
+    /// Entries waiting (or being uploaded).
+    pub fn len(&self) -> usize {
+        self.inner.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes a slot for a coming write of `key`, or refuses it when the queue is full. A key
+    /// already queued needs no new slot, but its upload in progress (if any) is now stale.
+    pub fn reserve(&self, key: &Key) -> Result<Slot, StoreError> {
+        let mut state = self.inner.lock();
+        if let Some(item) = state.items.get_mut(key) {
+            item.generation += 1;
+            return Ok(Slot {
+                inner: self.inner.clone(),
+                counted: false,
+            });
+        }
+        if state.items.len() + state.reserved >= self.inner.settings.max_entries {
+            return Err(StoreError::QueueFull);
+        }
+        state.reserved += 1;
+        Ok(Slot {
+            inner: self.inner.clone(),
+            counted: true,
+        })
+    }
+
+    /// Records a committed (pinned) entry for upload. Durable when this returns.
+    pub async fn enqueue(&self, mut slot: Slot, key: &Key, bytes: u64) -> Result<(), StoreError> {
+        let enqueued = SystemTime::now();
+        let path = marker_path(&self.inner.dir, key);
+        let text = marker_text(key, enqueued, bytes);
+        tokio::task::spawn_blocking(move || write_durably(&path, text.as_bytes()))
+            .await
+            .map_err(io::Error::other)??;
+        let inner = &self.inner;
+        let mut state = inner.lock();
+        if std::mem::take(&mut slot.counted) {
+            state.reserved -= 1;
+        }
+        let now = Instant::now();
+        state.seq += 1;
+        let seq = state.seq;
+        match state.items.get_mut(key) {
+            Some(item) => {
+                let old = std::mem::replace(&mut item.bytes, bytes);
+                // An item in flight is rescheduled when its upload ends (its generation moved
+                // on in `reserve`); one waiting for a retry goes now, the body is new.
+                let schedule = !item.in_flight;
+                if schedule {
+                    item.scheduled = Some(seq);
+                    item.attempts = 0;
+                }
+                state.bytes = state.bytes - old + bytes;
+                if schedule {
+                    state.due.push(Reverse((now, seq, key.clone())));
+                }
+            }
+            None => {
+                state.items.insert(
+                    key.clone(),
+                    Item {
+                        generation: 0,
+                        enqueued,
+                        bytes,
+                        attempts: 0,
+                        in_flight: false,
+                        scheduled: Some(seq),
+                    },
+                );
+                state.bytes += bytes;
+                state.due.push(Reverse((now, seq, key.clone())));
+            }
+        }
+        inner.publish(&state);
+        drop(state);
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Updates the oldest-entry age gauge (at scrape time: it changes with the clock).
+    pub fn observe(&self) {
+        let state = self.inner.lock();
+        let now = SystemTime::now();
+        let oldest = state
+            .items
+            .values()
+            .filter_map(|i| now.duration_since(i.enqueued).ok())
+            .max()
+            .unwrap_or_default();
+        self.inner
+            .metrics
+            .upload_queue_oldest_seconds
+            .set(oldest.as_secs() as i64);
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every update leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, state: &State) {
+        self.metrics
+            .upload_queue_entries
+            .set(state.items.len() as i64);
+        self.metrics.upload_queue_bytes.set(state.bytes as i64);
+    }
+
+    /// Takes the next due item, or says how long to wait for one.
+    fn take_due(&self) -> Result<(Key, u64), Option<Instant>> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        while let Some(Reverse((at, seq, key))) = state.due.peek().cloned() {
+            let live = state
+                .items
+                .get(&key)
+                .is_some_and(|i| i.scheduled == Some(seq) && !i.in_flight);
+            if !live {
+                state.due.pop();
+                continue;
+            }
+            if at > now {
+                return Err(Some(at));
+            }
+            state.due.pop();
+            let item = state.items.get_mut(&key).expect("checked live above");
+            item.in_flight = true;
+            item.scheduled = None;
+            return Ok((key, item.generation));
+        }
+        Err(None)
+    }
+
+    /// Retires or reschedules an item after an upload attempt. Runs on a blocking thread: it
+    /// unlinks the marker under the queue lock, so no newer marker for the key can be lost.
+    fn finish(&self, key: &Key, generation: u64, uploaded: bool) {
+        let mut state = self.lock();
+        let Some(item) = state.items.get_mut(key) else {
+            return;
+        };
+        item.in_flight = false;
+        let now = Instant::now();
+        let retry_at = if uploaded && item.generation == generation {
+            let bytes = item.bytes;
+            state.items.remove(key);
+            state.bytes -= bytes;
+            match std::fs::remove_file(marker_path(&self.dir, key)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // The upload is done; a marker left behind only means one more upload later.
+                Err(e) => tracing::warn!(key = %key, error = %e, "cannot remove upload marker"),
+            }
+            self.disk.set_pinned(key, false);
+            None
+        } else if uploaded {
+            // Written again during the upload: upload the new body.
+            item.attempts = 0;
+            Some(now)
+        } else {
+            item.attempts += 1;
+            Some(now + backoff(item.attempts, self.settings.max_backoff, (self.jitter)()))
+        };
+        if let Some(at) = retry_at {
+            state.seq += 1;
+            let seq = state.seq;
+            if let Some(item) = state.items.get_mut(key) {
+                item.scheduled = Some(seq);
+            }
+            state.due.push(Reverse((at, seq, key.clone())));
+        }
+        self.publish(&state);
+    }
+
+    /// Uploads the entry's current file. `Ok(true)`: S3 has it (or there is nothing left to
+    /// upload because the entry was deleted).
+    async fn upload(&self, key: &Key) -> Result<(), StoreError> {
+        let Some(loc) = self.disk.locate(key).await? else {
+            tracing::info!(key = %key, "queued entry no longer on disk; nothing to upload");
+            return Ok(());
+        };
+        self.remote
+            .upload_file(
+                key,
+                FileBody {
+                    path: &loc.path,
+                    offset: loc.body_offset,
+                    len: loc.header.body_len,
+                    crc32c: loc.header.crc32c,
+                },
+            )
+            .await
+    }
+}
+
+async fn uploader(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        // Register interest before looking, so an enqueue between the look and the wait
+        // still wakes this task.
+        let notified = inner.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match inner.take_due() {
+            Ok((key, generation)) => {
+                let uploaded = tokio::select! {
+                    result = inner.upload(&key) => result,
+                    // Shutdown: abandon the attempt; the marker keeps the entry queued.
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                if let Err(e) = &uploaded {
+                    inner.metrics.upload_failures.inc();
+                    tracing::warn!(key = %key, error = %e, "write-back upload failed; will retry");
+                }
+                let done = inner.clone();
+                let ok = uploaded.is_ok();
+                let _ =
+                    tokio::task::spawn_blocking(move || done.finish(&key, generation, ok)).await;
+                // Another uploader may be idle while more items are due.
+                inner.wake.notify_one();
+            }
+            Err(until) => {
+                let sleep = async {
+                    match until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = notified => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Delay before retry number `attempt` (1-based): doubling from 500 ms, capped at `max`, with
+/// "equal jitter" (between half and all of it) so that uploads failing together spread out.
+pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
+    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let full = exp.min(max);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+fn marker_path(dir: &Path, key: &Key) -> PathBuf {
+    let digest = Sha256::digest(format!("{}/{}", key.namespace().as_str(), key.name()));
+    dir.join(hex::encode(digest))
+}
+
+fn marker_text(key: &Key, enqueued: SystemTime, bytes: u64) -> String {
+    let millis = enqueued
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!(
+        "{MARKER_MAGIC}\n{}\n{}\n{millis}\n{bytes}\n",
+        key.namespace().as_str(),
+        key.name()
+    )
+}
+
+fn parse_marker(text: &str) -> Option<(Key, SystemTime, u64)> {
+    let mut lines = text.lines();
+    if lines.next()? != MARKER_MAGIC {
+        return None;
+    }
+    let ns = Namespace::new(lines.next()?).ok()?;
+    let name = lines.next()?;
+    let key = if ns == Namespace::gradle() {
+        Key::gradle(name)
+    } else {
+        Key::object(ns, name)
+    }
+    .ok()?;
+    let millis: u64 = lines.next()?.parse().ok()?;
+    let bytes: u64 = lines.next()?.parse().ok()?;
+    Some((key, UNIX_EPOCH + Duration::from_millis(millis), bytes))
+}
+
+/// Writes `path` so that it exists with exactly `data` after a crash, or not at all.
+fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("markers live in the queue directory");
+    let temp = dir.join(format!(".tmp-{:016x}", fastrand::u64(..)));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Reads the markers, pins the entries they name, drops markers without an entry.
+fn load_markers(dir: &Path, disk: &DiskTier) -> io::Result<Vec<(Key, SystemTime, u64)>> {
+    std::fs::create_dir_all(dir)?;
+    let mut found = Vec::new();
+    for file in std::fs::read_dir(dir)? {
+        let path = file?.path();
+        let is_temp = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        let parsed = if is_temp {
+            None
+        } else {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| parse_marker(&t))
+        };
+        match parsed {
+            Some((key, enqueued, bytes)) if disk.set_pinned(&key, true) => {
+                found.push((key, enqueued, bytes));
+            }
+            Some((key, ..)) => {
+                tracing::info!(key = %key, "upload marker without an entry on disk: dropped");
+                std::fs::remove_file(&path)?;
+            }
+            None => {
+                if !is_temp {
+                    tracing::warn!(path = %path.display(), "unreadable upload marker removed");
+                }
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    if !found.is_empty() {
+        tracing::info!(
+            entries = found.len(),
+            "write-back queue restored; uploads resume"
+        );
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let max = Duration::from_secs(60);
+        assert_eq!(backoff(1, max, 1.0), Duration::from_millis(500));
+        assert_eq!(backoff(2, max, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, max, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(30, max, 1.0), max);
+        assert_eq!(backoff(30, max, 0.0), max / 2);
+        assert_eq!(backoff(u32::MAX, max, 1.0), max);
+    }
+
+    #[test]
+    fn markers_round_trip() {
+        let key = Key::gradle("00ff").unwrap();
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let text = marker_text(&key, at, 42);
+        assert_eq!(parse_marker(&text), Some((key, at, 42)));
+        let object = Key::object(Namespace::new("runner-cache").unwrap(), "a/b c").unwrap();
+        assert_eq!(
+            parse_marker(&marker_text(&object, at, 0)),
+            Some((object, at, 0))
+        );
+        assert_eq!(parse_marker("garbage"), None);
+    }
+}
