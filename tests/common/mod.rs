@@ -2,6 +2,8 @@
 //! temp dir, and waits for the "ready" line it prints once every listener is bound.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod s3;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -171,7 +173,10 @@ fn wait_with_deadline(child: &mut Child, deadline: Duration) -> std::process::Ex
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(start.elapsed() < deadline, "daemon did not exit within {deadline:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "daemon did not exit within {deadline:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,0 +1,499 @@
+//! The S3 tier against a real S3 server (SeaweedFS, started by `scripts/test.sh`, endpoint in
+//! `BCP_TEST_S3_ENDPOINT`): nodes sharing entries, single-flight, outages, crashes, large
+//! read-throughs and mid-stream failures. Each test uses its own bucket.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::s3::{self, Forwarder};
+use common::{eventually, metric_value, metrics, Daemon};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1024 * 1024;
+
+/// Test bodies: a seeded random 64 KiB block, repeated, each copy stamped with its position, so
+/// that lost, repeated or reordered blocks all show (and a GiB is quick to make in a debug build).
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    const BLOCK: usize = 64 * 1024;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut block = vec![0u8; BLOCK];
+    rng.fill(&mut block);
+    let mut out = Vec::with_capacity(len);
+    let mut n = 0u64;
+    while out.len() < len {
+        let take = BLOCK.min(len - out.len());
+        let start = out.len();
+        out.extend_from_slice(&block[..take]);
+        let stamp = (seed << 32 ^ n).to_le_bytes();
+        let end = (start + 8).min(out.len());
+        out[start..end].copy_from_slice(&stamp[..end - start]);
+        n += 1;
+    }
+    out
+}
+
+fn key(seed: u64) -> String {
+    hex::encode(Sha256::digest(seed.to_le_bytes()))[..32].to_string()
+}
+
+fn series(name: &str, labels: &str) -> String {
+    format!("build_cache_proxy_{name}{{{labels}}}")
+}
+
+async fn metric(daemon: &Daemon, name: &str, labels: &str) -> f64 {
+    let text = metrics(daemon).await;
+    if labels.is_empty() {
+        metric_value(&text, &format!("build_cache_proxy_{name}"))
+    } else {
+        metric_value(&text, &series(name, labels))
+    }
+}
+
+/// Every S3 GET the daemon made, whatever its result.
+async fn s3_gets(daemon: &Daemon) -> f64 {
+    let text = metrics(daemon).await;
+    ["ok", "miss", "error", "timeout"]
+        .iter()
+        .map(|r| {
+            metric_value(
+                &text,
+                &series("s3_requests_total", &format!("op=\"get\",result=\"{r}\"")),
+            )
+        })
+        .sum()
+}
+
+async fn put(http: &reqwest::Client, daemon: &Daemon, key: &str, body: Vec<u8>) {
+    let response = http
+        .put(daemon.entry_url(key))
+        .header(
+            "content-type",
+            "application/vnd.gradle.build-cache-artifact.v1",
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "PUT {key}");
+    assert!(
+        response.headers().get("x-build-cache-proxy-dropped").is_none(),
+        "PUT {key} was dropped, not stored; log:\n{}",
+        daemon.log()
+    );
+}
+
+async fn get(http: &reqwest::Client, daemon: &Daemon, key: &str) -> (u16, Vec<u8>) {
+    let response = http.get(daemon.entry_url(key)).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+async fn wait_queue_empty(daemon: &Daemon, deadline: Duration) {
+    eventually("the write-back queue to drain", deadline, || async {
+        metric(daemon, "upload_queue_entries", "").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_entries_through_s3() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "two-nodes").await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &endpoint, "", "");
+    let a = Daemon::start_spec(&work.path().join("a"), s3::spec(&config));
+    let b = Daemon::start_spec(&work.path().join("b"), s3::spec(&config));
+    let http = reqwest::Client::new();
+
+    // One entry small enough for memory, one that only fits on disk.
+    let entries = [(key(1), data(1, 200 * 1024)), (key(2), data(2, 3 * MIB))];
+    for (k, body) in &entries {
+        put(&http, &a, k, body.clone()).await;
+    }
+    wait_queue_empty(&a, Duration::from_secs(30)).await;
+    for (k, body) in &entries {
+        let stored = s3::object(&client, &bucket, &s3::gradle_object(k)).await;
+        assert!(stored.as_ref() == Some(body), "S3 has {k} from node A");
+        let meta = s3::object_metadata(&client, &bucket, &s3::gradle_object(k)).await;
+        assert_eq!(
+            meta.get("crc32c").map(String::as_str),
+            Some(format!("{:08x}", crc32c::crc32c(body)).as_str()),
+            "our uploads carry the CRC32C"
+        );
+    }
+
+    // Node B: a local miss, read through from S3.
+    for (k, body) in &entries {
+        let (status, got) = get(&http, &b, k).await;
+        assert_eq!(status, 200, "node B reads {k} through S3");
+        assert!(&got == body, "node B's body for {k} is node A's");
+    }
+    let gets = s3_gets(&b).await;
+    assert_eq!(gets, 2.0, "one S3 GET per entry on node B");
+    assert_eq!(metric(&b, "lookups_total", "result=\"hit\",tier=\"s3\"").await, 2.0);
+
+    // Again on node B: served locally, S3 not asked.
+    for (k, body) in &entries {
+        let (status, got) = get(&http, &b, k).await;
+        assert_eq!(status, 200);
+        assert!(&got == body);
+    }
+    assert_eq!(s3_gets(&b).await, gets, "second reads on node B are local");
+
+    // A key nobody has is a miss on both tiers, and S3 says so.
+    let (status, _) = get(&http, &b, &key(99)).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        metric(&b, "s3_requests_total", "op=\"get\",result=\"miss\"").await,
+        1.0
+    );
+    let ready = reqwest::get(b.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().contains("s3: up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_s3_get() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "single-flight").await;
+    let k = key(3);
+    let body = data(3, 50 * MIB);
+    let expected = hex::encode(Sha256::digest(&body));
+    // Written by someone else: no CRC32C metadata, the length check alone applies.
+    s3::put_object(&client, &bucket, &s3::gradle_object(&k), body).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &endpoint, "", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let http = http.clone();
+        let url = daemon.entry_url(&k);
+        readers.push(tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut hasher = Sha256::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                hasher.update(chunk.unwrap());
+            }
+            hex::encode(hasher.finalize())
+        }));
+    }
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), expected, "every body is the object");
+    }
+    assert_eq!(s3_gets(&daemon).await, 1.0, "exactly one S3 GET for 20 misses");
+    assert_eq!(
+        metric(&daemon, "single_flight_waiters", "").await,
+        0.0,
+        "no waiter left behind"
+    );
+    assert_eq!(
+        metric(&daemon, "s3_received_bytes_total", "").await,
+        (50 * MIB) as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outage_keeps_local_hits_and_queues_writes() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "outage").await;
+    let fwd = Forwarder::start(&endpoint).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(
+        &bucket,
+        &fwd.endpoint(),
+        "read_timeout = \"2s\"\nbreaker_failures = 2\nbreaker_cooldown = \"1s\"\nretry_max_backoff = \"1s\"",
+        "",
+    );
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+
+    let local = key(10);
+    let local_body = data(10, 64 * 1024);
+    put(&http, &daemon, &local, local_body.clone()).await;
+    wait_queue_empty(&daemon, Duration::from_secs(30)).await;
+
+    fwd.stop().await;
+    // Local hits keep working.
+    for _ in 0..3 {
+        let (status, got) = get(&http, &daemon, &local).await;
+        assert_eq!(status, 200);
+        assert!(got == local_body);
+    }
+    // Misses are quick 404s; after a few failures the breaker skips S3 altogether.
+    for i in 0..6 {
+        let started = Instant::now();
+        let (status, _) = get(&http, &daemon, &key(100 + i)).await;
+        assert_eq!(status, 404);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "a miss with S3 down took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(metric(&daemon, "s3_up", "").await, 0.0, "breaker open");
+    assert!(
+        metric(&daemon, "s3_requests_total", "op=\"get\",result=\"skipped\"").await >= 1.0,
+        "misses skip S3 while the breaker is open"
+    );
+    let ready = reqwest::get(daemon.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "S3 down does not make the node unready");
+    assert!(ready.text().await.unwrap().contains("s3: down"));
+    let health = reqwest::get(daemon.admin_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    // Writes are acknowledged and queued.
+    let queued: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (key(20 + i), data(20 + i, 100 * 1024 + i as usize)))
+        .collect();
+    for (k, body) in &queued {
+        put(&http, &daemon, k, body.clone()).await;
+    }
+    eventually("failed uploads to be counted", Duration::from_secs(10), || async {
+        metric(&daemon, "upload_failures_total", "").await >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&daemon, "upload_queue_entries", "").await, 3.0);
+    assert!(metric(&daemon, "disk_pinned_bytes", "").await > 0.0);
+    for (k, _) in &queued {
+        assert!(s3::object(&client, &bucket, &s3::gradle_object(k)).await.is_none());
+    }
+
+    // S3 back: the queue drains into the bucket.
+    fwd.restart().await;
+    wait_queue_empty(&daemon, Duration::from_secs(30)).await;
+    for (k, body) in &queued {
+        let stored = s3::object(&client, &bucket, &s3::gradle_object(k)).await;
+        assert!(stored.as_ref() == Some(body), "{k} reached S3 intact");
+    }
+    assert_eq!(metric(&daemon, "disk_pinned_bytes", "").await, 0.0);
+    eventually("the breaker to close", Duration::from_secs(10), || async {
+        metric(&daemon, "s3_up", "").await == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_survives_kill_9_and_drains_after_restart() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "kill9").await;
+    let fwd = Forwarder::start(&endpoint).await;
+    fwd.stop().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(
+        &bucket,
+        &fwd.endpoint(),
+        "read_timeout = \"2s\"\nretry_max_backoff = \"1s\"",
+        // A disk tier barely larger than the queued entries: were the pins not restored, the
+        // writes after the restart would evict them.
+        "[disk]\nmax_size = \"12MiB\"\n[memory]\nmax_size = \"0\"\nmax_entry_size = \"0\"\n[gradle]\nmax_entry_size = \"4MiB\"",
+    );
+    let http = reqwest::Client::new();
+    let entries: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (key(30 + i), data(30 + i, MIB + i as usize)))
+        .collect();
+
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    for (k, body) in &entries {
+        put(&http, &daemon, k, body.clone()).await;
+    }
+    assert_eq!(metric(&daemon, "upload_queue_entries", "").await, 5.0);
+    daemon.kill9();
+
+    // Restart with S3 still down: the queue and its pins are back before anything else.
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    assert_eq!(metric(&daemon, "upload_queue_entries", "").await, 5.0);
+    assert!(metric(&daemon, "disk_pinned_bytes", "").await >= (5 * MIB) as f64);
+    // Press on the disk tier: more writes than fit beside the queued entries. They may be
+    // refused (answered with a counted 2xx drop before their body is read, which can also
+    // surface as a reset connection), but they must never evict a queued entry.
+    let filler = reqwest::Client::new();
+    for i in 0..8 {
+        let _ = filler
+            .put(daemon.entry_url(&key(60 + i)))
+            .body(data(60 + i, MIB))
+            .send()
+            .await;
+    }
+    for (k, body) in &entries {
+        let (status, got) = get(&http, &daemon, k).await;
+        assert_eq!(status, 200, "queued {k} was not evicted");
+        assert!(&got == body);
+    }
+    daemon.kill9();
+
+    // Restart with S3 up: everything acknowledged reaches the bucket.
+    fwd.restart().await;
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    wait_queue_empty(&daemon, Duration::from_secs(60)).await;
+    for (k, body) in &entries {
+        let stored = s3::object(&client, &bucket, &s3::gradle_object(k)).await;
+        assert!(stored.as_ref() == Some(body), "{k} reached S3 intact");
+    }
+    assert_eq!(metric(&daemon, "disk_pinned_bytes", "").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_read_through_streams_early_with_bounded_memory() {
+    const LEN: u64 = 1 << 30;
+    const PART: usize = 16 * MIB;
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "one-gib").await;
+    let k = key(40);
+    let part = |i: usize| data(4000 + i as u64, PART);
+    s3::put_large_object(&client, &bucket, &s3::gradle_object(&k), LEN, PART, part).await;
+
+    // Throttled so the download takes seconds: the first bytes must arrive long before.
+    let fwd = Forwarder::start(&endpoint).await;
+    fwd.throttle(256 * MIB as u64);
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &fwd.endpoint(), "", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+
+    let response = reqwest::get(daemon.entry_url(&k)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.content_length(), Some(LEN));
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let downloaded = metric(&daemon, "s3_received_bytes_total", "").await;
+    eprintln!(
+        "first {} bytes at the client after {} of {LEN} bytes from S3",
+        first.len(),
+        downloaded
+    );
+    assert!(
+        downloaded < LEN as f64,
+        "the client got its first bytes only after the whole download"
+    );
+
+    let mut pending = first.to_vec();
+    let mut index = 0usize;
+    let mut total = first.len() as u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len() as u64;
+        pending.extend_from_slice(&chunk);
+        while pending.len() >= PART {
+            assert!(pending[..PART] == part(index)[..], "part {index} differs");
+            pending.drain(..PART);
+            index += 1;
+        }
+    }
+    assert_eq!(total, LEN);
+    assert_eq!(index * PART, LEN as usize);
+    let peak = daemon.peak_rss();
+    eprintln!("daemon peak RSS after a 1 GiB read-through: {} MiB", peak >> 20);
+    assert!(peak < 128 * MIB as u64, "peak RSS {} MiB", peak >> 20);
+
+    // Committed: the next read is local.
+    fwd.throttle(0);
+    let gets = s3_gets(&daemon).await;
+    let response = reqwest::get(daemon.entry_url(&k)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut again = 0u64;
+    while let Some(chunk) = stream.next().await {
+        again += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(again, LEN);
+    assert_eq!(s3_gets(&daemon).await, gets, "second read from disk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mid_stream_s3_failure_cuts_the_response_and_commits_nothing() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "cut").await;
+    let k = key(50);
+    let body = data(50, 20 * MIB);
+    s3::put_object(&client, &bucket, &s3::gradle_object(&k), body.clone()).await;
+
+    let fwd = Forwarder::start(&endpoint).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &fwd.endpoint(), "max_attempts = 1", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    fwd.cut_after(5 * MIB as u64);
+
+    let response = reqwest::get(daemon.entry_url(&k)).await.unwrap();
+    assert_eq!(response.status(), 200, "headers come before the failure");
+    let mut stream = response.bytes_stream();
+    let mut received = 0usize;
+    let mut failed = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => received += c.len(),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "the response must end in an error, not a clean end after {received} bytes"
+    );
+    assert!(received < body.len());
+
+    // Nothing was committed: with S3 healthy again the entry comes from S3, whole.
+    fwd.cut_after(0);
+    let gets = s3_gets(&daemon).await;
+    let http = reqwest::Client::new();
+    let (status, got) = get(&http, &daemon, &k).await;
+    assert_eq!(status, 200);
+    assert!(got == body, "full, correct body after S3 recovered");
+    assert_eq!(s3_gets(&daemon).await, gets + 1.0, "read from S3 again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_acknowledges_once_s3_has_the_object() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "through").await;
+    let fwd = Forwarder::start(&endpoint).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(
+        &bucket,
+        &fwd.endpoint(),
+        "multipart_part_size = \"5MiB\"\nmax_attempts = 1",
+        "[gradle]\nwrite = \"through\"",
+    );
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+
+    // Small (one PUT) and multipart (12 MiB in 5 MiB parts): in S3 as soon as acknowledged.
+    for (k, body) in [(key(70), data(70, 1000)), (key(71), data(71, 12 * MIB))] {
+        put(&http, &daemon, &k, body.clone()).await;
+        let stored = s3::object(&client, &bucket, &s3::gradle_object(&k)).await;
+        assert!(stored == Some(body), "{k} is in S3 when the PUT returns");
+    }
+    assert!(
+        metric(&daemon, "s3_requests_total", "op=\"upload_part\",result=\"ok\"").await >= 3.0
+    );
+
+    // S3 down: the write cannot be acknowledged as stored; Gradle gets its counted 2xx drop.
+    fwd.stop().await;
+    let response = http
+        .put(daemon.entry_url(&key(72)))
+        .body(data(72, 1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-build-cache-proxy-dropped")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("store-error".to_string())
+    );
+}
