@@ -53,6 +53,7 @@ async fn run() {
         dir: dir.path().join("data"),
         max_size: 4 << 30,
         verify_before_serve: 128 << 20,
+        min_free: 0,
     })
     .await
     .unwrap();

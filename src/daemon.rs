@@ -47,6 +47,7 @@ impl Daemon {
             dir: config.disk.dir.clone(),
             max_size: config.disk.max_size.as_u64(),
             verify_before_serve: config.disk.verify_before_serve.as_u64(),
+            min_free: config.disk.min_free.as_u64(),
         })
         .await
         .map_err(|e| anyhow::anyhow!("disk.dir {}: {e}", config.disk.dir.display()))?;

@@ -85,6 +85,9 @@ pub struct DiskConfig {
     /// so a corrupted entry is always a clean miss. Larger entries are verified while streaming
     /// and a mismatch cuts the response off before its last bytes.
     pub verify_before_serve: ByteSize,
+    /// Entries are evicted to keep at least this much space free on the filesystem, which the
+    /// node shares with images and pod volumes. "0" turns the floor off.
+    pub min_free: ByteSize,
 }
 
 impl Default for DiskConfig {
@@ -93,6 +96,7 @@ impl Default for DiskConfig {
             dir: PathBuf::from("./data"),
             max_size: ByteSize::gib(20),
             verify_before_serve: ByteSize::mib(128),
+            min_free: ByteSize::gib(1),
         }
     }
 }

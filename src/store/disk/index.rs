@@ -6,7 +6,7 @@ use std::path::Path;
 
 use lru::LruCache;
 
-use super::{entry_path, DiskTier, DiskUsage};
+use super::{entry_path, DiskSettings, DiskTier, DiskUsage};
 use crate::store::entry_file::EntryHeader;
 use crate::store::{Key, StoreError};
 
@@ -60,28 +60,44 @@ impl Index {
         self.lru.get(key).is_some()
     }
 
-    /// Makes room for `bytes` more, evicting least recently used unpinned entries.
-    pub fn reserve(&mut self, bytes: u64, dir: &Path) -> Result<(), StoreError> {
+    /// Makes room for `bytes` more, evicting least recently used unpinned entries until the
+    /// entries fit under `max_size` and the filesystem keeps `min_free` bytes available.
+    pub fn reserve(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
         if bytes > self.max_size {
             return Err(StoreError::Full { needed: bytes });
         }
-        while self.used + self.reserved + bytes > self.max_size {
+        // Free space is read once; each eviction adds the victim's size back. Bytes reserved by
+        // writes in progress count as not written yet, which errs towards more free space.
+        let mut available = match settings.min_free {
+            0 => None,
+            _ => Some(available_bytes(&settings.dir)?),
+        };
+        loop {
+            let over_bound = self.used + self.reserved + bytes > self.max_size;
+            let under_floor =
+                available.is_some_and(|free| free < settings.min_free + self.reserved + bytes);
+            if !over_bound && !under_floor {
+                break;
+            }
             let victim = self
                 .lru
                 .iter()
                 .rev()
                 .find(|(_, info)| !info.pinned)
-                .map(|(key, _)| key.clone());
-            let Some(victim) = victim else {
+                .map(|(key, info)| (key.clone(), info.size));
+            let Some((victim, size)) = victim else {
                 return Err(StoreError::Full { needed: bytes });
             };
-            match std::fs::remove_file(entry_path(dir, &victim)) {
+            match std::fs::remove_file(entry_path(&settings.dir, &victim)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
             self.forget(&victim);
             self.evictions += 1;
+            if let Some(free) = available.as_mut() {
+                *free += size;
+            }
         }
         self.reserved += bytes;
         Ok(())
@@ -222,4 +238,10 @@ fn check_entry_file(
     let consistent =
         size == header.header_len + header.body_len && entry_path(dir, &header.key) == path;
     Ok(consistent.then_some((header.modified, header.key, size)))
+}
+
+/// Bytes an unprivileged writer can still use on the filesystem holding `dir`.
+fn available_bytes(dir: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }

@@ -42,6 +42,8 @@ pub struct DiskSettings {
     pub dir: PathBuf,
     pub max_size: u64,
     pub verify_before_serve: u64,
+    /// Evict to keep at least this many bytes free on the filesystem; 0 turns the floor off.
+    pub min_free: u64,
 }
 
 /// A handle to the disk tier; cheap to clone.
@@ -133,7 +135,7 @@ impl DiskTier {
         // (and releases the space) instead of leaking it.
         let reservation = self
             .blocking(move |disk| -> Result<Reservation, StoreError> {
-                disk.lock().reserve(bytes, &disk.inner.settings.dir)?;
+                disk.lock().reserve(bytes, &disk.inner.settings)?;
                 Ok(Reservation::new(disk.clone(), bytes))
             })
             .await??;

@@ -41,7 +41,7 @@ impl DiskTier {
         let (file, temp, reservation) = self
             .blocking(
                 move |disk| -> Result<(std::fs::File, TempFile, Reservation), StoreError> {
-                    disk.lock().reserve(bytes, &disk.inner.settings.dir)?;
+                    disk.lock().reserve(bytes, &disk.inner.settings)?;
                     let reservation = Reservation::new(disk.clone(), bytes);
                     let temp = TempFile::new(&disk.inner.tmp_dir);
                     let file = std::fs::OpenOptions::new()

@@ -11,6 +11,7 @@ fn settings(dir: &Path, max_size: u64) -> DiskSettings {
         dir: dir.to_path_buf(),
         max_size,
         verify_before_serve: 1024 * 1024,
+        min_free: 0,
     }
 }
 

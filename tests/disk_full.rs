@@ -1,0 +1,167 @@
+//! A full filesystem under the disk tier: writes are dropped (2xx, counted), nothing stored is
+//! lost or damaged, no temp files stay behind, and `/readyz` says when the disk takes no writes.
+//! With `disk.min_free`, eviction keeps the floor free instead.
+//!
+//! The filesystem is a small tmpfs mounted for the test (the tests run as root, as in CI).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{metric_value, metrics, Daemon};
+
+/// A tmpfs of `size` mounted at a fresh directory; unmounted on drop.
+struct SmallFs {
+    dir: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("fs");
+        std::fs::create_dir(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: these tests need root (as CI runs them)"
+        );
+        SmallFs {
+            dir,
+            _parent: parent,
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn key(n: u32) -> String {
+    format!("{n:032x}")
+}
+
+fn body(n: u32) -> Vec<u8> {
+    (0..512 * 1024u32)
+        .map(|i| (i.wrapping_mul(7) ^ n) as u8)
+        .collect()
+}
+
+fn temp_files(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn put(daemon: &Daemon, n: u32) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(daemon.entry_url(&key(n)))
+        .body(body(n))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_filesystem_drops_writes_and_keeps_what_is_stored() {
+    let fs = SmallFs::mount("6m");
+    let config = "[disk]\nmax_size = \"64MiB\"\nmin_free = \"0\"\n[memory]\nmax_size = \"0\"\n[gradle]\nmax_entry_size = \"1MiB\"\n";
+    let daemon = Daemon::start(&fs.dir, config);
+    let mut stored = Vec::new();
+    let mut dropped = 0;
+    for n in 0..20 {
+        let response = put(&daemon, n).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "a full disk must not disable Gradle's cache"
+        );
+        match response.headers().get("x-build-cache-proxy-dropped") {
+            None => stored.push(n),
+            Some(reason) => {
+                assert_eq!(reason, "store-error");
+                dropped += 1;
+            }
+        }
+    }
+    assert!(dropped > 0, "6 MiB can't hold 20 entries of 512 KiB");
+    assert!(stored.len() >= 5, "only {} entries fit", stored.len());
+    assert_eq!(
+        temp_files(&daemon.data_dir),
+        0,
+        "a failed write left its temp file"
+    );
+    for &n in &stored {
+        let response = reqwest::get(daemon.entry_url(&key(n))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.bytes().await.unwrap() == body(n),
+            "entry {n} damaged"
+        );
+    }
+    let text = metrics(&daemon).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "build_cache_proxy_dropped_puts_total{front=\"gradle\",reason=\"store_error\"}"
+        ),
+        dropped as f64
+    );
+    // Readiness means "the disk takes writes": fill the last bytes, and it says no.
+    let filler = fs.dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+    drop(file);
+    let ready = reqwest::get(daemon.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "a full disk can't take writes");
+    assert!(ready.text().await.unwrap().contains("disk not writable"));
+    // Liveness never fails for a full disk: restarting the pod would not free anything.
+    let live = reqwest::get(daemon.admin_url("/healthz")).await.unwrap();
+    assert_eq!(live.status(), 200);
+    std::fs::remove_file(&filler).unwrap();
+    let ready = reqwest::get(daemon.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn min_free_evicts_to_keep_the_floor() {
+    let fs = SmallFs::mount("8m");
+    let config = "[disk]\nmax_size = \"64MiB\"\nmin_free = \"3MiB\"\n[memory]\nmax_size = \"0\"\n[gradle]\nmax_entry_size = \"1MiB\"\n";
+    let daemon = Daemon::start(&fs.dir, config);
+    for n in 0..20 {
+        let response = put(&daemon, n).await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            response
+                .headers()
+                .get("x-build-cache-proxy-dropped")
+                .is_none(),
+            "write {n} was dropped instead of evicting older entries"
+        );
+        let stat = rustix::fs::statvfs(&fs.dir).unwrap();
+        let free = stat.f_bavail * stat.f_frsize;
+        assert!(free >= 3 << 20, "only {free} bytes free after write {n}");
+    }
+    let newest = reqwest::get(daemon.entry_url(&key(19))).await.unwrap();
+    assert!(newest.bytes().await.unwrap() == body(19));
+    assert!(
+        metric_value(
+            &metrics(&daemon).await,
+            "build_cache_proxy_disk_evictions_total"
+        ) > 0.0
+    );
+    assert_eq!(
+        reqwest::get(daemon.admin_url("/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
