@@ -220,6 +220,60 @@ async fn concurrent_misses_make_one_s3_get() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_first_reader_does_not_strand_the_others() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "cancel").await;
+    let k = key(5);
+    let body = data(5, 24 * MIB);
+    s3::put_object(&client, &bucket, &s3::gradle_object(&k), body.clone()).await;
+    // Slow S3, so that the first reader can give up while the fill is running.
+    let fwd = Forwarder::start(&endpoint).await;
+    fwd.throttle(8 * MIB as u64);
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &fwd.endpoint(), "", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+
+    let leader = reqwest::Client::new();
+    let response = leader.get(daemon.entry_url(&k)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut leading = response.bytes_stream();
+    leading.next().await.unwrap().unwrap();
+
+    let follower = {
+        let url = daemon.entry_url(&k);
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await })
+    };
+    eventually(
+        "the second reader to join the fill",
+        Duration::from_secs(10),
+        || async { metric(&daemon, "single_flight_waiters", "").await == 1.0 },
+    )
+    .await;
+    // The first reader disconnects half way.
+    drop(leading);
+    drop(leader);
+
+    let got = follower
+        .await
+        .unwrap()
+        .expect("the second reader's body completes");
+    assert!(
+        got[..] == body[..],
+        "the second reader gets the whole object"
+    );
+    assert_eq!(s3_gets(&daemon).await, 1.0, "one S3 GET for both readers");
+    let (status, again) = get(&reqwest::Client::new(), &daemon, &k).await;
+    assert_eq!(status, 200);
+    assert!(again == body);
+    assert_eq!(
+        s3_gets(&daemon).await,
+        1.0,
+        "committed: the third read is local"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_outage_keeps_local_hits_and_queues_writes() {
     let endpoint = s3::endpoint();
     let client = s3::client(&endpoint);
