@@ -558,3 +558,97 @@ fn check_config_names_the_bad_key() {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/build-cache-proxy.toml");
     assert!(run(&reference).status.success());
 }
+
+/// Sends a PUT with a body of `len` bytes, all of it, then reads the answer; then a GET on the
+/// same connection shows the server read the whole body and kept the connection.
+fn refused_put_on_a_kept_connection(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &str,
+    len: usize,
+) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head =
+        format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n{extra_headers}\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // Written in pieces, as a client streaming a large file does; a server that answered early
+    // and closed would make these writes fail with a broken pipe.
+    for piece in pattern(len, 1).chunks(64 * 1024) {
+        stream
+            .write_all(piece)
+            .expect("the server hung up while the body was being sent");
+    }
+    let answer = read_response_head(&mut stream);
+    let body_len: usize = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; body_len];
+    stream.read_exact(&mut body).unwrap();
+    stream
+        .write_all(format!("GET /cache/{KEY} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let next = read_response_head(&mut stream);
+    assert!(
+        next.starts_with("HTTP/1.1 "),
+        "connection not reusable after {answer:?}: {next:?}"
+    );
+    answer
+}
+
+#[tokio::test]
+async fn refused_puts_are_answered_after_their_body_so_the_client_sees_the_status() {
+    let work = tempfile::tempdir().unwrap();
+    let config = r#"
+[gradle]
+anonymous = "read"
+max_entry_size = "1MiB"
+oversize = "reject"
+[[gradle.users]]
+name = "reader"
+password = "r-pass"
+access = "read"
+"#;
+    let daemon = Daemon::start(work.path(), config);
+    let len = 8 << 20;
+    let cases = [
+        (
+            format!("/cache/{KEY}"),
+            "Authorization: Basic cmVhZGVyOnItcGFzcw==\r\n",
+            "403",
+            4 << 20,
+        ),
+        (
+            format!("/cache/{KEY}"),
+            "Authorization: Basic cmVhZGVyOndyb25n\r\n",
+            "401",
+            4 << 20,
+        ),
+        (format!("/cache/{KEY}"), "", "401", 4 << 20),
+        (
+            "/cache/NOT-HEX".to_string(),
+            "Authorization: Basic cmVhZGVyOnItcGFzcw==\r\n",
+            "403",
+            1 << 20,
+        ),
+    ];
+    for (path, headers, status, size) in cases {
+        let answer = refused_put_on_a_kept_connection(daemon.gradle, &path, headers, size);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path} {headers:?}: {answer}"
+        );
+    }
+
+    let writer = Daemon::start(
+        &work.path().join("w"),
+        "[gradle]\nmax_entry_size = \"1MiB\"\noversize = \"reject\"\n",
+    );
+    let answer = refused_put_on_a_kept_connection(writer.gradle, &format!("/cache/{KEY}"), "", len);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = refused_put_on_a_kept_connection(writer.gradle, "/cache/..", "", 1 << 20);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}

@@ -52,6 +52,79 @@ impl<S: Store> GradleFront<S> {
         }
     }
 
+    /// Route, method, credentials and key: everything decided from the request head.
+    fn admit(&self, req: &Request<Incoming>) -> Result<Key, Response<ResponseBody>> {
+        let Some(raw_key) = req.uri().path().strip_prefix(CACHE_PREFIX) else {
+            return Err(respond(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                body::full("the Gradle build cache is served under /cache/\n"),
+            ));
+        };
+        let needed = match *req.method() {
+            Method::GET | Method::HEAD => Access::Read,
+            Method::PUT => Access::Readwrite,
+            _ => {
+                let mut response =
+                    respond(StatusCode::METHOD_NOT_ALLOWED, "bad_method", body::empty());
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
+                return Err(response);
+            }
+        };
+        match self.auth.identify(req.headers()) {
+            Identity::Invalid => {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["gradle", "bad_credentials"])
+                    .inc();
+                return Err(unauthorized("unauthorized"));
+            }
+            Identity::Known(access) if access < needed => {
+                let anonymous = req.headers().get(header::AUTHORIZATION).is_none();
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["gradle", "access_denied"])
+                    .inc();
+                return Err(if anonymous {
+                    unauthorized("credentials_required")
+                } else {
+                    respond(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        body::full("this user may not write to the cache\n"),
+                    )
+                });
+            }
+            Identity::Known(_) => {}
+        }
+        Key::gradle(raw_key).map_err(|e| {
+            respond(
+                StatusCode::BAD_REQUEST,
+                "bad_key",
+                body::full(format!("invalid cache key: {e}\n")),
+            )
+        })
+    }
+
+    /// Answers a request that will not be served as asked. A PUT's body is already on its way
+    /// unless the client waits for `100 Continue`, and Gradle doesn't: a response sent while it
+    /// is still sending reaches it as a broken pipe, which it retries and finally reports as an
+    /// unrelated error. So the body is read and thrown away first, and the client sees the real
+    /// status. With `Expect: 100-continue` the answer goes out before any body byte is sent.
+    async fn refuse(
+        &self,
+        req: Request<Incoming>,
+        response: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        if req.method() != Method::PUT || expects_continue(req.headers()) {
+            return response;
+        }
+        let drained = body::drain(req.into_body(), self.stall_timeout).await;
+        received(response, drained)
+    }
+
     async fn get(&self, key: &Key, head_only: bool) -> Response<ResponseBody> {
         if head_only {
             return match self.store.head(key).await {
@@ -86,11 +159,12 @@ impl<S: Store> GradleFront<S> {
 
     async fn put(&self, key: &Key, req: Request<Incoming>) -> Response<ResponseBody> {
         let Some(len) = content_length(req.headers()) else {
-            return respond(
+            let refusal = respond(
                 StatusCode::LENGTH_REQUIRED,
                 "no_length",
                 body::full("a PUT needs a Content-Length\n"),
             );
+            return self.refuse(req, refusal).await;
         };
         if len > self.max_entry_size {
             return self.oversize(req, len).await;
@@ -125,50 +199,27 @@ impl<S: Store> GradleFront<S> {
     }
 
     async fn oversize(&self, req: Request<Incoming>, len: u64) -> Response<ResponseBody> {
-        let expects_continue = req
-            .headers()
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        match self.oversize {
-            Oversize::Reject => {
-                let mut response = respond(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "oversize",
-                    body::full(format!(
-                        "entry of {len} bytes exceeds gradle.max_entry_size of {} bytes\n",
-                        self.max_entry_size
-                    )),
-                );
-                if !expects_continue {
-                    // The body is on its way and will not be read: the connection can't be reused.
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
-            }
+        let response = match self.oversize {
+            Oversize::Reject => respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "oversize",
+                body::full(format!(
+                    "entry of {len} bytes exceeds gradle.max_entry_size of {} bytes\n",
+                    self.max_entry_size
+                )),
+            ),
             Oversize::Drop => {
                 self.metrics
                     .dropped_puts
                     .with_label_values(&["gradle", "oversize"])
                     .inc();
-                // With `Expect: 100-continue` the answer comes before the body is sent at all.
-                // Without it, the client is already sending: read it to the end and throw it
-                // away, so the client sees a completed upload and not a reset connection.
-                let drained = if expects_continue {
-                    0
-                } else {
-                    body::drain(req.into_body(), self.stall_timeout).await
-                };
-                received(
-                    dropped(
-                        respond(StatusCode::OK, "dropped", body::empty()),
-                        "oversize",
-                    ),
-                    drained,
+                dropped(
+                    respond(StatusCode::OK, "dropped", body::empty()),
+                    "oversize",
                 )
             }
-        }
+        };
+        self.refuse(req, response).await
     }
 }
 
@@ -178,60 +229,9 @@ impl<S: Store> Front for GradleFront<S> {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let Some(raw_key) = req.uri().path().strip_prefix(CACHE_PREFIX) else {
-            return respond(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                body::full("the Gradle build cache is served under /cache/\n"),
-            );
-        };
-        let needed = match *req.method() {
-            Method::GET | Method::HEAD => Access::Read,
-            Method::PUT => Access::Readwrite,
-            _ => {
-                let mut response =
-                    respond(StatusCode::METHOD_NOT_ALLOWED, "bad_method", body::empty());
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
-                return response;
-            }
-        };
-        match self.auth.identify(req.headers()) {
-            Identity::Invalid => {
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&["gradle", "bad_credentials"])
-                    .inc();
-                return unauthorized("unauthorized");
-            }
-            Identity::Known(access) if access < needed => {
-                let anonymous = req.headers().get(header::AUTHORIZATION).is_none();
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&["gradle", "access_denied"])
-                    .inc();
-                return if anonymous {
-                    unauthorized("credentials_required")
-                } else {
-                    respond(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        body::full("this user may not write to the cache\n"),
-                    )
-                };
-            }
-            Identity::Known(_) => {}
-        }
-        let key = match Key::gradle(raw_key) {
+        let key = match self.admit(&req) {
             Ok(key) => key,
-            Err(e) => {
-                return respond(
-                    StatusCode::BAD_REQUEST,
-                    "bad_key",
-                    body::full(format!("invalid cache key: {e}\n")),
-                )
-            }
+            Err(refusal) => return self.refuse(req, refusal).await,
         };
         let mut response = match *req.method() {
             Method::PUT => self.put(&key, req).await,
@@ -292,6 +292,12 @@ fn dropped(mut response: Response<ResponseBody>, reason: &'static str) -> Respon
 
 fn set_length(headers: &mut HeaderMap, len: u64) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
