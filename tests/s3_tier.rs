@@ -369,6 +369,110 @@ async fn s3_outage_keeps_local_hits_and_queues_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_s3_costs_one_timeout_then_the_breaker_skips_it() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "hung").await;
+    let fwd = Forwarder::start(&endpoint).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(
+        &bucket,
+        &fwd.endpoint(),
+        "read_timeout = \"1s\"\nbreaker_failures = 2\nbreaker_cooldown = \"30s\"",
+        "",
+    );
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+    let local = key(80);
+    put(&http, &daemon, &local, data(80, 1000)).await;
+    wait_queue_empty(&daemon, Duration::from_secs(30)).await;
+
+    // S3 accepts connections and never answers. The daemon's pooled connections to it are
+    // dropped too, so every request meets the hang.
+    fwd.hang(true);
+    fwd.stop().await;
+    fwd.restart().await;
+    let mut slow = 0;
+    for i in 0..5 {
+        let started = Instant::now();
+        let (status, _) = get(&http, &daemon, &key(200 + i)).await;
+        let took = started.elapsed();
+        assert_eq!(status, 404);
+        assert!(took < Duration::from_secs(3), "a miss took {took:?}");
+        if took >= Duration::from_millis(900) {
+            slow += 1;
+        }
+    }
+    assert_eq!(
+        slow, 2,
+        "only the misses before the breaker opened waited for S3"
+    );
+    assert_eq!(
+        metric(
+            &daemon,
+            "s3_requests_total",
+            "op=\"get\",result=\"timeout\""
+        )
+        .await,
+        2.0
+    );
+    let (status, _) = get(&http, &daemon, &local).await;
+    assert_eq!(status, 200, "local hits are unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_writes_and_counts_them() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "full-queue").await;
+    let fwd = Forwarder::start(&endpoint).await;
+    fwd.stop().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(
+        &bucket,
+        &fwd.endpoint(),
+        "queue_max_entries = 2\nretry_max_backoff = \"1s\"",
+        "",
+    );
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+    put(&http, &daemon, &key(90), data(90, 1000)).await;
+    put(&http, &daemon, &key(91), data(91, 1000)).await;
+    // Writing a queued key again needs no new slot.
+    put(&http, &daemon, &key(91), data(91, 1000)).await;
+    let response = reqwest::Client::new()
+        .put(daemon.entry_url(&key(92)))
+        .body(data(92, 1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "Gradle must never see a non-2xx");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-build-cache-proxy-dropped")
+            .and_then(|v| v.to_str().ok()),
+        Some("store-error")
+    );
+    assert_eq!(
+        metric(
+            &daemon,
+            "dropped_puts_total",
+            "front=\"gradle\",reason=\"store_error\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(metric(&daemon, "upload_queue_entries", "").await, 2.0);
+    let (status, _) = get(&http, &daemon, &key(92)).await;
+    assert_eq!(status, 404, "the refused write stored nothing");
+
+    fwd.restart().await;
+    wait_queue_empty(&daemon, Duration::from_secs(30)).await;
+    put(&http, &daemon, &key(92), data(92, 1000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_survives_kill_9_and_drains_after_restart() {
     let endpoint = s3::endpoint();
     let client = s3::client(&endpoint);

@@ -217,6 +217,8 @@ struct Control {
     /// Server-to-client bytes forwarded, over all connections.
     forwarded: AtomicU64,
     stopping: AtomicBool,
+    /// New connections are accepted and then left unanswered: a hung S3.
+    hang: AtomicBool,
 }
 
 impl Forwarder {
@@ -258,6 +260,13 @@ impl Forwarder {
                 };
                 let control = control.clone();
                 conns.spawn(async move {
+                    if control.hang.load(Ordering::SeqCst) {
+                        // Read and ignore the request; never answer.
+                        let mut client = client;
+                        let mut sink = vec![0u8; 64 * 1024];
+                        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+                        return;
+                    }
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
@@ -343,6 +352,11 @@ impl Forwarder {
     /// Throttles every response to `bytes_per_second` per connection (0: unlimited).
     pub fn throttle(&self, bytes_per_second: u64) {
         self.control.rate.store(bytes_per_second, Ordering::SeqCst);
+    }
+
+    /// Makes new connections hang (accepted, never answered) or behave again.
+    pub fn hang(&self, hang: bool) {
+        self.control.hang.store(hang, Ordering::SeqCst);
     }
 
     /// Cuts every connection after it carried `bytes` of response (0: never).

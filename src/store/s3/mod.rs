@@ -593,3 +593,58 @@ impl Store for S3Tier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn part_reader_splits_chunks_across_parts_and_checks_the_length() {
+        let mut r = PartReader {
+            body: chunks(&[b"abc", b"defgh", b"ij"]),
+            carry: None,
+            received: 0,
+            declared: 10,
+        };
+        assert_eq!(&r.read(4).await.unwrap()[..], b"abcd");
+        assert_eq!(&r.read(4).await.unwrap()[..], b"efgh");
+        assert_eq!(&r.read(2).await.unwrap()[..], b"ij");
+        r.expect_end().await.unwrap();
+
+        let mut short = PartReader {
+            body: chunks(&[b"abc"]),
+            carry: None,
+            received: 0,
+            declared: 5,
+        };
+        assert!(matches!(
+            short.read(5).await,
+            Err(StoreError::LengthMismatch {
+                declared: 5,
+                received: 3
+            })
+        ));
+
+        let mut long = PartReader {
+            body: chunks(&[b"abc", b"de"]),
+            carry: None,
+            received: 0,
+            declared: 3,
+        };
+        assert_eq!(&long.read(3).await.unwrap()[..], b"abc");
+        assert!(long.expect_end().await.is_err());
+    }
+
+    #[test]
+    fn prefixes_end_in_a_slash() {
+        assert_eq!(normalize_prefix(""), "");
+        assert_eq!(normalize_prefix("ci"), "ci/");
+        assert_eq!(normalize_prefix("ci/"), "ci/");
+    }
+}
