@@ -68,6 +68,7 @@ impl Daemon {
                             max_entries: s3_config.queue_max_entries,
                             concurrency: s3_config.upload_concurrency,
                             max_backoff: s3_config.retry_max_backoff,
+                            jitter: fastrand::f64,
                         },
                         disk.clone(),
                         s3.clone(),

@@ -53,6 +53,8 @@ pub struct WriteBackSettings {
     pub max_entries: usize,
     pub concurrency: usize,
     pub max_backoff: Duration,
+    /// Source of retry jitter, uniform in [0, 1): `fastrand::f64` in the daemon; tests may pin it.
+    pub jitter: fn() -> f64,
 }
 
 /// A handle to the write-back queue; cheap to clone.
@@ -69,8 +71,6 @@ struct Inner {
     settings: WriteBackSettings,
     state: Mutex<State>,
     wake: Notify,
-    /// Source of jitter in [0, 1); injectable for tests.
-    jitter: fn() -> f64,
 }
 
 #[derive(Default)]
@@ -159,7 +159,6 @@ impl WriteBack {
                 settings,
                 state: Mutex::new(state),
                 wake: Notify::new(),
-                jitter: fastrand::f64,
             }),
         };
         wb.inner.publish(&wb.inner.lock());
@@ -338,7 +337,13 @@ impl Inner {
             Some(now)
         } else {
             item.attempts += 1;
-            Some(now + backoff(item.attempts, self.settings.max_backoff, (self.jitter)()))
+            Some(
+                now + backoff(
+                    item.attempts,
+                    self.settings.max_backoff,
+                    (self.settings.jitter)(),
+                ),
+            )
         };
         if let Some(at) = retry_at {
             state.seq += 1;
