@@ -169,6 +169,7 @@ async fn a_build_on_one_node_is_from_cache_on_another() {
         Some("FROM-CACHE")
     );
     assert_eq!(s3_get_ok(&b).await, gets, "no S3 GET for the third build");
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,4 +211,5 @@ async fn builds_keep_their_cache_while_s3_is_down() {
         gradle_objects(&client, &bucket).await > uploaded,
         "the entry stored while S3 was down reached the bucket"
     );
+    s3::remove_bucket(&client, &bucket).await;
 }

@@ -159,6 +159,7 @@ async fn two_nodes_share_entries_through_s3() {
     let ready = reqwest::get(b.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
     assert!(ready.text().await.unwrap().contains("s3: up"));
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +218,7 @@ async fn concurrent_misses_make_one_s3_get() {
         metric(&daemon, "s3_received_bytes_total", "").await,
         (50 * MIB) as f64
     );
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,6 +273,7 @@ async fn cancelling_the_first_reader_does_not_strand_the_others() {
         1.0,
         "committed: the third read is local"
     );
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,6 +369,7 @@ async fn s3_outage_keeps_local_hits_and_queues_writes() {
         metric(&daemon, "s3_up", "").await == 1.0
     })
     .await;
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +422,7 @@ async fn a_hung_s3_costs_one_timeout_then_the_breaker_skips_it() {
     );
     let (status, _) = get(&http, &daemon, &local).await;
     assert_eq!(status, 200, "local hits are unaffected");
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,6 +475,7 @@ async fn a_full_queue_refuses_writes_and_counts_them() {
     fwd.restart().await;
     wait_queue_empty(&daemon, Duration::from_secs(30)).await;
     put(&http, &daemon, &key(92), data(92, 1000)).await;
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,6 +538,7 @@ async fn queue_survives_kill_9_and_drains_after_restart() {
         assert!(stored.as_ref() == Some(body), "{k} reached S3 intact");
     }
     assert_eq!(metric(&daemon, "disk_pinned_bytes", "").await, 0.0);
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,6 +613,7 @@ async fn one_gib_read_through_streams_early_with_bounded_memory() {
     }
     assert_eq!(again, LEN);
     assert_eq!(s3_gets(&daemon).await, gets, "second read from disk");
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,6 +659,7 @@ async fn mid_stream_s3_failure_cuts_the_response_and_commits_nothing() {
     assert_eq!(status, 200);
     assert!(got == body, "full, correct body after S3 recovered");
     assert_eq!(s3_gets(&daemon).await, gets + 1.0, "read from S3 again");
+    s3::remove_bucket(&client, &bucket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,4 +710,5 @@ async fn write_through_acknowledges_once_s3_has_the_object() {
             .map(|v| v.to_str().unwrap().to_string()),
         Some("store-error".to_string())
     );
+    s3::remove_bucket(&client, &bucket).await;
 }

@@ -18,7 +18,8 @@
 //! - **Nothing unverified is committed or served whole.** The entry is committed only when its
 //!   length (and its CRC32C, when the object carries ours) matched. Readers are held one byte
 //!   short of the end until then, so a failed fill ends every response with an error, never a
-//!   complete-looking body.
+//!   complete-looking body. They are released as soon as the body is verified, without waiting
+//!   for the commit's fsync.
 
 use std::collections::HashMap;
 use std::io;
@@ -68,6 +69,10 @@ struct Progress {
     source: Option<Source>,
     /// Body bytes in the spool file, readable by anyone holding `source.file`.
     written: u64,
+    /// The whole body is in the spool file and matched its length and checksum. Readers may
+    /// finish now; committing it (fsync, rename) is the cache's business, not theirs, and their
+    /// file handle stays valid even if that commit fails.
+    verified: bool,
     /// Set when the fill is over.
     end: Option<End>,
 }
@@ -271,6 +276,7 @@ async fn fill(inner: &Inner, key: &Key, tx: &watch::Sender<Progress>) -> End {
             ));
         }
     }
+    tx.send_modify(|p| p.verified = true);
     let header = match spool.finish(false).await {
         Ok(header) => header,
         Err(e) => return failed(&e),
@@ -340,14 +346,13 @@ impl Tail {
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         let len = self.source.meta.len;
         loop {
-            let (written, end) = {
+            let (written, verified, end) = {
                 let p = self.progress.borrow_and_update();
-                (p.written, p.end.clone())
+                (p.written, p.verified, p.end.clone())
             };
-            let complete = matches!(end, Some(End::Complete));
-            // Hold the last byte back until the fill is verified and committed: a client that
-            // has every byte of a Content-Length body considers it complete.
-            let readable = if complete {
+            // Hold the last byte back until the body is verified: a client that has every byte
+            // of a Content-Length body considers it complete.
+            let readable = if verified {
                 written
             } else {
                 written.min(len.saturating_sub(1))
@@ -358,10 +363,14 @@ impl Tail {
                 self.pos += chunk.len() as u64;
                 return Ok(Some(chunk));
             }
+            if verified {
+                // Everything verified has been read (a commit failing later changes nothing
+                // for this reader).
+                return Ok(None);
+            }
             match end {
-                Some(End::Complete) if self.pos == len => return Ok(None),
                 Some(End::Complete) => {
-                    return Err(io::Error::other("S3 fill completed short"));
+                    return Err(io::Error::other("S3 fill completed unverified"));
                 }
                 Some(End::Failed(why)) => {
                     return Err(io::Error::other(format!("S3 read failed: {why}")))

@@ -76,6 +76,28 @@ pub async fn fresh_bucket(client: &aws_sdk_s3::Client, test: &str) -> String {
     name
 }
 
+/// Deletes a test's bucket and everything in it (tests call it at their end, so a local S3
+/// server does not fill up with test objects run after run).
+pub async fn remove_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
+    loop {
+        let listed = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        if listed.contents().is_empty() {
+            break;
+        }
+        for object in listed.contents() {
+            if let Some(key) = object.key() {
+                let _ = client.delete_object().bucket(bucket).key(key).send().await;
+            }
+        }
+    }
+    let _ = client.delete_bucket().bucket(bucket).send().await;
+}
+
 /// The object key of a Gradle entry under the documented layout (no prefix).
 pub fn gradle_object(key: &str) -> String {
     format!("gradle/{key}")
