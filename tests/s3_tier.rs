@@ -663,6 +663,43 @@ async fn mid_stream_s3_failure_cuts_the_response_and_commits_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_failing_its_checksum_is_never_served_whole_or_cached() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "bad-crc").await;
+    let k = key(55);
+    let body = data(55, 3 * MIB);
+    let wrong = format!("{:08x}", crc32c::crc32c(&body) ^ 1);
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(s3::gradle_object(&k))
+        .metadata("crc32c", wrong)
+        .body(body.clone().into())
+        .customize()
+        .disable_payload_signing()
+        .send()
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &endpoint, "", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+
+    for attempt in 0..2 {
+        let response = reqwest::get(daemon.entry_url(&k)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let result = response.bytes().await;
+        assert!(
+            result.is_err(),
+            "attempt {attempt}: a body failing its checksum must end in an error"
+        );
+    }
+    assert_eq!(s3_gets(&daemon).await, 2.0, "nothing was cached");
+    assert_eq!(metric(&daemon, "disk_entries", "").await, 0.0);
+    s3::remove_bucket(&client, &bucket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_through_acknowledges_once_s3_has_the_object() {
     let endpoint = s3::endpoint();
     let client = s3::client(&endpoint);
