@@ -445,9 +445,11 @@ async fn a_full_queue_refuses_writes_and_counts_them() {
     put(&http, &daemon, &key(91), data(91, 1000)).await;
     // Writing a queued key again needs no new slot.
     put(&http, &daemon, &key(91), data(91, 1000)).await;
-    let response = reqwest::Client::new()
+    // Large enough that the client is still sending when the answer is decided: the daemon
+    // reads it to the end, and the connection stays usable.
+    let response = http
         .put(daemon.entry_url(&key(92)))
-        .body(data(92, 1000))
+        .body(data(92, 4 * MIB))
         .send()
         .await
         .unwrap();
