@@ -10,6 +10,9 @@
 //!   the queue marker is durable;
 //! - through: the entry is committed, uploaded from its file, and acknowledged only once S3
 //!   has it. If the upload fails the write fails (the local copy stays, as a cache entry).
+//!
+//! A delete removes the local copies only: S3 is the shared tier of every node, and entries
+//! leave it by the bucket's lifecycle rules, not by one node's decision.
 
 use std::sync::{Arc, Mutex};
 

@@ -512,8 +512,11 @@ impl Store for S3Tier {
             modified: system_time(out.last_modified()),
             crc32c: crc_from_meta(out.metadata()),
         };
-        let breaker_metrics = self.inner.metrics.clone();
-        let body = body_stream(out.body, self.inner.read_timeout, breaker_metrics);
+        let body = body_stream(
+            out.body,
+            self.inner.read_timeout,
+            self.inner.metrics.clone(),
+        );
         let tier = self.clone();
         // A body that fails after the headers is an S3 failure too.
         let body = body.inspect(move |item| {
