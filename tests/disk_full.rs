@@ -60,6 +60,44 @@ fn temp_files(data_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A PUT written in 16 KiB pieces over one connection, then a GET on the same connection.
+/// Returns the PUT's response head; fails if the server hung up before the body was sent.
+fn put_in_pieces(addr: std::net::SocketAddr, key: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "PUT /cache/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    for piece in body.chunks(16 * 1024) {
+        stream
+            .write_all(piece)
+            .expect("the server hung up while the body was being sent");
+    }
+    let read_head = |stream: &mut std::net::TcpStream| {
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            out.push(byte[0]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let answer = read_head(&mut stream);
+    stream
+        .write_all(format!("HEAD /cache/{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let next = read_head(&mut stream);
+    assert!(
+        next.starts_with("HTTP/1.1 404"),
+        "connection not reusable: {next:?}"
+    );
+    answer
+}
+
 async fn put(daemon: &Daemon, n: u32) -> reqwest::Response {
     reqwest::Client::new()
         .put(daemon.entry_url(&key(n)))
@@ -121,6 +159,14 @@ async fn a_full_filesystem_drops_writes_and_keeps_what_is_stored() {
     drop(file);
     let ready = reqwest::get(daemon.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503, "a full disk can't take writes");
+    // A client streaming its body into a full disk still gets to send all of it and sees the
+    // 2xx drop, on a connection it can keep using.
+    let answer = put_in_pieces(daemon.gradle, &key(99), &body(99));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("x-build-cache-proxy-dropped: store-error"),
+        "{answer}"
+    );
     assert!(ready.text().await.unwrap().contains("disk not writable"));
     // Liveness never fails for a full disk: restarting the pod would not free anything.
     let live = reqwest::get(daemon.admin_url("/healthz")).await.unwrap();

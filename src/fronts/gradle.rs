@@ -53,13 +53,14 @@ impl<S: Store> GradleFront<S> {
     }
 
     /// Route, method, credentials and key: everything decided from the request head.
-    fn admit(&self, req: &Request<Incoming>) -> Result<Key, Response<ResponseBody>> {
+    /// A refusal is boxed: a response is large next to a key.
+    fn admit(&self, req: &Request<Incoming>) -> Result<Key, Box<Response<ResponseBody>>> {
         let Some(raw_key) = req.uri().path().strip_prefix(CACHE_PREFIX) else {
-            return Err(respond(
+            return Err(Box::new(respond(
                 StatusCode::NOT_FOUND,
                 "no_route",
                 body::full("the Gradle build cache is served under /cache/\n"),
-            ));
+            )));
         };
         let needed = match *req.method() {
             Method::GET | Method::HEAD => Access::Read,
@@ -70,7 +71,7 @@ impl<S: Store> GradleFront<S> {
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
-                return Err(response);
+                return Err(Box::new(response));
             }
         };
         match self.auth.identify(req.headers()) {
@@ -79,7 +80,7 @@ impl<S: Store> GradleFront<S> {
                     .auth_failures
                     .with_label_values(&["gradle", "bad_credentials"])
                     .inc();
-                return Err(unauthorized("unauthorized"));
+                return Err(Box::new(unauthorized("unauthorized")));
             }
             Identity::Known(access) if access < needed => {
                 let anonymous = req.headers().get(header::AUTHORIZATION).is_none();
@@ -87,7 +88,7 @@ impl<S: Store> GradleFront<S> {
                     .auth_failures
                     .with_label_values(&["gradle", "access_denied"])
                     .inc();
-                return Err(if anonymous {
+                return Err(Box::new(if anonymous {
                     unauthorized("credentials_required")
                 } else {
                     respond(
@@ -95,16 +96,16 @@ impl<S: Store> GradleFront<S> {
                         "forbidden",
                         body::full("this user may not write to the cache\n"),
                     )
-                });
+                }));
             }
             Identity::Known(_) => {}
         }
         Key::gradle(raw_key).map_err(|e| {
-            respond(
+            Box::new(respond(
                 StatusCode::BAD_REQUEST,
                 "bad_key",
                 body::full(format!("invalid cache key: {e}\n")),
-            )
+            ))
         })
     }
 
@@ -169,16 +170,16 @@ impl<S: Store> GradleFront<S> {
         if len > self.max_entry_size {
             return self.oversize(req, len).await;
         }
-        let stream = body::request_stream(req.into_body(), self.stall_timeout);
-        match self.store.put(key, len, stream).await {
-            Ok(()) => received(respond(StatusCode::OK, "stored", body::empty()), len),
-            Err(StoreError::LengthMismatch { received: got, .. }) => received(
-                respond(
-                    StatusCode::BAD_REQUEST,
-                    "short_body",
-                    body::full("body length differs from Content-Length\n"),
-                ),
-                got,
+        let (stream, upload) = body::upload(req.into_body(), self.stall_timeout);
+        let stored = self.store.put(key, len, stream).await;
+        // Whatever the store did, the client's body is read to its end before the answer.
+        let got = upload.finish().await;
+        let response = match stored {
+            Ok(()) => respond(StatusCode::OK, "stored", body::empty()),
+            Err(StoreError::LengthMismatch { .. }) => respond(
+                StatusCode::BAD_REQUEST,
+                "short_body",
+                body::full("body length differs from Content-Length\n"),
             ),
             Err(StoreError::BodyAborted(e)) => {
                 tracing::info!(key = %key, error = %e, "upload aborted by the client; nothing stored");
@@ -195,7 +196,8 @@ impl<S: Store> GradleFront<S> {
                     "store-error",
                 )
             }
-        }
+        };
+        received(response, got)
     }
 
     async fn oversize(&self, req: Request<Incoming>, len: u64) -> Response<ResponseBody> {
@@ -231,7 +233,7 @@ impl<S: Store> Front for GradleFront<S> {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let key = match self.admit(&req) {
             Ok(key) => key,
-            Err(refusal) => return self.refuse(req, refusal).await,
+            Err(refusal) => return self.refuse(req, *refusal).await,
         };
         let mut response = match *req.method() {
             Method::PUT => self.put(&key, req).await,

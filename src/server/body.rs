@@ -61,6 +61,53 @@ fn with_stall_timeout(
     })
 }
 
+/// The reading end of an upload handed to a consumer that may stop early (a store refusing a
+/// write because the disk or the upload queue is full). See [`upload`].
+pub struct Upload {
+    reader: tokio::task::JoinHandle<u64>,
+}
+
+impl Upload {
+    /// Waits until the client's body has been read to its end (or the client is gone) and
+    /// returns the bytes received.
+    pub async fn finish(self) -> u64 {
+        self.reader.await.unwrap_or(0)
+    }
+}
+
+/// Splits a request body into a store stream and an [`Upload`] handle. A task reads the body
+/// and passes each chunk on through a two-chunk channel (so memory stays bounded); if the
+/// consumer drops its stream before the end, the task reads the rest and throws it away. The
+/// client thus always finishes sending and sees the answer, instead of a broken pipe that
+/// Gradle would retry and then report as an unrelated error. One task per request in flight.
+pub fn upload(body: Incoming, stall_timeout: Duration) -> (ByteStream, Upload) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
+    let reader = tokio::spawn(async move {
+        let mut source = request_stream(body, stall_timeout);
+        let mut consumer = Some(tx);
+        let mut total = 0u64;
+        while let Some(item) = source.next().await {
+            let failed = item.is_err();
+            if let Ok(chunk) = &item {
+                total += chunk.len() as u64;
+            }
+            if let Some(tx) = &consumer {
+                if tx.send(item).await.is_err() {
+                    consumer = None; // the consumer gave up: keep draining
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        total
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (Box::pin(stream), Upload { reader })
+}
+
 /// Reads and discards a request body (up to its end), so the connection can be reused and the
 /// client sees its upload complete.
 pub async fn drain(body: Incoming, stall_timeout: Duration) -> u64 {

@@ -241,16 +241,8 @@ impl Store for TieredStore {
             Some(RemoteWrite::Through(s3)) => self.put_through(s3, key, len, body).await,
             Some(RemoteWrite::Back(queue)) => {
                 // The slot first: a full queue refuses the write before anything is stored.
-                let slot = match queue.reserve(key) {
-                    Ok(slot) => slot,
-                    Err(e) => {
-                        // Read the body to its end anyway, so that the client sees its upload
-                        // complete and gets the answer, instead of a broken pipe mid-upload.
-                        let mut body = body;
-                        while let Some(Ok(_)) = body.next().await {}
-                        return Err(e);
-                    }
-                };
+                // (The front reads the refused body to its end, so the client gets the answer.)
+                let slot = queue.reserve(key)?;
                 let already_queued = !slot.is_new();
                 let header = self.put_local(key, len, body, true).await?;
                 if let Err(e) = queue.enqueue(slot, key, header.body_len).await {
