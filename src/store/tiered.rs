@@ -23,7 +23,7 @@ use super::disk::DiskTier;
 use super::entry_file::EntryHeader;
 use super::memory::{MemoryEntry, MemoryTier};
 use super::read_through::ReadThrough;
-use super::s3::{FileBody, S3Tier};
+use super::s3::S3Tier;
 use super::write_back::WriteBack;
 use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
 use crate::metrics::Metrics;
@@ -135,16 +135,7 @@ impl TieredStore {
                 .locate(key)
                 .await?
                 .ok_or_else(|| StoreError::Remote("entry vanished before its upload".into()))?;
-            s3.upload_file(
-                key,
-                FileBody {
-                    path: &loc.path,
-                    offset: loc.body_offset,
-                    len: loc.header.body_len,
-                    crc32c: loc.header.crc32c,
-                },
-            )
-            .await
+            s3.upload_entry(&loc).await
         }
         .await;
         self.disk.set_pinned(key, false);

@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::disk::DiskTier;
-use super::s3::{FileBody, S3Tier};
+use super::s3::S3Tier;
 use super::{Key, Namespace, StoreError};
 use crate::metrics::Metrics;
 
@@ -363,17 +363,7 @@ impl Inner {
             tracing::info!(key = %key, "queued entry no longer on disk; nothing to upload");
             return Ok(());
         };
-        self.remote
-            .upload_file(
-                key,
-                FileBody {
-                    path: &loc.path,
-                    offset: loc.body_offset,
-                    len: loc.header.body_len,
-                    crc32c: loc.header.crc32c,
-                },
-            )
-            .await
+        self.remote.upload_entry(&loc).await
     }
 }
 

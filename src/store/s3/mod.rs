@@ -34,6 +34,7 @@ use aws_smithy_types::byte_stream::Length;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use super::disk::EntryLocation;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
@@ -66,15 +67,6 @@ struct Inner {
     part_size: u64,
     breaker: Breaker,
     metrics: Arc<Metrics>,
-}
-
-/// Where a body to upload lies on disk.
-#[derive(Debug, Clone)]
-pub struct FileBody<'a> {
-    pub path: &'a Path,
-    pub offset: u64,
-    pub len: u64,
-    pub crc32c: u32,
 }
 
 impl S3Tier {
@@ -191,13 +183,19 @@ impl S3Tier {
 
     /// Uploads an entry from its file on disk (single PUT or multipart by size). The SDK can
     /// retry file-backed bodies, since it reopens the file range for every attempt.
-    pub async fn upload_file(&self, key: &Key, file: FileBody<'_>) -> Result<(), StoreError> {
+    pub async fn upload_entry(&self, entry: &EntryLocation) -> Result<(), StoreError> {
         let mut source = Source::File {
-            path: file.path,
-            offset: file.offset,
+            path: &entry.path,
+            offset: entry.body_offset,
         };
-        self.upload(key, file.len, Some(file.crc32c), &mut source)
-            .await
+        let header = &entry.header;
+        self.upload(
+            &header.key,
+            header.body_len,
+            Some(header.crc32c),
+            &mut source,
+        )
+        .await
     }
 
     /// The part size for a body of `len` bytes: the configured one, raised as needed to stay
@@ -549,7 +547,7 @@ impl Store for S3Tier {
     }
 
     /// Uploads a streamed body. Each part is buffered in memory before it is sent (bounded by
-    /// the part size), which is what lets the SDK retry it; prefer [`S3Tier::upload_file`].
+    /// the part size), which is what lets the SDK retry it; prefer [`S3Tier::upload_entry`].
     async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
         let mut reader = PartReader {
             body,
