@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
 work=$(mktemp -d /tmp/bcp-load.XXXXXX)
+chmod 755 "$work" # nginx workers run as an unprivileged user
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -94,6 +95,8 @@ for key in $small_key $large_key; do
 done
 
 for _ in $(seq 1 50); do curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/cache/$small_key" && break; sleep 0.1; done
+nginx_ok=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$nginx_port/cache/$small_key")
+[ "$nginx_ok" = 200 ] || { echo "nginx answered $nginx_ok; see $work/nginx/error.log" >&2; cat "$work/nginx/error.log" >&2; exit 1; }
 public_ok=$(curl -s -o /dev/null -w '%{http_code}' "$endpoint/bench/gradle/$small_key")
 [ "$public_ok" = 200 ] || echo "warning: SeaweedFS anonymous GET answered $public_ok; its rows will be errors" >&2
 
