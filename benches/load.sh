@@ -109,6 +109,8 @@ run() { # url connections -> "req/s bytes/s"
     END {printf "%.0f %.0f %s\n", r, t, (bad==""?0:bad)}'
 }
 
+# Ratios compare bytes per second (the same as requests per second for one body size, finer for
+# the large body, where a run holds only a few dozen requests).
 printf '%-34s %14s %14s %10s %10s %10s\n' "case" "req/s" "MiB/s" "non-2xx" "÷nginx" "÷seaweedfs"
 for case in "small $small_key 16" "large $large_key 4"; do
   set -- $case
@@ -118,7 +120,7 @@ for case in "small $small_key 16" "large $large_key 4"; do
   read -r d_r d_t d_bad < <(run "http://$gradle_addr/cache/$key" "$conns")
   for row in "nginx $n_r $n_t $n_bad" "seaweedfs $s_r $s_t $s_bad" "build-cache-proxy $d_r $d_t $d_bad"; do
     set -- $row
-    awk -v name="$1 ($label)" -v r="$2" -v t="$3" -v bad="$4" -v nr="$n_r" -v sr="$s_r" 'BEGIN {
-      printf "%-34s %14.0f %14.1f %10s %10.2f %10.2f\n", name, r, t/1048576, bad, (nr>0?r/nr:0), (sr>0?r/sr:0) }'
+    awk -v name="$1 ($label)" -v r="$2" -v t="$3" -v bad="$4" -v nt="$n_t" -v st="$s_t" 'BEGIN {
+      printf "%-34s %14.0f %14.1f %10s %10.2f %10.2f\n", name, r, t/1048576, bad, (nt>0?t/nt:0), (st>0?t/st:0) }'
   done
 done
