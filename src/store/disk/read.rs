@@ -17,9 +17,11 @@ use tokio_util::io::ReaderStream;
 
 use super::DiskTier;
 use crate::store::entry_file::EntryHeader;
-use crate::store::{Key, Object, ObjectMeta, StoreError, Tier};
+use crate::store::{bytes_stream, ByteStream, Key, Object, ObjectMeta, StoreError, Tier};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Bodies up to this size are read whole while they are verified and served from that buffer.
+const INLINE_MAX: u64 = 1024 * 1024;
 
 /// Opens an entry file and checks that it is a complete entry for `key`.
 /// `Ok(None)`: no such file, or it belongs to another key. `Err(InvalidData)`: corrupt.
@@ -67,38 +69,46 @@ pub async fn open_object(disk: DiskTier, key: Key) -> Result<Option<Object>, Sto
             .await
             .map_err(io::Error::other)??
     };
-    let Some((file, header, verified)) = opened else {
-        return Ok(None);
-    };
-    let meta = ObjectMeta {
-        len: header.body_len,
-        modified: header.modified,
-        crc32c: Some(header.crc32c),
-    };
-    let identity = file.try_clone()?;
-    let reader = tokio::fs::File::from_std(file);
-    let body = VerifyingStream {
-        inner: ReaderStream::with_capacity(reader, READ_CHUNK),
-        expected_len: header.body_len,
-        expected_crc: header.crc32c,
-        verify: !verified,
-        received: 0,
-        crc: 0,
-        held: None,
-        on_corrupt: Some(Box::new(move || disk.discard_corrupt(&key, &identity))),
+    let (header, body) = match opened {
+        None => return Ok(None),
+        Some(Opened::Inline(header, data)) => (header, bytes_stream(data)),
+        Some(Opened::File(file, header, verified)) => {
+            let identity = file.try_clone()?;
+            let reader = tokio::fs::File::from_std(file);
+            let body: ByteStream = Box::pin(VerifyingStream {
+                inner: ReaderStream::with_capacity(reader, READ_CHUNK),
+                expected_len: header.body_len,
+                expected_crc: header.crc32c,
+                verify: !verified,
+                received: 0,
+                crc: 0,
+                held: None,
+                on_corrupt: Some(Box::new(move || disk.discard_corrupt(&key, &identity))),
+            });
+            (header, body)
+        }
     };
     Ok(Some(Object {
-        meta,
-        body: Box::pin(body),
+        meta: ObjectMeta {
+            len: header.body_len,
+            modified: header.modified,
+            crc32c: Some(header.crc32c),
+        },
+        body,
         tier: Tier::Disk,
     }))
 }
 
-/// Opens the entry positioned at its body. Returns whether the body was verified already.
-fn open_verified(
-    disk: &DiskTier,
-    key: &Key,
-) -> Result<Option<(std::fs::File, EntryHeader, bool)>, StoreError> {
+/// An entry opened for reading.
+enum Opened {
+    /// A small body, read and verified whole in the same blocking call: no second read.
+    Inline(EntryHeader, Bytes),
+    /// A file positioned at its body; the flag says whether its checksum was verified already.
+    File(std::fs::File, EntryHeader, bool),
+}
+
+/// Opens an entry and verifies what can be verified before the first byte is sent.
+fn open_verified(disk: &DiskTier, key: &Key) -> Result<Option<Opened>, StoreError> {
     let path = disk.path_for(key);
     let (mut file, header) = match open_entry(&path, key) {
         Ok(Some(found)) => found,
@@ -115,6 +125,15 @@ fn open_verified(
         }
         Err(e) => return Err(e.into()),
     };
+    if header.body_len <= INLINE_MAX {
+        let mut data = vec![0u8; header.body_len as usize];
+        file.read_exact(&mut data)?;
+        if crc32c::crc32c(&data) != header.crc32c {
+            disk.discard_corrupt(key, &file);
+            return Ok(None);
+        }
+        return Ok(Some(Opened::Inline(header, Bytes::from(data))));
+    }
     let verify_now = header.body_len <= disk.settings().verify_before_serve;
     if verify_now {
         if crc_of_rest(&mut file)? != header.crc32c {
@@ -123,7 +142,7 @@ fn open_verified(
         }
         file.seek(SeekFrom::Start(header.header_len))?;
     }
-    Ok(Some((file, header, verify_now)))
+    Ok(Some(Opened::File(file, header, verify_now)))
 }
 
 fn crc_of_rest(file: &mut std::fs::File) -> io::Result<u32> {

@@ -303,3 +303,29 @@ async fn concurrent_writers_and_readers_never_mix_bodies() {
     }
     assert_eq!(disk.usage().entries, 1);
 }
+
+#[tokio::test]
+async fn each_read_path_serves_good_bodies_and_refuses_corrupt_ones() {
+    // Inline (read whole), verified before the first byte, and verified while streaming.
+    for (len, verify_before_serve) in [(200_000, 8 << 20), (3 << 20, 8 << 20), (3 << 20, 1 << 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::open(DiskSettings {
+            verify_before_serve,
+            ..settings(dir.path(), 64 << 20)
+        })
+        .await
+        .unwrap();
+        let data = pattern(len, 1);
+        disk.put(&key(1), len as u64, body(&data)).await.unwrap();
+        assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), data);
+        corrupt(&disk, &key(1), len as u64 / 2);
+        match read_all(&disk, &key(1)).await {
+            None => {}
+            Some(Err(_)) => {}
+            Some(Ok(read)) => panic!(
+                "{len} bytes: a corrupt body of {} bytes was served",
+                read.len()
+            ),
+        }
+    }
+}
