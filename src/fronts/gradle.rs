@@ -185,7 +185,15 @@ impl<S: Store> GradleFront<S> {
                 tracing::info!(key = %key, error = %e, "upload aborted by the client; nothing stored");
                 respond(StatusCode::BAD_REQUEST, "aborted", body::empty())
             }
-            Err(e) => {
+            // Every other failure is the cache's, not the client's: listed one by one so that a
+            // new kind of failure has to be decided here.
+            Err(
+                e @ (StoreError::Full { .. }
+                | StoreError::Io(_)
+                | StoreError::Remote(_)
+                | StoreError::Unavailable
+                | StoreError::QueueFull),
+            ) => {
                 tracing::warn!(key = %key, error = %e, "store failed on write; answering 2xx without storing");
                 self.metrics
                     .dropped_puts
