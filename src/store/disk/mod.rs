@@ -14,11 +14,10 @@ pub mod spool;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::entry_file::EntryHeader;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError};
@@ -122,6 +121,8 @@ impl DiskTier {
     }
 
     /// Writes an entry, optionally pinned against eviction from the moment it is visible.
+    /// The body goes through a [`Spool`] in batches, so there is one write path for entries
+    /// from clients and from S3.
     pub async fn put_entry(
         &self,
         key: &Key,
@@ -129,56 +130,27 @@ impl DiskTier {
         mut body: ByteStream,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
-        let mut header = EntryHeader::unsealed(key);
-        let bytes = header.header_len + len;
-        // The reservation is made inside the blocking task so that a cancelled caller drops it
-        // (and releases the space) instead of leaking it.
-        let reservation = self
-            .blocking(move |disk| -> Result<Reservation, StoreError> {
-                disk.lock().reserve(bytes, &disk.inner.settings)?;
-                Ok(Reservation::new(disk.clone(), bytes))
-            })
-            .await??;
-
-        let temp = TempFile::new(&self.inner.tmp_dir);
-        let file = tokio::fs::File::create(&temp.path).await?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-        out.write_all(&header.encode()).await?;
-        let mut received = 0u64;
-        let mut crc = 0u32;
+        let mut spool = self.spool(key, len).await?;
+        let mut batch = BytesMut::with_capacity(WRITE_BUFFER);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(StoreError::BodyAborted)?;
-            received += chunk.len() as u64;
+            let received = spool.written() + (batch.len() + chunk.len()) as u64;
             if received > len {
                 return Err(StoreError::LengthMismatch {
                     declared: len,
                     received,
                 });
             }
-            crc = crc32c::crc32c_append(crc, &chunk);
-            out.write_all(&chunk).await?;
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= WRITE_BUFFER {
+                spool.write(batch.split().freeze()).await?;
+            }
         }
-        if received != len {
-            return Err(StoreError::LengthMismatch {
-                declared: len,
-                received,
-            });
+        if !batch.is_empty() {
+            spool.write(batch.split().freeze()).await?;
         }
-        out.flush().await?;
-        let mut file = out.into_inner().into_std().await;
-        header.body_len = len;
-        header.crc32c = crc;
-        header.modified = SystemTime::now();
-        let sealed = header.clone();
-        let key = key.clone();
-        self.blocking(move |disk| -> Result<(), StoreError> {
-            sealed.seal(&mut file)?;
-            file.sync_all()?;
-            drop(file);
-            disk.commit(&key, temp, reservation, pinned)
-        })
-        .await??;
-        Ok(header)
+        // `finish` refuses a body shorter than declared.
+        spool.finish(pinned).await
     }
 
     /// Renames a finished temp file into place and records it, all under the index lock so that

@@ -1,6 +1,7 @@
-//! Spooling: an entry written by one task while other tasks read it as it grows.
+//! Spooling: the one write path of the disk tier, which other tasks can read as it grows.
 //!
-//! A read-through fills the disk tier from S3 while clients are served from the same bytes. The
+//! Every entry is written through a [`Spool`] ([`DiskTier::put_entry`] feeds it a client's
+//! body in batches). A read-through fills the disk tier from S3 while clients are served from the same bytes. The
 //! filler writes through a [`Spool`]; readers share its open file ([`Spool::file`]) and read
 //! at explicit offsets (`pread`), up to what the filler reports as written. The file is the
 //! entry's temp file: [`Spool::finish`] checks the length, seals, fsyncs and commits it like
