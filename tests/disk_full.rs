@@ -63,7 +63,7 @@ fn temp_files(data_dir: &Path) -> usize {
 /// A PUT written in 16 KiB pieces over one connection, then a GET on the same connection.
 /// Returns the PUT's response head; fails if the server hung up before the body was sent.
 fn put_in_pieces(addr: std::net::SocketAddr, key: &str, body: &[u8]) -> String {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -78,19 +78,11 @@ fn put_in_pieces(addr: std::net::SocketAddr, key: &str, body: &[u8]) -> String {
             .write_all(piece)
             .expect("the server hung up while the body was being sent");
     }
-    let read_head = |stream: &mut std::net::TcpStream| {
-        let mut out = Vec::new();
-        let mut byte = [0u8; 1];
-        while !out.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-            out.push(byte[0]);
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let answer = read_head(&mut stream);
+    let answer = common::read_response_head(&mut stream);
     stream
         .write_all(format!("HEAD /cache/{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
-    let next = read_head(&mut stream);
+    let next = common::read_response_head(&mut stream);
     assert!(
         next.starts_with("HTTP/1.1 404"),
         "connection not reusable: {next:?}"

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{metric_value, metrics, Daemon, DaemonSpec};
+use common::{metric_value, metrics, read_response_head, Daemon, DaemonSpec};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 
@@ -50,19 +50,6 @@ fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
         .unwrap();
     stream.write_all(request).unwrap();
     read_response_head(&mut stream)
-}
-
-/// Reads until the end of the response head (the blank line).
-fn read_response_head(stream: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut byte = [0u8; 1];
-    while !out.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => out.push(byte[0]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -3,103 +3,32 @@
 //! bucket, and a build that keeps its cache while S3 is down.
 //!
 //! The fixture project is `tests/fixtures/gradle-project`; each build gets its own copy and a
-//! `settings.gradle` pointing at one daemon. Gradle runs one at a time (two-core machines).
+//! `settings.gradle` pointing at one daemon (`tests/common/gradle.rs`).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::path::Path;
 use std::time::Duration;
 
+use common::gradle::{task_outcome, Project, DISABLED};
 use common::s3::{self, Forwarder};
 use common::{eventually, metric_value, metrics, Daemon};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gradle-project");
-const DISABLED: &str = "The remote build cache was disabled during the build due to errors.";
-static GRADLE_LOCK: Mutex<()> = Mutex::new(());
-
-struct Project {
-    dir: PathBuf,
-    gradle_home: PathBuf,
+/// A copy of the fixture project whose remote cache is `cache_url`.
+fn project(root: &Path, name: &str, cache_url: &str) -> Project {
+    let project = Project::new(root, name, &root.join("gradle-home"));
+    project.configure_cache(cache_url, None);
+    project
 }
 
-impl Project {
-    fn new(root: &Path, name: &str, cache_url: &str) -> Project {
-        let dir = root.join(name);
-        copy_dir(Path::new(FIXTURE), &dir);
-        std::fs::write(
-            dir.join("settings.gradle"),
-            format!(
-                "rootProject.name = 'demo'\nbuildCache {{\n  local {{ enabled = false }}\n  remote(HttpBuildCache) {{\n    url = '{cache_url}'\n    push = true\n  }}\n}}\n"
-            ),
-        )
-        .unwrap();
-        Project {
-            dir,
-            gradle_home: root.join("gradle-home"),
-        }
-    }
-
-    /// Runs Gradle with the build cache on; returns its output, asserting success.
-    fn build(&self, tasks: &[&str]) -> String {
-        let _serial = GRADLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let output = Command::new("gradle")
-            .args(["--no-daemon", "--build-cache", "--console=plain"])
-            .arg("-g")
-            .arg(&self.gradle_home)
-            .args(tasks)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run `gradle` (Debian: apt-get install -y gradle)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        eprintln!("--- gradle {tasks:?} in {} ---\n{text}", self.dir.display());
-        assert!(output.status.success(), "gradle {tasks:?} failed:\n{text}");
-        assert!(
-            !text.contains(DISABLED),
-            "the remote cache was disabled:\n{text}"
-        );
-        text
-    }
-
-    fn edit(&self, file: &str, from: &str, to: &str) {
-        let path = self.dir.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{file} does not contain {from:?}");
-        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The outcome Gradle printed for `task` (`:compileJava FROM-CACHE` in 4.4, `> Task :…` later).
-fn outcome(output: &str, task: &str) -> Option<String> {
-    output.lines().find_map(|line| {
-        let line = line.trim();
-        let line = line.strip_prefix("> Task ").unwrap_or(line);
-        let rest = line.strip_prefix(task)?;
-        if rest.is_empty() {
-            Some(String::new())
-        } else {
-            rest.strip_prefix(' ').map(|o| o.trim().to_string())
-        }
-    })
+/// Builds, and checks that the remote cache stayed on for the whole build.
+fn build(project: &Project, tasks: &[&str]) -> String {
+    let output = project.build(tasks);
+    assert!(
+        !output.contains(DISABLED),
+        "the remote cache was disabled:\n{output}"
+    );
+    output
 }
 
 async fn metric(daemon: &Daemon, series: &str) -> f64 {
@@ -143,9 +72,9 @@ async fn a_build_on_one_node_is_from_cache_on_another() {
     let a = Daemon::start_spec(&work.path().join("node-a"), s3::spec(&config));
     let b = Daemon::start_spec(&work.path().join("node-b"), s3::spec(&config));
 
-    let on_a = Project::new(work.path(), "on-a", &a.cache_url());
-    let first = tokio::task::block_in_place(|| on_a.build(&["compileJava"]));
-    assert_eq!(outcome(&first, ":compileJava").as_deref(), Some(""));
+    let on_a = project(work.path(), "on-a", &a.cache_url());
+    let first = tokio::task::block_in_place(|| build(&on_a, &["compileJava"]));
+    assert_eq!(task_outcome(&first, ":compileJava").as_deref(), Some(""));
     wait_queue_empty(&a).await;
     assert!(
         gradle_objects(&client, &bucket).await >= 1,
@@ -153,19 +82,19 @@ async fn a_build_on_one_node_is_from_cache_on_another() {
     );
 
     // A fresh checkout built against node B: its cache comes from S3.
-    let on_b = Project::new(work.path(), "on-b", &b.cache_url());
-    let second = tokio::task::block_in_place(|| on_b.build(&["compileJava"]));
+    let on_b = project(work.path(), "on-b", &b.cache_url());
+    let second = tokio::task::block_in_place(|| build(&on_b, &["compileJava"]));
     assert_eq!(
-        outcome(&second, ":compileJava").as_deref(),
+        task_outcome(&second, ":compileJava").as_deref(),
         Some("FROM-CACHE")
     );
     let gets = s3_get_ok(&b).await;
     assert!(gets >= 1.0, "node B read through S3");
 
     // Again on node B: served from node B's own tiers.
-    let third = tokio::task::block_in_place(|| on_b.build(&["clean", "compileJava"]));
+    let third = tokio::task::block_in_place(|| build(&on_b, &["clean", "compileJava"]));
     assert_eq!(
-        outcome(&third, ":compileJava").as_deref(),
+        task_outcome(&third, ":compileJava").as_deref(),
         Some("FROM-CACHE")
     );
     assert_eq!(s3_get_ok(&b).await, gets, "no S3 GET for the third build");
@@ -186,23 +115,26 @@ async fn builds_keep_their_cache_while_s3_is_down() {
         "",
     );
     let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
-    let project = Project::new(work.path(), "project", &daemon.cache_url());
-    tokio::task::block_in_place(|| project.build(&["compileJava"]));
+    let project = project(work.path(), "project", &daemon.cache_url());
+    tokio::task::block_in_place(|| build(&project, &["compileJava"]));
     wait_queue_empty(&daemon).await;
     let uploaded = gradle_objects(&client, &bucket).await;
 
     fwd.stop().await;
     // Local hits: from cache, and the cache stays on.
-    let out = tokio::task::block_in_place(|| project.build(&["clean", "compileJava"]));
-    assert_eq!(outcome(&out, ":compileJava").as_deref(), Some("FROM-CACHE"));
+    let out = tokio::task::block_in_place(|| build(&project, &["clean", "compileJava"]));
+    assert_eq!(
+        task_outcome(&out, ":compileJava").as_deref(),
+        Some("FROM-CACHE")
+    );
     // A change: a miss (S3 unreachable), then a PUT that is acknowledged and queued.
     project.edit(
         "src/main/java/demo/Greeter.java",
         "class Greeter",
         "class Greeter /* changed while S3 was down */",
     );
-    let out = tokio::task::block_in_place(|| project.build(&["compileJava"]));
-    assert_eq!(outcome(&out, ":compileJava").as_deref(), Some(""));
+    let out = tokio::task::block_in_place(|| build(&project, &["compileJava"]));
+    assert_eq!(task_outcome(&out, ":compileJava").as_deref(), Some(""));
     assert!(metric(&daemon, "upload_queue_entries").await >= 1.0);
 
     fwd.restart().await;

@@ -2,6 +2,7 @@
 //! temp dir, and waits for the "ready" line it prints once every listener is bound.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod gradle;
 pub mod s3;
 
 use std::io::{BufRead, BufReader};
@@ -217,4 +218,19 @@ where
         assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Reads an HTTP response head from a raw connection, up to and including the blank line
+/// (or until the server closes or goes quiet past the stream's read timeout).
+pub fn read_response_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => out.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
