@@ -94,6 +94,26 @@ struct Item {
     scheduled: Option<u64>,
 }
 
+impl State {
+    /// Queues a key that is not queued yet, due now.
+    fn add(&mut self, key: Key, enqueued: SystemTime, bytes: u64, now: Instant) {
+        self.seq += 1;
+        self.bytes += bytes;
+        self.due.push(Reverse((now, self.seq, key.clone())));
+        self.items.insert(
+            key,
+            Item {
+                generation: 0,
+                enqueued,
+                bytes,
+                attempts: 0,
+                in_flight: false,
+                scheduled: Some(self.seq),
+            },
+        );
+    }
+}
+
 /// A queue slot held by a write in progress; released on drop unless enqueued.
 pub struct Slot {
     inner: Arc<Inner>,
@@ -135,20 +155,7 @@ impl WriteBack {
         let mut state = State::default();
         let now = Instant::now();
         for (key, enqueued, bytes) in loaded {
-            state.bytes += bytes;
-            state.seq += 1;
-            state.due.push(Reverse((now, state.seq, key.clone())));
-            state.items.insert(
-                key,
-                Item {
-                    generation: 0,
-                    enqueued,
-                    bytes,
-                    attempts: 0,
-                    in_flight: false,
-                    scheduled: Some(state.seq),
-                },
-            );
+            state.add(key, enqueued, bytes, now);
         }
         let wb = WriteBack {
             inner: Arc::new(Inner {
@@ -216,36 +223,22 @@ impl WriteBack {
             state.reserved -= 1;
         }
         let now = Instant::now();
-        state.seq += 1;
-        let seq = state.seq;
-        match state.items.get_mut(key) {
-            Some(item) => {
-                let old = std::mem::replace(&mut item.bytes, bytes);
-                // An item in flight is rescheduled when its upload ends (its generation moved
-                // on in `reserve`); one waiting for a retry goes now, the body is new.
-                let schedule = !item.in_flight;
-                if schedule {
-                    item.scheduled = Some(seq);
-                    item.attempts = 0;
-                }
-                state.bytes = state.bytes - old + bytes;
-                if schedule {
-                    state.due.push(Reverse((now, seq, key.clone())));
-                }
+        if !state.items.contains_key(key) {
+            state.add(key.clone(), enqueued, bytes, now);
+        } else {
+            state.seq += 1;
+            let seq = state.seq;
+            let item = state.items.get_mut(key).expect("checked above");
+            let old = std::mem::replace(&mut item.bytes, bytes);
+            // An item in flight is rescheduled when its upload ends (its generation moved
+            // on in `reserve`); one waiting for a retry goes now, the body is new.
+            let schedule = !item.in_flight;
+            if schedule {
+                item.scheduled = Some(seq);
+                item.attempts = 0;
             }
-            None => {
-                state.items.insert(
-                    key.clone(),
-                    Item {
-                        generation: 0,
-                        enqueued,
-                        bytes,
-                        attempts: 0,
-                        in_flight: false,
-                        scheduled: Some(seq),
-                    },
-                );
-                state.bytes += bytes;
+            state.bytes = state.bytes - old + bytes;
+            if schedule {
                 state.due.push(Reverse((now, seq, key.clone())));
             }
         }
