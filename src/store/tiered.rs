@@ -167,17 +167,9 @@ impl TieredStore {
 
 impl Store for TieredStore {
     async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        if let Some(entry) = self.memory.lookup(key).await {
+        if let Some(object) = self.memory.get(key).await? {
             self.lookup(Tier::Memory, true);
-            return Ok(Some(Object {
-                meta: ObjectMeta {
-                    len: entry.data.len() as u64,
-                    modified: entry.modified,
-                    crc32c: Some(entry.crc32c),
-                },
-                body: bytes_stream(entry.data.clone()),
-                tier: Tier::Memory,
-            }));
+            return Ok(Some(object));
         }
         self.lookup(Tier::Memory, false);
         let Some(object) = self.disk.get(key).await? else {
