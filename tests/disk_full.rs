@@ -60,29 +60,11 @@ fn temp_files(data_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A PUT written in 16 KiB pieces over one connection, then a GET on the same connection.
-/// Returns the PUT's response head; fails if the server hung up before the body was sent.
+/// A PUT written in pieces over one connection, then a HEAD on the same connection.
+/// Returns the PUT's response head.
 fn put_in_pieces(addr: std::net::SocketAddr, key: &str, body: &[u8]) -> String {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let head = format!(
-        "PUT /cache/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    for piece in body.chunks(16 * 1024) {
-        stream
-            .write_all(piece)
-            .expect("the server hung up while the body was being sent");
-    }
-    let answer = common::read_response_head(&mut stream);
-    stream
-        .write_all(format!("HEAD /cache/{key} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let next = common::read_response_head(&mut stream);
+    let path = format!("/cache/{key}");
+    let (answer, next) = common::put_in_pieces(addr, &path, "", body, &format!("HEAD {path}"));
     assert!(
         next.starts_with("HTTP/1.1 404"),
         "connection not reusable: {next:?}"

@@ -546,39 +546,17 @@ fn check_config_names_the_bad_key() {
     assert!(run(&reference).status.success());
 }
 
-/// Sends a PUT with a body of `len` bytes, all of it, then reads the answer; then a GET on the
-/// same connection shows the server read the whole body and kept the connection.
+/// A refused PUT whose whole body is sent; a GET on the same connection then shows the server
+/// read the whole body and kept the connection.
 fn refused_put_on_a_kept_connection(
     addr: SocketAddr,
     path: &str,
     extra_headers: &str,
     len: usize,
 ) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let head =
-        format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n{extra_headers}\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    // Written in pieces, as a client streaming a large file does; a server that answered early
-    // and closed would make these writes fail with a broken pipe.
-    for piece in pattern(len, 1).chunks(64 * 1024) {
-        stream
-            .write_all(piece)
-            .expect("the server hung up while the body was being sent");
-    }
-    let answer = read_response_head(&mut stream);
-    let body_len: usize = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0u8; body_len];
-    stream.read_exact(&mut body).unwrap();
-    stream
-        .write_all(format!("GET /cache/{KEY} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let next = read_response_head(&mut stream);
+    let follow_up = format!("GET /cache/{KEY}");
+    let (answer, next) =
+        common::put_in_pieces(addr, path, extra_headers, &pattern(len, 1), &follow_up);
     assert!(
         next.starts_with("HTTP/1.1 "),
         "connection not reusable after {answer:?}: {next:?}"

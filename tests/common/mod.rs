@@ -234,3 +234,43 @@ pub fn read_response_head(stream: &mut std::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Sends a PUT over a raw connection with its body written in 16 KiB pieces, as a client
+/// streaming a large file does (a server that answered early and hung up makes these writes
+/// fail with a broken pipe). Reads the answer and its body, then sends `follow_up` (a request
+/// line such as `HEAD /cache/KEY`) on the same connection. Returns both response heads.
+pub fn put_in_pieces(
+    addr: std::net::SocketAddr,
+    path: &str,
+    extra_headers: &str,
+    body: &[u8],
+    follow_up: &str,
+) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{extra_headers}\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    for piece in body.chunks(16 * 1024) {
+        stream
+            .write_all(piece)
+            .expect("the server hung up while the body was being sent");
+    }
+    let answer = read_response_head(&mut stream);
+    let answer_len: usize = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut answer_body = vec![0u8; answer_len];
+    stream.read_exact(&mut answer_body).unwrap();
+    stream
+        .write_all(format!("{follow_up} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let next = read_response_head(&mut stream);
+    (answer, next)
+}
