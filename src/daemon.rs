@@ -15,7 +15,10 @@ use crate::config::{Config, WritePolicy};
 use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
 use crate::metrics::Metrics;
-use crate::server::{self, ConnSettings, Shutdown};
+use crate::server::body::BodyLimits;
+use crate::server::deadline::Deadlines;
+use crate::server::limits::Slots;
+use crate::server::{self, ConnSettings, Shutdown, UploadLimits};
 use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
 use crate::store::read_through::ReadThrough;
@@ -96,8 +99,49 @@ impl Daemon {
         let store = Arc::new(store);
 
         let tasks = TaskTracker::new();
-        let conn = ConnSettings {
+        let limits = &config.limits;
+        let fd_limit = server::limits::raise_fd_limit();
+        let cache_listeners = usize::from(!config.listen.gradle.is_empty());
+        let max_connections = server::limits::connection_cap(
+            limits.max_connections,
+            cache_listeners,
+            limits.admin_max_connections,
+            fd_limit,
+        );
+        if max_connections < limits.max_connections {
+            tracing::warn!(
+                fd_limit,
+                configured = limits.max_connections,
+                effective = max_connections,
+                "limits.max_connections lowered to what the open-file limit can carry; raise `ulimit -n`"
+            );
+        }
+        let conn = |name: &'static str, max: usize, per_peer: usize| ConnSettings {
             idle_timeout: config.listen.idle_timeout,
+            deadlines: Deadlines {
+                // A head may never take longer than an idle connection may stay open.
+                header_timeout: limits.header_timeout.min(config.listen.idle_timeout),
+                send_stall_timeout: limits.send_stall_timeout,
+                answer_plain: true,
+            },
+            max_header_bytes: limits.max_header_bytes.as_u64() as usize,
+            slots: Slots::new(
+                max,
+                per_peer.min(max),
+                metrics.connections.with_label_values(&[name]),
+            ),
+        };
+        let uploads = UploadLimits {
+            body: BodyLimits {
+                min_rate: limits.body_min_rate.as_u64(),
+                stall_timeout: limits.body_stall_timeout,
+                max_discard: limits.max_refused_body.as_u64(),
+            },
+            slots: Slots::new(
+                limits.max_uploads,
+                limits.max_uploads_per_ip,
+                metrics.uploads_in_progress.clone(),
+            ),
         };
         let mut daemon = Daemon {
             gradle_addr: None,
@@ -111,14 +155,14 @@ impl Daemon {
             let front = Arc::new(GradleFront::new(
                 store.clone(),
                 &config.gradle,
-                config.listen.idle_timeout,
+                uploads.clone(),
                 metrics.clone(),
             ));
             tasks.spawn(server::serve(
                 listener,
                 front,
                 metrics.clone(),
-                conn.clone(),
+                conn("gradle", max_connections, limits.max_connections_per_ip),
                 shutdown.clone(),
                 tasks.clone(),
             ));
@@ -130,11 +174,13 @@ impl Daemon {
                 front = front.with_remote(status);
             }
             let front = Arc::new(front);
+            // The admin listener's budget is its own: probes answer while the cache is full.
+            let admin_max = limits.admin_max_connections;
             tasks.spawn(server::serve(
                 listener,
                 front,
                 metrics.clone(),
-                conn,
+                conn("admin", admin_max, admin_max),
                 shutdown.clone(),
                 tasks.clone(),
             ));

@@ -44,6 +44,11 @@ pub struct Metrics {
     pub upload_queue_oldest_seconds: IntGauge,
     pub upload_failures: IntCounter,
     pub build_info: IntGaugeVec,
+    pub connections: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub accept_errors: IntCounterVec,
+    pub request_timeouts: IntCounterVec,
+    pub uploads_in_progress: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -209,6 +214,42 @@ impl Metrics {
                 &["version"],
             )
             .unwrap(),
+            connections: IntGaugeVec::new(
+                opts("connections", "Open client connections, by listener."),
+                &["listener"],
+            )
+            .unwrap(),
+            connections_refused: IntCounterVec::new(
+                opts(
+                    "connections_refused_total",
+                    "Connections answered 503 and closed at a cap, by listener and reason \
+                     (max_connections, max_connections_per_ip, overloaded: closed unanswered).",
+                ),
+                &["listener", "reason"],
+            )
+            .unwrap(),
+            accept_errors: IntCounterVec::new(
+                opts(
+                    "accept_errors_total",
+                    "Failed accepts (e.g. out of file descriptors), by listener.",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
+            request_timeouts: IntCounterVec::new(
+                opts(
+                    "request_timeouts_total",
+                    "Connections cut off for a deadline, by listener and phase \
+                     (header, body, send).",
+                ),
+                &["listener", "phase"],
+            )
+            .unwrap(),
+            uploads_in_progress: IntGauge::with_opts(opts(
+                "uploads_in_progress",
+                "Request bodies being stored now.",
+            ))
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -223,6 +264,14 @@ impl Metrics {
         for front in ["gradle", "admin"] {
             m.bytes_received.with_label_values(&[front]);
             m.bytes_sent.with_label_values(&[front]);
+            m.connections.with_label_values(&[front]);
+            m.accept_errors.with_label_values(&[front]);
+            for reason in ["max_connections", "max_connections_per_ip", "overloaded"] {
+                m.connections_refused.with_label_values(&[front, reason]);
+            }
+            for phase in ["header", "body", "send"] {
+                m.request_timeouts.with_label_values(&[front, phase]);
+            }
         }
         m
     }
@@ -254,6 +303,11 @@ impl Metrics {
             Box::new(self.upload_queue_oldest_seconds.clone()),
             Box::new(self.upload_failures.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.connections.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.accept_errors.clone()),
+            Box::new(self.request_timeouts.clone()),
+            Box::new(self.uploads_in_progress.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");

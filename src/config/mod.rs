@@ -8,6 +8,7 @@ mod env;
 mod types;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use types::*;
 
@@ -107,6 +108,8 @@ impl Config {
                 ));
             }
         }
+        self.validate_timeouts()?;
+        self.validate_limits()?;
         // max_size "0" turns the memory tier off, whatever max_entry_size says.
         if self.memory.max_size.as_u64() > 0 && self.memory.max_entry_size > self.memory.max_size {
             return Err(ConfigError::invalid(
@@ -201,6 +204,143 @@ impl Config {
                     "must start with http:// or https://",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Every duration must be long enough to be meant and short enough to end: a zero timeout
+    /// would cut every client off (or, for some, disable the bound), an hour-long one is a
+    /// typo that lets a stalled client hold its slot all that time.
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
+        const SECOND: Duration = Duration::from_secs(1);
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        let l = &self.limits;
+        let mut checks = vec![
+            (
+                "listen.idle_timeout",
+                self.listen.idle_timeout,
+                SECOND,
+                HOUR,
+            ),
+            (
+                "listen.drain_timeout",
+                self.listen.drain_timeout,
+                SECOND,
+                30 * MINUTE,
+            ),
+            (
+                "limits.header_timeout",
+                l.header_timeout,
+                SECOND,
+                5 * MINUTE,
+            ),
+            (
+                "limits.body_stall_timeout",
+                l.body_stall_timeout,
+                SECOND,
+                10 * MINUTE,
+            ),
+            (
+                "limits.send_stall_timeout",
+                l.send_stall_timeout,
+                SECOND,
+                10 * MINUTE,
+            ),
+        ];
+        if let Some(s3) = &self.s3 {
+            checks.extend([
+                (
+                    "s3.connect_timeout",
+                    s3.connect_timeout,
+                    Duration::from_millis(100),
+                    5 * MINUTE,
+                ),
+                (
+                    "s3.read_timeout",
+                    s3.read_timeout,
+                    Duration::from_millis(100),
+                    10 * MINUTE,
+                ),
+                (
+                    "s3.breaker_cooldown",
+                    s3.breaker_cooldown,
+                    Duration::from_millis(100),
+                    HOUR,
+                ),
+                (
+                    "s3.retry_max_backoff",
+                    s3.retry_max_backoff,
+                    SECOND,
+                    24 * HOUR,
+                ),
+            ]);
+        }
+        for (key, value, min, max) in checks {
+            if value < min || value > max {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{} is out of range: must be between {} and {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let counts = [
+            ("limits.max_connections", l.max_connections, 1_000_000),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip,
+                l.max_connections,
+            ),
+            (
+                "limits.admin_max_connections",
+                l.admin_max_connections,
+                10_000,
+            ),
+            ("limits.max_uploads", l.max_uploads, l.max_connections),
+            (
+                "limits.max_uploads_per_ip",
+                l.max_uploads_per_ip,
+                l.max_uploads,
+            ),
+        ];
+        for (key, value, max) in counts {
+            if value == 0 || value > max {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{value} is out of range: must be between 1 and {max}"),
+                ));
+            }
+        }
+        let header = l.max_header_bytes.as_u64();
+        if !(1024..=1024 * 1024).contains(&header) {
+            return Err(ConfigError::invalid(
+                "limits.max_header_bytes",
+                "must be between 1KiB and 1MiB",
+            ));
+        }
+        if l.body_min_rate.as_u64() == 0 {
+            return Err(ConfigError::invalid(
+                "limits.body_min_rate",
+                "must be above 0 (bytes per second)",
+            ));
+        }
+        if l.max_refused_body.as_u64() == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_refused_body",
+                "must be above 0: a refused body is read so its client sees the answer",
+            ));
         }
         Ok(())
     }

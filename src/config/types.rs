@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Listener addresses and connection handling.
     pub listen: ListenConfig,
+    /// What one client may take: connections, deadlines, sizes.
+    pub limits: LimitsConfig,
     /// The in-memory tier for small entries.
     pub memory: MemoryConfig,
     /// The on-disk tier.
@@ -50,6 +52,64 @@ impl Default for ListenConfig {
             admin: "127.0.0.1:9091".into(),
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Limits on what clients can hold. Build pods run untrusted code next to the daemon: each of
+/// these bounds what one of them can cost the others (docs/security.md explains each).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections per cache listener; a connection over the cap is answered 503 and
+    /// closed. Lowered at start if the process's file descriptor limit cannot carry it.
+    pub max_connections: usize,
+    /// Open connections from one client address per cache listener, so one pod cannot take
+    /// every slot.
+    pub max_connections_per_ip: usize,
+    /// Open connections on the admin listener. It has its own budget, so probes and /metrics
+    /// answer while the cache listeners are full.
+    pub admin_max_connections: usize,
+    /// Request bodies being stored at once; a write over the cap is refused the way its front
+    /// refuses a store failure (Gradle: 2xx, not stored, counted).
+    pub max_uploads: usize,
+    /// Request bodies being stored at once from one client address.
+    pub max_uploads_per_ip: usize,
+    /// A request head (request line and headers) must be complete this long after its first
+    /// byte, or after the connection opened for the first request; else 408 and close.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Largest request head accepted; a larger one is answered 431.
+    pub max_header_bytes: ByteSize,
+    /// A request body must arrive at least this fast (bytes per second, on average after a
+    /// head start of `body_stall_timeout`), or it is cut off with 408.
+    pub body_min_rate: ByteSize,
+    /// Longest pause inside a request body.
+    #[serde(with = "humantime_serde")]
+    pub body_stall_timeout: Duration,
+    /// A response whose client stops reading is cut off once it has made no real progress
+    /// (16 KiB) for this long.
+    #[serde(with = "humantime_serde")]
+    pub send_stall_timeout: Duration,
+    /// A refused request body (bad credentials, oversize, over a cap) is read and thrown away
+    /// up to this size so the client sees the answer; past it, the connection is closed.
+    pub max_refused_body: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            admin_max_connections: 64,
+            max_uploads: 256,
+            max_uploads_per_ip: 64,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: ByteSize::kib(16),
+            body_min_rate: ByteSize::kib(16),
+            body_stall_timeout: Duration::from_secs(30),
+            send_stall_timeout: Duration::from_secs(30),
+            max_refused_body: ByteSize::mib(256),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct AdminFront {
     memory: MemoryTier,
     disk: DiskTier,
     remote: Option<RemoteStatus>,
+    /// The last disk check: when it started, and what it found.
+    ready_check: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 /// What the admin front reports about the S3 tier.
@@ -58,6 +60,7 @@ impl AdminFront {
             memory,
             disk,
             remote: None,
+            ready_check: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -83,18 +86,33 @@ impl AdminFront {
     }
 
     /// Whether the disk tier can take a write: create, write, fsync and remove a probe file.
+    /// Probes that arrive while a check runs share its result, so a burst of probes costs one
+    /// check and can't trip over its own files.
     async fn disk_writable(&self) -> Result<(), String> {
-        let probe = self.disk.settings().dir.join("tmp").join(".ready-probe");
-        tokio::task::spawn_blocking(move || {
+        let arrived = std::time::Instant::now();
+        let mut last = self.ready_check.lock().await;
+        if let Some((at, result)) = last.as_ref() {
+            if *at >= arrived {
+                return result.clone(); // a check that started after we arrived
+            }
+        }
+        let started = std::time::Instant::now();
+        let name = format!(".ready-probe-{:016x}", fastrand::u64(..));
+        let probe = self.disk.settings().dir.join("tmp").join(name);
+        let result = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut f = std::fs::File::create(&probe)?;
-            f.write_all(b"ok")?;
-            f.sync_all()?;
-            std::fs::remove_file(&probe)
+            let written = std::fs::File::create(&probe).and_then(|mut f| {
+                f.write_all(b"ok")?;
+                f.sync_all()
+            });
+            let removed = std::fs::remove_file(&probe);
+            written.and(removed)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("disk not writable: {e}"))
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| format!("disk not writable: {e}")));
+        *last = Some((started, result.clone()));
+        result
     }
 
     async fn status_page(&self) -> String {

@@ -7,7 +7,6 @@
 //! cache entry costs one task's rebuild while a disabled cache costs the whole build's.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -18,8 +17,8 @@ use super::auth::{BasicAuth, Identity};
 use crate::config::{Access, GradleConfig, Oversize};
 use crate::metrics::Metrics;
 use crate::server::access::Outcome;
-use crate::server::body::{self, ResponseBody};
-use crate::server::Front;
+use crate::server::body::{self, Received, ResponseBody};
+use crate::server::{ConnInfo, Front, UploadLimits};
 use crate::store::{Key, Store, StoreError, Tier};
 
 const CACHE_PREFIX: &str = "/cache/";
@@ -31,7 +30,7 @@ pub struct GradleFront<S> {
     auth: BasicAuth,
     max_entry_size: u64,
     oversize: Oversize,
-    stall_timeout: Duration,
+    uploads: UploadLimits,
     metrics: Arc<Metrics>,
 }
 
@@ -39,7 +38,7 @@ impl<S: Store> GradleFront<S> {
     pub fn new(
         store: Arc<S>,
         config: &GradleConfig,
-        stall_timeout: Duration,
+        uploads: UploadLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
         GradleFront {
@@ -47,7 +46,7 @@ impl<S: Store> GradleFront<S> {
             auth: BasicAuth::new(&config.users, config.anonymous),
             max_entry_size: config.max_entry_size.as_u64(),
             oversize: config.oversize,
-            stall_timeout,
+            uploads,
             metrics,
         }
     }
@@ -113,7 +112,9 @@ impl<S: Store> GradleFront<S> {
     /// unless the client waits for `100 Continue`, and Gradle doesn't: a response sent while it
     /// is still sending reaches it as a broken pipe, which it retries and finally reports as an
     /// unrelated error. So the body is read and thrown away first, and the client sees the real
-    /// status. With `Expect: 100-continue` the answer goes out before any body byte is sent.
+    /// status; but only up to `limits.max_refused_body`: a larger one (declared or sent) gets
+    /// the answer at once and the connection is closed. With `Expect: 100-continue` the answer
+    /// goes out before any body byte is sent.
     async fn refuse(
         &self,
         req: Request<Incoming>,
@@ -122,8 +123,36 @@ impl<S: Store> GradleFront<S> {
         if req.method() != Method::PUT || expects_continue(req.headers()) {
             return response;
         }
-        let drained = body::drain(req.into_body(), self.stall_timeout).await;
-        received(response, drained)
+        let limits = self.uploads.body;
+        if content_length(req.headers()).is_some_and(|len| len > limits.max_discard) {
+            return close_after(response);
+        }
+        let drained = body::drain(req.into_body(), limits).await;
+        self.answer_received(response, drained)
+    }
+
+    /// Settles the answer to a request whose body was read: a body cut off for being too slow
+    /// is a 408, and a body not read to its end leaves a connection that must close.
+    fn answer_received(
+        &self,
+        response: Response<ResponseBody>,
+        got: Received,
+    ) -> Response<ResponseBody> {
+        let response = if got.too_slow {
+            respond(
+                StatusCode::REQUEST_TIMEOUT,
+                "too_slow",
+                body::full("request body too slow\n"),
+            )
+        } else {
+            response
+        };
+        let response = received(response, got.bytes);
+        if got.complete {
+            response
+        } else {
+            close_after(response)
+        }
     }
 
     async fn get(&self, key: &Key, head_only: bool) -> Response<ResponseBody> {
@@ -170,10 +199,26 @@ impl<S: Store> GradleFront<S> {
         if len > self.max_entry_size {
             return self.oversize(req, len).await;
         }
-        let (stream, upload) = body::upload(req.into_body(), self.stall_timeout);
+        // A slot among the uploads in progress, in all and from this client.
+        let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+        let slot = match peer.map(|ip| self.uploads.slots.try_acquire(ip)) {
+            Some(Err(refusal)) => {
+                let reason = refusal.as_str("uploads");
+                self.metrics
+                    .dropped_puts
+                    .with_label_values(&["gradle", reason])
+                    .inc();
+                let response = dropped(respond(StatusCode::OK, "dropped", body::empty()), reason);
+                return self.refuse(req, response).await;
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
+        let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
         let stored = self.store.put(key, len, stream).await;
         // Whatever the store did, the client's body is read to its end before the answer.
         let got = upload.finish().await;
+        drop(slot);
         let response = match stored {
             Ok(()) => respond(StatusCode::OK, "stored", body::empty()),
             Err(StoreError::LengthMismatch { .. }) => respond(
@@ -205,7 +250,7 @@ impl<S: Store> GradleFront<S> {
                 )
             }
         };
-        received(response, got)
+        self.answer_received(response, got)
     }
 
     async fn oversize(&self, req: Request<Incoming>, len: u64) -> Response<ResponseBody> {
@@ -297,6 +342,14 @@ fn dropped(mut response: Response<ResponseBody>, reason: &'static str) -> Respon
     response
         .headers_mut()
         .insert(DROPPED_HEADER, HeaderValue::from_static(reason));
+    response
+}
+
+/// Marks a response as the connection's last: hyper closes the connection after sending it.
+fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use super::body::ResponseBody;
+use super::deadline::ActiveRequest;
 use super::Front;
 use crate::metrics::Metrics;
 use crate::store::Tier;
@@ -44,38 +45,59 @@ impl Outcome {
     }
 }
 
+/// Runs `front` on one request and arranges its access log line and metrics: when the response
+/// body has been sent or abandoned, or, if the client goes away before the front answers, when
+/// the request is dropped (logged with status 499, as nginx does, and outcome `client_gone`).
 pub async fn instrument<F: Front>(
     front: &F,
     metrics: &Arc<Metrics>,
     peer: SocketAddr,
+    active: ActiveRequest,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let mut unanswered = Unanswered(Some(Record {
+        metrics: metrics.clone(),
+        front: front.name(),
+        method: method_label(req.method()),
+        status: CLIENT_GONE,
+        expected: None,
+        path: req.uri().path().to_string(),
+        peer,
+        outcome: Outcome::new("client_gone"),
+        started: Instant::now(),
+        sent: 0,
+        finished: false,
+        _active: active,
+    }));
     let response = front.handle(req).await;
-    let outcome = response
+    let mut record = unanswered.0.take().expect("taken only here");
+    record.outcome = response
         .extensions()
         .get::<Outcome>()
         .cloned()
         .unwrap_or_default();
-    let record = Record {
-        metrics: metrics.clone(),
-        front: front.name(),
-        method: method_label(&method),
-        status: response.status().as_u16(),
-        expected: response
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok()),
-        path,
-        peer,
-        outcome,
-        started,
-        sent: 0,
-        finished: false,
-    };
+    record.status = response.status().as_u16();
+    record.expected = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     response.map(|inner| Instrumented { inner, record }.boxed_unsync())
+}
+
+/// The status logged for a request whose client left before it was answered.
+const CLIENT_GONE: u16 = 499;
+
+/// A request's record until the front answers; dropped unanswered when the client goes away
+/// (hyper then drops the front's future), which writes the line as `client_gone`.
+struct Unanswered(Option<Record>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.as_mut() {
+            // Nothing was owed after all: the line must not say "aborted".
+            record.finished = true;
+        }
+    }
 }
 
 /// Methods as a bounded label set.
@@ -103,6 +125,8 @@ struct Record {
     started: Instant,
     sent: u64,
     finished: bool,
+    /// Marks the connection busy until the response is done (see [`super::deadline`]).
+    _active: ActiveRequest,
 }
 
 impl Drop for Record {

@@ -5,7 +5,8 @@
 //! on read are misses: the local tiers keep serving whatever S3 does.
 //!
 //! Writes go to disk (the durable local copy) and, when small, to memory once the disk write
-//! committed. With S3, per the write policy:
+//! committed.
+//! With S3, per the write policy:
 //! - back: the entry is committed pinned and queued ([`super::write_back`]); acknowledged once
 //!   the queue marker is durable;
 //! - through: the entry is committed, uploaded from its file, and acknowledged only once S3
@@ -14,10 +15,10 @@
 //! A delete removes the local copies only: S3 is the shared tier of every node, and entries
 //! leave it by the bucket's lifecycle rules, not by one node's decision.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use super::disk::DiskTier;
 use super::entry_file::EntryHeader;
@@ -88,7 +89,11 @@ impl TieredStore {
         }
     }
 
-    /// Writes the durable local copy (and a memory copy when small).
+    /// Writes the durable local copy, and a small entry's memory copy once that committed.
+    /// The memory copy is read back from the committed file (from the page cache, verified
+    /// like any disk read) rather than kept while the body streams in: a copy kept on the way
+    /// would cost every upload in progress, stalled ones included, up to
+    /// `memory.max_entry_size`.
     async fn put_local(
         &self,
         key: &Key,
@@ -96,27 +101,17 @@ impl TieredStore {
         body: ByteStream,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
-        if !self.memory.accepts(len) {
-            return self.disk.put_entry(key, len, body, pinned).await;
-        }
-        // Keep a copy of a small body while it streams to disk; it enters memory only after
-        // the disk write committed, so memory never holds what disk refused.
-        let copy = Arc::new(Mutex::new(BytesMut::with_capacity(len as usize)));
-        let sink = copy.clone();
-        let teed = body.inspect_ok(move |chunk| {
-            let mut buf = sink.lock().unwrap_or_else(|e| e.into_inner());
-            if (buf.len() + chunk.len()) as u64 <= len {
-                buf.extend_from_slice(chunk);
+        let header = self.disk.put_entry(key, len, body, pinned).await?;
+        self.memory.remove(key).await;
+        if self.memory.accepts(len) {
+            if let Ok(Some(object)) = self.disk.get(key).await {
+                let len = object.meta.len;
+                if let Some(data) = Self::collect_small(object.body, len).await {
+                    let entry = MemoryEntry::new(data, object.meta.modified);
+                    self.memory.insert(key.clone(), entry).await;
+                }
             }
-        });
-        let header = self
-            .disk
-            .put_entry(key, len, Box::pin(teed), pinned)
-            .await?;
-        let data = std::mem::take(&mut *copy.lock().unwrap_or_else(|e| e.into_inner())).freeze();
-        self.memory
-            .insert(key.clone(), MemoryEntry::new(data, header.modified))
-            .await;
+        }
         Ok(header)
     }
 

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use lru::LruCache;
 
-use super::{entry_path, DiskSettings, DiskTier, DiskUsage};
+use super::{entry_path, is_hex_name, DiskSettings, DiskTier, DiskUsage};
 use crate::store::entry_file::EntryHeader;
-use crate::store::{Key, StoreError};
+use crate::store::{Key, Namespace, StoreError};
 
 #[derive(Debug, Clone, Copy)]
 struct EntryInfo {
@@ -22,7 +22,11 @@ pub struct Index {
     lru: LruCache<Key, EntryInfo>,
     max_size: u64,
     used: u64,
+    /// Space held by writes in progress for bytes they have received.
     reserved: u64,
+    /// Space writes in progress declared but have not received yet: counted when a write is
+    /// admitted, never evicted for.
+    promised: u64,
     evictions: u64,
     pinned_bytes: u64,
     pinned_entries: u64,
@@ -35,6 +39,7 @@ impl Index {
             max_size,
             used: 0,
             reserved: 0,
+            promised: 0,
             evictions: 0,
             pinned_bytes: 0,
             pinned_entries: 0,
@@ -60,12 +65,47 @@ impl Index {
         self.lru.get(key).is_some()
     }
 
-    /// Makes room for `bytes` more, evicting least recently used unpinned entries until the
-    /// entries fit under `max_size` and the filesystem keeps `min_free` bytes available.
-    pub fn reserve(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
-        if bytes > self.max_size {
+    /// Admits a write of `bytes` (file bytes) if it could ever fit, counting what no eviction
+    /// can free: pinned entries and every other write in progress, received or only declared.
+    /// Nothing is evicted here; the space is only promised, and taken with [`Index::reserve`]
+    /// as the bytes arrive, so a client that declares a large body and then trickles (or
+    /// never sends it) costs the cache no entries.
+    pub fn admit(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
+        let committed = self.pinned_bytes + self.reserved + self.promised;
+        if committed.saturating_add(bytes) > self.max_size {
             return Err(StoreError::Full { needed: bytes });
         }
+        if settings.min_free > 0 {
+            // The floor: what is free now plus what eviction could free must cover the floor,
+            // the writes in progress and this one.
+            let evictable = self.used - self.pinned_bytes;
+            let possible = available_bytes(&settings.dir)? + evictable;
+            if possible < settings.min_free + self.reserved + self.promised + bytes {
+                return Err(StoreError::Full { needed: bytes });
+            }
+        }
+        self.promised += bytes;
+        Ok(())
+    }
+
+    /// Turns `bytes` of an admitted write's promise into reserved space, evicting least
+    /// recently used unpinned entries until the entries fit under `max_size` and the filesystem
+    /// keeps `min_free` bytes available. On failure the promise stays as it was.
+    pub fn reserve(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
+        self.promised -= bytes;
+        match self.make_room(bytes, settings) {
+            Ok(()) => {
+                self.reserved += bytes;
+                Ok(())
+            }
+            Err(e) => {
+                self.promised += bytes;
+                Err(e)
+            }
+        }
+    }
+
+    fn make_room(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
         // Free space is read once; each eviction adds the victim's size back. Bytes reserved by
         // writes in progress count as not written yet, which errs towards more free space.
         let mut available = match settings.min_free {
@@ -77,7 +117,7 @@ impl Index {
             let under_floor =
                 available.is_some_and(|free| free < settings.min_free + self.reserved + bytes);
             if !over_bound && !under_floor {
-                break;
+                return Ok(());
             }
             let victim = self
                 .lru
@@ -99,12 +139,12 @@ impl Index {
                 *free += size;
             }
         }
-        self.reserved += bytes;
-        Ok(())
     }
 
-    pub fn release(&mut self, bytes: u64) {
-        self.reserved -= bytes;
+    /// Gives back a write's reserved and promised space (the write failed or was dropped).
+    pub fn release(&mut self, reserved: u64, promised: u64) {
+        self.reserved -= reserved;
+        self.promised -= promised;
     }
 
     /// Records a file renamed into place, converting its reservation into used space.
@@ -158,58 +198,89 @@ impl Index {
     }
 }
 
-/// Space reserved for a write in progress; released on drop unless the write commits.
+/// The space of one write in progress: what it reserved for bytes received and what it was
+/// promised for the rest. Released on drop unless the write commits.
 pub struct Reservation {
     disk: Option<DiskTier>,
-    bytes: u64,
+    reserved: u64,
+    promised: u64,
 }
 
 impl Reservation {
-    /// Reserve with [`Index::reserve`] first; this only arranges the release.
-    pub fn new(disk: DiskTier, bytes: u64) -> Reservation {
+    /// Admit with [`Index::admit`] first; this only arranges the release.
+    pub fn admitted(disk: DiskTier, bytes: u64) -> Reservation {
         Reservation {
             disk: Some(disk),
-            bytes,
+            reserved: 0,
+            promised: bytes,
         }
     }
 
-    /// Hands the bytes over to a commit; call with the index lock held.
+    /// Space reserved so far.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Reserves up to `bytes` more of the promise (evicting as needed); call with the index
+    /// lock held.
+    pub fn grow(
+        &mut self,
+        index: &mut Index,
+        bytes: u64,
+        settings: &DiskSettings,
+    ) -> Result<(), StoreError> {
+        let bytes = bytes.min(self.promised);
+        index.reserve(bytes, settings)?;
+        self.promised -= bytes;
+        self.reserved += bytes;
+        Ok(())
+    }
+
+    /// Hands the bytes over to a commit, which needs the whole promise reserved; call with the
+    /// index lock held.
     pub fn take(mut self) -> u64 {
+        debug_assert_eq!(self.promised, 0, "a commit reserves all its bytes first");
         self.disk = None;
-        self.bytes
+        self.reserved
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(disk) = self.disk.take() {
-            disk.lock().release(self.bytes);
+            disk.lock().release(self.reserved, self.promised);
         }
     }
 }
 
 /// Rebuilds the index from the entry files under `dir`, oldest modification first so the
-/// most recently written entries are the last to be evicted. Files that are not complete,
-/// sealed entries at their expected path are removed.
+/// most recently written entries are the last to be evicted. Only what has the shape of our
+/// layout is looked at (`<namespace>/<2 hex>/<64 hex>`); such a file that is not a complete,
+/// sealed entry at its expected path is removed, anything else is left alone.
 pub fn rebuild(dir: &Path, max_size: u64) -> io::Result<Index> {
     let mut found = Vec::new();
     for ns_dir in std::fs::read_dir(dir)? {
         let ns_dir = ns_dir?;
         let name = ns_dir.file_name();
         // `tmp` holds unfinished writes; dot-directories (`.queue`) are not entries at all.
-        if !ns_dir.file_type()?.is_dir()
-            || name == "tmp"
-            || name.as_encoded_bytes().starts_with(b".")
-        {
+        let is_namespace = name
+            .to_str()
+            .is_some_and(|n| n != "tmp" && Namespace::new(n).is_ok());
+        if !ns_dir.file_type()?.is_dir() || !is_namespace {
             continue;
         }
         for shard in std::fs::read_dir(ns_dir.path())? {
             let shard = shard?;
-            if !shard.file_type()?.is_dir() {
+            if !shard.file_type()?.is_dir() || !is_hex_name(&shard.file_name(), 2) {
                 continue;
             }
             for file in std::fs::read_dir(shard.path())? {
-                let path = file?.path();
+                let file = file?;
+                if !is_hex_name(&file.file_name(), 64) {
+                    tracing::warn!(path = %file.path().display(), "not an entry file; left alone");
+                    continue;
+                }
+                let path = file.path();
                 match check_entry_file(dir, &path) {
                     Ok(Some(entry)) => found.push(entry),
                     Ok(None) | Err(_) => {

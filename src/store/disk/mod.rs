@@ -15,15 +15,28 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::entry_file::EntryHeader;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError};
 use index::{Index, Reservation};
 
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Most body bytes handed to one blocking write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// One buffer from a batch of chunks; a single chunk is passed on without a copy.
+fn concat(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().expect("one chunk");
+    }
+    let mut joined = BytesMut::with_capacity(len);
+    for chunk in chunks {
+        joined.extend_from_slice(&chunk);
+    }
+    joined.freeze()
+}
 
 /// Counters the disk tier keeps for the metrics module to read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,11 +89,15 @@ impl DiskTier {
     fn open_blocking(settings: DiskSettings) -> io::Result<DiskTier> {
         let tmp_dir = settings.dir.join("tmp");
         std::fs::create_dir_all(&settings.dir)?;
-        // Leftover temp files are writes that never completed: they were never acknowledged.
-        if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir)?;
-        }
+        claim_dir(&settings.dir)?;
         std::fs::create_dir_all(&tmp_dir)?;
+        // Leftover temp files are writes that never completed: they were never acknowledged.
+        for file in std::fs::read_dir(&tmp_dir)? {
+            let file = file?;
+            if TempFile::is_temp_name(&file.file_name()) {
+                std::fs::remove_file(file.path())?;
+            }
+        }
         let index = index::rebuild(&settings.dir, settings.max_size)?;
         Ok(DiskTier {
             inner: Arc::new(Inner {
@@ -121,33 +138,42 @@ impl DiskTier {
     }
 
     /// Writes an entry, optionally pinned against eviction from the moment it is visible.
-    /// The body goes through a [`Spool`] in batches, so there is one write path for entries
-    /// from clients and from S3.
+    /// The body goes through a [`Spool`], so there is one write path for entries from clients
+    /// and from S3. Chunks that are already there are written together (up to
+    /// [`WRITE_BATCH`]), but nothing is held back waiting for more: a stalled upload holds no
+    /// buffer here.
     pub async fn put_entry(
         &self,
         key: &Key,
         len: u64,
-        mut body: ByteStream,
+        body: ByteStream,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
         let mut spool = self.spool(key, len).await?;
-        let mut batch = BytesMut::with_capacity(WRITE_BUFFER);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(StoreError::BodyAborted)?;
-            let received = spool.written() + (batch.len() + chunk.len()) as u64;
+        // Fused: the batching below may see the end before the loop does.
+        let mut body = body.fuse();
+        while let Some(first) = body.next().await {
+            let mut batch = vec![first.map_err(StoreError::BodyAborted)?];
+            let mut batched = batch[0].len();
+            while batched < WRITE_BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(chunk)) => {
+                        let chunk = chunk.map_err(StoreError::BodyAborted)?;
+                        batched += chunk.len();
+                        batch.push(chunk);
+                    }
+                    // The end (seen again by the outer loop) or nothing ready yet.
+                    Some(None) | None => break,
+                }
+            }
+            let received = spool.written() + batched as u64;
             if received > len {
                 return Err(StoreError::LengthMismatch {
                     declared: len,
                     received,
                 });
             }
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= WRITE_BUFFER {
-                spool.write(batch.split().freeze()).await?;
-            }
-        }
-        if !batch.is_empty() {
-            spool.write(batch.split().freeze()).await?;
+            spool.write(concat(batch, batched)).await?;
         }
         // `finish` refuses a body shorter than declared.
         spool.finish(pinned).await
@@ -207,10 +233,10 @@ impl DiskTier {
     }
 
     /// Removes an entry whose file turned out corrupt, unless a newer file has replaced it.
-    fn discard_corrupt(&self, key: &Key, file: &std::fs::File) {
+    fn discard_corrupt(&self, key: &Key, file: read::FileId) {
         let path = self.path_for(key);
         let mut index = self.lock();
-        if read::same_file(file, &path) {
+        if file.is_at(&path) {
             tracing::warn!(key = %key, path = %path.display(), "checksum mismatch on disk: entry removed");
             let _ = std::fs::remove_file(&path);
             index.forget(key);
@@ -264,6 +290,43 @@ impl Store for DiskTier {
     }
 }
 
+/// The file that marks a directory as this daemon's data directory.
+pub const MARKER: &str = ".build-cache-proxy";
+const MARKER_TEXT: &str = "This directory is the data directory of build-cache-proxy (entry format 1).\nEverything in it is the daemon's to create and remove.\n";
+
+/// Makes sure `dir` is ours before anything in it is touched: a directory with the marker is;
+/// an empty one (a fresh volume may hold `lost+found`) becomes ours; anything else is refused,
+/// because the daemon removes files it does not recognise as entries and would otherwise
+/// delete whatever a mistyped `disk.dir` points at.
+fn claim_dir(dir: &Path) -> io::Result<()> {
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    let mut foreign = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let name = item?.file_name();
+        if name != "lost+found" {
+            foreign.push(name.to_string_lossy().into_owned());
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        foreign.truncate(5);
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "the directory is not empty and has no {MARKER} file, so it is not a build-cache-proxy data directory (it holds {}); point disk.dir at an empty or new directory",
+                foreign.join(", ")
+            ),
+        ));
+    }
+    let mut file = std::fs::File::create(&marker)?;
+    std::io::Write::write_all(&mut file, MARKER_TEXT.as_bytes())?;
+    file.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// `<dir>/<namespace>/<2 hex>/<sha256(name)>`: fixed-length file names whatever the key holds.
 fn entry_path(dir: &Path, key: &Key) -> PathBuf {
     let digest = hex::encode(Sha256::digest(key.name().as_bytes()));
@@ -287,6 +350,11 @@ impl TempFile {
         }
     }
 
+    /// Whether a file name is one [`TempFile::new`] makes (32 hex digits).
+    fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+        is_hex_name(name, 32)
+    }
+
     fn disarm(mut self) {
         self.armed = false;
     }
@@ -302,3 +370,9 @@ impl Drop for TempFile {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `name` is exactly `len` lowercase hex digits.
+fn is_hex_name(name: &std::ffi::OsStr, len: usize) -> bool {
+    let name = name.as_encoded_bytes();
+    name.len() == len && name.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}

@@ -52,11 +52,25 @@ fn as_corrupt(e: io::Error) -> io::Error {
     }
 }
 
-/// Whether `path` still names the same inode as the open `file`.
-pub fn same_file(file: &std::fs::File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
+/// A file's identity: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub fn of(file: &std::fs::File) -> io::Result<FileId> {
+        let meta = file.metadata()?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether `path` still names this file.
+    pub fn is_at(self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
     }
 }
 
@@ -73,7 +87,8 @@ pub async fn open_object(disk: DiskTier, key: Key) -> Result<Option<Object>, Sto
         None => return Ok(None),
         Some(Opened::Inline(header, data)) => (header, bytes_stream(data)),
         Some(Opened::File(file, header, verified)) => {
-            let identity = file.try_clone()?;
+            // The inode, not a second descriptor: a response holds one file open, no more.
+            let identity = FileId::of(&file)?;
             let reader = tokio::fs::File::from_std(file);
             let body: ByteStream = Box::pin(VerifyingStream {
                 inner: ReaderStream::with_capacity(reader, READ_CHUNK),
@@ -83,7 +98,7 @@ pub async fn open_object(disk: DiskTier, key: Key) -> Result<Option<Object>, Sto
                 received: 0,
                 crc: 0,
                 held: None,
-                on_corrupt: Some(Box::new(move || disk.discard_corrupt(&key, &identity))),
+                on_corrupt: Some(Box::new(move || disk.discard_corrupt(&key, identity))),
             });
             (header, body)
         }
@@ -129,7 +144,7 @@ fn open_verified(disk: &DiskTier, key: &Key) -> Result<Option<Opened>, StoreErro
         let mut data = vec![0u8; header.body_len as usize];
         file.read_exact(&mut data)?;
         if crc32c::crc32c(&data) != header.crc32c {
-            disk.discard_corrupt(key, &file);
+            disk.discard_corrupt(key, FileId::of(&file)?);
             return Ok(None);
         }
         return Ok(Some(Opened::Inline(header, Bytes::from(data))));
@@ -137,7 +152,7 @@ fn open_verified(disk: &DiskTier, key: &Key) -> Result<Option<Opened>, StoreErro
     let verify_now = header.body_len <= disk.settings().verify_before_serve;
     if verify_now {
         if crc_of_rest(&mut file)? != header.crc32c {
-            disk.discard_corrupt(key, &file);
+            disk.discard_corrupt(key, FileId::of(&file)?);
             return Ok(None);
         }
         file.seek(SeekFrom::Start(header.header_len))?;

@@ -27,23 +27,32 @@ pub struct Spool {
     header: EntryHeader,
     file: Arc<std::fs::File>,
     temp: TempFile,
-    reservation: Reservation,
+    /// `None` only after a failed write, which ends the spool.
+    reservation: Option<Reservation>,
     written: u64,
     crc: u32,
 }
 
 impl DiskTier {
-    /// Starts writing an entry of exactly `len` body bytes: reserves its space (evicting as
-    /// needed) and creates its temp file with an unsealed header.
+    /// Starts writing an entry of exactly `len` body bytes: admits it (refused at once when it
+    /// could never fit, evicting nothing) and creates its temp file with an unsealed header.
+    /// Space is reserved, evicting as needed, as the body is written.
     pub async fn spool(&self, key: &Key, len: u64) -> Result<Spool, StoreError> {
         let header = EntryHeader::unsealed(key);
         let bytes = header.header_len + len;
+        let header_len = header.header_len;
         let encoded = header.encode();
         let (file, temp, reservation) = self
             .blocking(
                 move |disk| -> Result<(std::fs::File, TempFile, Reservation), StoreError> {
-                    disk.lock().reserve(bytes, &disk.inner.settings)?;
-                    let reservation = Reservation::new(disk.clone(), bytes);
+                    let settings = &disk.inner.settings;
+                    let mut index = disk.lock();
+                    index.admit(bytes, settings)?;
+                    let mut reservation = Reservation::admitted(disk.clone(), bytes);
+                    let grown = reservation.grow(&mut index, header_len, settings);
+                    // Unlock before `reservation` can be dropped: its release takes the lock.
+                    drop(index);
+                    grown?;
                     let temp = TempFile::new(&disk.inner.tmp_dir);
                     let file = std::fs::OpenOptions::new()
                         .read(true)
@@ -64,7 +73,7 @@ impl DiskTier {
             },
             file: Arc::new(file),
             temp,
-            reservation,
+            reservation: Some(reservation),
             written: 0,
             crc: 0,
         })
@@ -101,7 +110,9 @@ impl Spool {
         self.crc
     }
 
-    /// Appends body bytes. Writing more than the declared length fails.
+    /// Appends body bytes, reserving their space first (in steps of at least
+    /// [`RESERVE_STEP`], evicting as needed). Writing more than the declared length fails, and
+    /// so does every write after a failed one.
     pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
         let end = self.written + data.len() as u64;
         if end > self.header.body_len {
@@ -110,15 +121,28 @@ impl Spool {
                 received: end,
             });
         }
+        let mut reservation = self.reservation.take().ok_or_else(spool_failed)?;
         let file = self.file.clone();
         let at = self.header.header_len + self.written;
+        let needed = at + data.len() as u64;
         let crc = self.crc;
-        self.crc = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
-            file.write_all_at(&data, at)?;
-            Ok(crc32c::crc32c_append(crc, &data))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        let (crc, reservation) = self
+            .disk
+            .blocking(move |disk| -> Result<(u32, Reservation), StoreError> {
+                if needed > reservation.reserved() {
+                    let step = (needed - reservation.reserved()).max(RESERVE_STEP);
+                    let mut index = disk.lock();
+                    let grown = reservation.grow(&mut index, step, &disk.inner.settings);
+                    // Unlock before `reservation` can be dropped: its release takes the lock.
+                    drop(index);
+                    grown?;
+                }
+                file.write_all_at(&data, at)?;
+                Ok((crc32c::crc32c_append(crc, &data), reservation))
+            })
+            .await??;
+        self.reservation = Some(reservation);
+        self.crc = crc;
         self.written = end;
         Ok(())
     }
@@ -145,6 +169,7 @@ impl Spool {
             reservation,
             ..
         } = self;
+        let reservation = reservation.ok_or_else(spool_failed)?;
         disk.blocking(move |disk| -> Result<(), StoreError> {
             sealed.seal(&mut &*file)?;
             file.sync_all()?;
@@ -153,4 +178,12 @@ impl Spool {
         .await??;
         Ok(header)
     }
+}
+
+/// Space is reserved for a body in steps of this size (or the rest of the body, if less): an
+/// upload evicts entries only for what it has received, one bounded step ahead.
+pub const RESERVE_STEP: u64 = 1024 * 1024;
+
+fn spool_failed() -> StoreError {
+    StoreError::Io(std::io::Error::other("spool used after a failed write"))
 }

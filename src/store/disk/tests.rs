@@ -193,8 +193,22 @@ async fn restart_rebuilds_the_index_and_drops_junk() {
                 .unwrap();
         }
     }
-    // A leftover temp file and a truncated entry, as after a crash.
-    std::fs::write(dir.path().join("tmp").join("partial"), b"half").unwrap();
+    // A leftover temp file and a truncated entry, as after a crash; and files that are not
+    // ours in shapes we don't make, which must be left alone.
+    let leftover = dir
+        .path()
+        .join("tmp")
+        .join("0123456789abcdef0123456789abcdef");
+    std::fs::write(&leftover, b"half").unwrap();
+    let foreign = [
+        dir.path().join("tmp").join("keep.txt"),
+        dir.path().join("gradle").join("notes.md"),
+        dir.path().join("gradle").join("ab").join("Main.java"),
+    ];
+    std::fs::create_dir_all(dir.path().join("gradle").join("ab")).unwrap();
+    for file in &foreign {
+        std::fs::write(file, b"not the cache's").unwrap();
+    }
     let victim = DiskTier::open(settings(dir.path(), 10 << 20))
         .await
         .unwrap()
@@ -214,10 +228,65 @@ async fn restart_rebuilds_the_index_and_drops_junk() {
     }
     assert!(disk.get(&key(4)).await.unwrap().is_none());
     assert!(!victim.exists());
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-        0
-    );
+    assert!(!leftover.exists());
+    for file in &foreign {
+        assert!(file.exists(), "{} was removed", file.display());
+    }
+}
+
+#[tokio::test]
+async fn a_directory_that_is_not_ours_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("project/src")).unwrap();
+    std::fs::write(dir.path().join("project/src/Main.java"), b"class Main {}").unwrap();
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    std::fs::write(dir.path().join("tmp/keep.txt"), b"keep").unwrap();
+    let refused = DiskTier::open(settings(dir.path(), 10 << 20)).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(message.contains(MARKER), "{message}");
+    assert!(dir.path().join("project/src/Main.java").exists());
+    assert!(dir.path().join("tmp/keep.txt").exists());
+    assert!(!dir.path().join(MARKER).exists());
+}
+
+#[tokio::test]
+async fn an_empty_directory_or_a_fresh_volume_becomes_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lost+found")).unwrap();
+    DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    assert!(dir.path().join(MARKER).exists());
+    // And it opens again with its entries.
+    DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_fit_is_refused_before_anything_is_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 4 << 20)).await.unwrap();
+    let data = pattern(500_000, 3);
+    for n in 0..6 {
+        disk.put(&key(n), data.len() as u64, body(&data))
+            .await
+            .unwrap();
+    }
+    // A write in progress that declared 2 MiB and sent nothing yet: admitted, evicts nothing.
+    let declared = disk.spool(&key(100), 2 << 20).await.unwrap();
+    assert_eq!(disk.usage().evictions, 0);
+    // Another 2 MiB can never fit beside it (headers count): refused, nothing evicted.
+    let refused = disk.spool(&key(101), 2 << 20).await;
+    assert!(matches!(refused, Err(StoreError::Full { .. })));
+    assert_eq!(disk.usage().evictions, 0);
+    assert_eq!(disk.usage().entries, 6);
+    drop(declared);
+    // With the promise gone, the same write is admitted and evicts only as its bytes arrive.
+    let mut spool = disk.spool(&key(101), 2 << 20).await.unwrap();
+    spool.write(Bytes::from(vec![7u8; 100_000])).await.unwrap();
+    assert!(disk.usage().evictions <= 3, "{:?}", disk.usage());
+    assert!(disk.usage().entries >= 3);
 }
 
 #[tokio::test]
