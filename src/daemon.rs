@@ -15,6 +15,7 @@ use crate::config::{Config, WritePolicy};
 use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
 use crate::metrics::Metrics;
+use crate::server::tls::TlsAcceptor;
 use crate::server::{self, ConnSettings, Shutdown};
 use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
@@ -98,6 +99,24 @@ impl Daemon {
         let tasks = TaskTracker::new();
         let conn = ConnSettings {
             idle_timeout: config.listen.idle_timeout,
+            tls: None,
+        };
+        let tls = if config.tls.enabled() {
+            let acceptor = TlsAcceptor::load(&config.tls, metrics.clone())?;
+            acceptor.spawn_reloader(shutdown.subscribe());
+            tracing::info!(
+                cert_file = %config.tls.cert_file.display(),
+                listeners = ?config.tls.listeners,
+                "TLS configured"
+            );
+            Some(Arc::new(acceptor))
+        } else {
+            None
+        };
+        // The settings for a listener: TLS when `tls.listeners` names it.
+        let conn_for = |listener: &str| ConnSettings {
+            tls: tls.clone().filter(|_| config.tls.serves(listener)),
+            ..conn.clone()
         };
         let mut daemon = Daemon {
             gradle_addr: None,
@@ -118,7 +137,7 @@ impl Daemon {
                 listener,
                 front,
                 metrics.clone(),
-                conn.clone(),
+                conn_for("gradle"),
                 shutdown.clone(),
                 tasks.clone(),
             ));
@@ -134,7 +153,7 @@ impl Daemon {
                 listener,
                 front,
                 metrics.clone(),
-                conn,
+                conn_for("admin"),
                 shutdown.clone(),
                 tasks.clone(),
             ));

@@ -1,11 +1,12 @@
 //! Listeners and connections: accept, serve HTTP/1.1 with hyper, and drain on shutdown.
 //!
 //! Every front is a [`Front`]; this module owns what is common to all of them: one access log
-//! line and the request metrics per request ([`access`]), the idle keep-alive timeout, and the
-//! graceful drain on SIGTERM.
+//! line and the request metrics per request ([`access`]), the idle keep-alive timeout, TLS
+//! ([`tls`]) and the graceful drain on SIGTERM.
 
 pub mod access;
 pub mod body;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +19,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +41,8 @@ pub trait Front: Send + Sync + 'static {
 pub struct ConnSettings {
     /// Idle keep-alive connections are closed after this long without a new request.
     pub idle_timeout: Duration,
+    /// TLS for this listener, or `None` for plain HTTP.
+    pub tls: Option<Arc<tls::TlsAcceptor>>,
 }
 
 /// Signals shutdown to every listener and connection.
@@ -95,7 +99,7 @@ pub async fn serve<F: Front>(
             }
         };
         let _ = stream.set_nodelay(true);
-        tasks.spawn(serve_connection(
+        tasks.spawn(accept_connection(
             stream,
             peer,
             front.clone(),
@@ -106,14 +110,41 @@ pub async fn serve<F: Front>(
     }
 }
 
-async fn serve_connection<F: Front>(
-    stream: tokio::net::TcpStream,
+/// One accepted connection: the TLS handshake when the listener has TLS, then HTTP. The
+/// handshake runs here, in the connection's own task, so a slow client never holds up accept.
+async fn accept_connection<F: Front>(
+    stream: TcpStream,
     peer: SocketAddr,
     front: Arc<F>,
     metrics: Arc<Metrics>,
     settings: ConnSettings,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Some(tls) = settings.tls.clone() else {
+        return serve_connection(stream, peer, front, metrics, settings, stop).await;
+    };
+    let handshake = tokio::select! {
+        handshake = tls.accept(stream, front.name()) => handshake,
+        // Shutting down: a connection that has not finished its handshake has no request to drain.
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    match handshake {
+        Ok(stream) => serve_connection(stream, peer, front, metrics, settings, stop).await,
+        // Counted by the acceptor; at debug level because scanners and probes cause these too.
+        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+async fn serve_connection<F: Front, IO>(
+    io: IO,
+    peer: SocketAddr,
+    front: Arc<F>,
+    metrics: Arc<Metrics>,
+    settings: ConnSettings,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req: Request<Incoming>| {
         let front = front.clone();
         let metrics = metrics.clone();
@@ -126,7 +157,7 @@ async fn serve_connection<F: Front>(
         // hyper starts this timer whenever it waits for a request head, which includes the
         // idle time between keep-alive requests: it is our idle timeout.
         .header_read_timeout(settings.idle_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
