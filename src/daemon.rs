@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::server::body::BodyLimits;
 use crate::server::deadline::Deadlines;
 use crate::server::limits::Slots;
+use crate::server::tls::TlsAcceptor;
 use crate::server::{self, ConnSettings, Shutdown, UploadLimits};
 use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
@@ -116,6 +117,19 @@ impl Daemon {
                 "limits.max_connections lowered to what the open-file limit can carry; raise `ulimit -n`"
             );
         }
+        let tls = if config.tls.enabled() {
+            let acceptor = TlsAcceptor::load(&config.tls, metrics.clone())?;
+            acceptor.spawn_reloader(shutdown.subscribe());
+            tracing::info!(
+                cert_file = %config.tls.cert_file.display(),
+                listeners = ?config.tls.listeners,
+                "TLS configured"
+            );
+            Some(Arc::new(acceptor))
+        } else {
+            None
+        };
+        // The settings of one listener: its connection cap, and TLS when `tls.listeners` names it.
         let conn = |name: &'static str, max: usize, per_peer: usize| ConnSettings {
             idle_timeout: config.listen.idle_timeout,
             deadlines: Deadlines {
@@ -130,6 +144,7 @@ impl Daemon {
                 per_peer.min(max),
                 metrics.connections.with_label_values(&[name]),
             ),
+            tls: tls.clone().filter(|_| config.tls.serves(name)),
         };
         let uploads = UploadLimits {
             body: BodyLimits {

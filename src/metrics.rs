@@ -1,7 +1,7 @@
 //! Every Prometheus metric the daemon exports, defined in one place.
 //!
 //! Names carry the `build_cache_proxy_` prefix and base units; labels are low-cardinality
-//! (`front`, `method`, `status`, `tier`, `result`, `op`), never a key. Label sets that are known
+//! (`front`, `listener`, `method`, `status`, `tier`, `result`, `op`), never a key. Label sets that are known
 //! up front are created at start so dashboards see zeros instead of gaps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::config::TLS_LISTENER_NAMES;
 use crate::store::disk::DiskUsage;
 use crate::store::Tier;
 
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub upload_queue_bytes: IntGauge,
     pub upload_queue_oldest_seconds: IntGauge,
     pub upload_failures: IntCounter,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_certificate_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
@@ -209,6 +212,22 @@ impl Metrics {
                 "Failed write-back upload attempts.",
             ))
             .unwrap(),
+            tls_handshake_failures: IntCounterVec::new(
+                opts(
+                    "tls_handshake_failures_total",
+                    "TLS handshakes that failed or timed out, by listener.",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
+            tls_certificate_reloads: IntCounterVec::new(
+                opts(
+                    "tls_certificate_reloads_total",
+                    "Changed TLS certificate files loaded (ok) or refused, keeping the old certificate (error).",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             build_info: IntGaugeVec::new(
                 opts("build_info", "Always 1; the version as a label."),
                 &["version"],
@@ -273,6 +292,12 @@ impl Metrics {
                 m.request_timeouts.with_label_values(&[front, phase]);
             }
         }
+        for listener in TLS_LISTENER_NAMES {
+            m.tls_handshake_failures.with_label_values(&[listener]);
+        }
+        for result in ["ok", "error"] {
+            m.tls_certificate_reloads.with_label_values(&[result]);
+        }
         m
     }
 
@@ -302,6 +327,8 @@ impl Metrics {
             Box::new(self.upload_queue_bytes.clone()),
             Box::new(self.upload_queue_oldest_seconds.clone()),
             Box::new(self.upload_failures.clone()),
+            Box::new(self.tls_handshake_failures.clone()),
+            Box::new(self.tls_certificate_reloads.clone()),
             Box::new(self.build_info.clone()),
             Box::new(self.connections.clone()),
             Box::new(self.connections_refused.clone()),

@@ -169,6 +169,7 @@ impl Config {
                 _ => {}
             }
         }
+        self.validate_tls()?;
         if let Some(s3) = &self.s3 {
             if s3.bucket.is_empty() {
                 return Err(ConfigError::invalid(
@@ -344,6 +345,60 @@ impl Config {
         }
         Ok(())
     }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        match (
+            tls.cert_file.as_os_str().is_empty(),
+            tls.key_file.as_os_str().is_empty(),
+        ) {
+            (false, true) => {
+                return Err(ConfigError::invalid(
+                    "tls.key_file",
+                    "must be set when tls.cert_file is (or leave both empty for plain HTTP)",
+                ))
+            }
+            (true, false) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert_file",
+                    "must be set when tls.key_file is (or leave both empty for plain HTTP)",
+                ))
+            }
+            _ => {}
+        }
+        for (i, name) in tls.listeners.iter().enumerate() {
+            if !TLS_LISTENER_NAMES.contains(&name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("tls.listeners[{i}]"),
+                    format!("{name:?} is not a listener; known: {TLS_LISTENER_NAMES:?}"),
+                ));
+            }
+        }
+        check_duration(
+            "tls.reload_interval",
+            tls.reload_interval,
+            Duration::from_secs(3600),
+        )?;
+        check_duration(
+            "tls.handshake_timeout",
+            tls.handshake_timeout,
+            Duration::from_secs(300),
+        )
+    }
+}
+
+/// A duration that must be above zero and at most `max`.
+fn check_duration(key: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "must be above 0s and at most {}",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {

@@ -57,6 +57,8 @@ fn reference_file_commented_examples_are_valid() {
         config.gradle.users[0].password.as_deref(),
         Some("from-file")
     );
+    assert!(config.tls.serves("gradle"), "[tls] example uncommented");
+    assert!(!config.tls.serves("admin"));
 }
 
 #[test]
@@ -185,4 +187,70 @@ fn secrets_come_from_files() {
     let missing = text.replace("password\"", "nope\"");
     let err = parse(&missing).unwrap_err().to_string();
     assert!(err.starts_with("gradle.users[0].password_file:"), "{err}");
+}
+
+#[test]
+fn tls_is_off_by_default_and_both_files_are_needed() {
+    let config = parse("").unwrap();
+    assert!(!config.tls.enabled());
+    assert!(!config.tls.serves("gradle"));
+
+    let err = parse("[tls]\ncert_file = \"/c.pem\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("tls.key_file:"), "{err}");
+    let err = parse("[tls]\nkey_file = \"/k.pem\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("tls.cert_file:"), "{err}");
+
+    let config = parse(
+        "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nlisteners = [\"gradle\", \"admin\"]",
+    )
+    .unwrap();
+    assert!(config.tls.serves("gradle") && config.tls.serves("admin"));
+}
+
+#[test]
+fn tls_rejects_unknown_listeners_and_absurd_durations() {
+    let err = parse("[tls]\nlisteners = [\"gradle\", \"grdle\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("tls.listeners[1]:"), "{err}");
+    for (text, key) in [
+        ("reload_interval = \"0s\"", "tls.reload_interval:"),
+        ("reload_interval = \"2h\"", "tls.reload_interval:"),
+        ("handshake_timeout = \"0s\"", "tls.handshake_timeout:"),
+        ("handshake_timeout = \"10m\"", "tls.handshake_timeout:"),
+    ] {
+        let err = parse(&format!("[tls]\n{text}")).unwrap_err().to_string();
+        assert!(err.starts_with(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn tls_files_and_durations_come_from_the_environment() {
+    let config = parse_env(
+        "",
+        &[
+            ("BUILD_CACHE_PROXY_TLS_CERT_FILE", "/tls/tls.crt"),
+            ("BUILD_CACHE_PROXY_TLS_KEY_FILE", "/tls/tls.key"),
+            ("BUILD_CACHE_PROXY_TLS_RELOAD_INTERVAL", "1m"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        config.tls.cert_file,
+        std::path::PathBuf::from("/tls/tls.crt")
+    );
+    assert_eq!(
+        config.tls.key_file,
+        std::path::PathBuf::from("/tls/tls.key")
+    );
+    assert_eq!(config.tls.reload_interval, Duration::from_secs(60));
+    // Lists are not scalars: the variable is refused by name rather than half-applied.
+    let err = parse_env("", &[("BUILD_CACHE_PROXY_TLS_LISTENERS", "admin")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("BUILD_CACHE_PROXY_TLS_LISTENERS:"), "{err}");
 }

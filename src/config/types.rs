@@ -24,6 +24,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// The Gradle HTTP build cache front.
     pub gradle: GradleConfig,
+    /// TLS on the listeners; off while no certificate is configured.
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -304,6 +306,54 @@ impl std::fmt::Debug for GradleUser {
             .field("name", &self.name)
             .field("access", &self.access)
             .finish_non_exhaustive()
+    }
+}
+
+/// Listener names that `tls.listeners` may contain.
+pub const TLS_LISTENER_NAMES: &[&str] = &["gradle", "admin"];
+
+/// TLS (rustls, TLS 1.2 and 1.3) on the listeners named in `listeners`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first. Empty with `key_file` empty
+    /// means plain HTTP.
+    pub cert_file: PathBuf,
+    /// PEM private key of the certificate: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key_file: PathBuf,
+    /// Listeners that serve TLS when a certificate is configured (see [`TLS_LISTENER_NAMES`]).
+    /// The admin listener stays plain HTTP by default because kubelet probes speak plain HTTP.
+    pub listeners: Vec<String>,
+    /// How often `cert_file` and `key_file` are read to pick up a rotated certificate.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// A TLS handshake that has not completed after this long is abandoned and the connection
+    /// closed, so a silent client cannot hold a connection before it ever sends a request.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl TlsConfig {
+    /// True when a certificate is configured, so the listeners in `listeners` serve TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// True when `listener` serves TLS.
+    pub fn serves(&self, listener: &str) -> bool {
+        self.enabled() && self.listeners.iter().any(|l| l == listener)
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            listeners: vec!["gradle".into()],
+            reload_interval: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
     }
 }
 

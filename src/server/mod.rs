@@ -2,13 +2,14 @@
 //!
 //! Every front is a [`Front`]; this module owns what is common to all of them: one access log
 //! line and the request metrics per request ([`access`]), the connection caps ([`limits`]), the
-//! head and send deadlines ([`deadline`]), the idle keep-alive timeout, and the graceful drain
-//! on SIGTERM.
+//! head and send deadlines ([`deadline`]), the idle keep-alive timeout, TLS ([`tls`]), and the
+//! graceful drain on SIGTERM.
 
 pub mod access;
 pub mod body;
 pub mod deadline;
 pub mod limits;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +22,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +52,8 @@ pub struct ConnSettings {
     pub max_header_bytes: usize,
     /// The connection cap of this listener.
     pub slots: Slots,
+    /// TLS for this listener, or `None` for plain HTTP.
+    pub tls: Option<Arc<tls::TlsAcceptor>>,
 }
 
 /// Signals shutdown to every listener and connection.
@@ -132,7 +136,7 @@ pub async fn serve<F: Front>(
                 continue;
             }
         };
-        tasks.spawn(serve_connection(
+        tasks.spawn(accept_connection(
             stream,
             peer,
             front.clone(),
@@ -202,8 +206,11 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
 }
 
-async fn serve_connection<F: Front>(
-    stream: tokio::net::TcpStream,
+/// One accepted connection: its deadlines, the TLS handshake when the listener has TLS, then
+/// HTTP. The handshake runs here, in the connection's own task, so a slow client never holds up
+/// accept; the head deadline covers it too. The connection holds its slot until it ends.
+async fn accept_connection<F: Front>(
+    stream: TcpStream,
     peer: SocketAddr,
     front: Arc<F>,
     metrics: Arc<Metrics>,
@@ -213,7 +220,38 @@ async fn serve_connection<F: Front>(
 ) {
     let _permit = permit;
     let state = Arc::new(ConnState::default());
-    let io = DeadlineIo::new(stream, state.clone(), settings.deadlines);
+    let deadlines = Deadlines {
+        // A 408 written on the raw socket would be garbage inside a TLS session.
+        answer_plain: settings.tls.is_none(),
+        ..settings.deadlines
+    };
+    let io = DeadlineIo::new(stream, state.clone(), deadlines);
+    let Some(tls) = settings.tls.clone() else {
+        return serve_connection(io, peer, state, front, metrics, settings, stop).await;
+    };
+    let handshake = tokio::select! {
+        handshake = tls.accept(io, front.name()) => handshake,
+        // Shutting down: a connection that has not finished its handshake has no request to drain.
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    match handshake {
+        Ok(stream) => serve_connection(stream, peer, state, front, metrics, settings, stop).await,
+        // Counted by the acceptor; at debug level because scanners and probes cause these too.
+        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+    }
+}
+
+async fn serve_connection<F: Front, IO>(
+    io: IO,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    front: Arc<F>,
+    metrics: Arc<Metrics>,
+    settings: ConnSettings,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let state = state.clone();
         let metrics = metrics.clone();
