@@ -24,6 +24,8 @@ pub struct Daemon {
 pub struct DaemonSpec {
     pub config: String,
     pub env: Vec<(String, String)>,
+    /// A command the daemon is started under, e.g. `prlimit --nofile=1024:1024 --`.
+    pub wrapper: Vec<String>,
 }
 
 impl DaemonSpec {
@@ -31,7 +33,13 @@ impl DaemonSpec {
         DaemonSpec {
             config: config.to_string(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
+    }
+
+    pub fn wrapped_in(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -53,7 +61,15 @@ impl Daemon {
         let data_dir = work.join("data");
         let log_path = work.join(format!("daemon-{}.log", unique()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_build-cache-proxy"));
+        let binary = env!("CARGO_BIN_EXE_build-cache-proxy");
+        let mut cmd = match spec.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -273,4 +289,35 @@ pub fn put_in_pieces(
         .unwrap();
     let next = read_response_head(&mut stream);
     (answer, next)
+}
+
+impl Daemon {
+    /// The daemon's resident set size now (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/pid/status");
+        kib * 1024
+    }
+
+    /// File descriptors the daemon holds open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// A TCP connection to `addr` from the loopback source address `from` (any of 127.0.0.0/8
+/// works without setup), so that per-client caps see distinct clients.
+pub async fn connect_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(addr).await
 }
