@@ -97,20 +97,11 @@ impl AdminFront {
             }
         }
         let started = std::time::Instant::now();
-        let name = format!(".ready-probe-{:016x}", fastrand::u64(..));
-        let probe = self.disk.settings().dir.join("tmp").join(name);
-        let result = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let written = std::fs::File::create(&probe).and_then(|mut f| {
-                f.write_all(b"ok")?;
-                f.sync_all()
-            });
-            let removed = std::fs::remove_file(&probe);
-            written.and(removed)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| format!("disk not writable: {e}")));
+        let result = self
+            .disk
+            .probe_writable()
+            .await
+            .map_err(|e| format!("disk not writable: {e}"));
         *last = Some((started, result.clone()));
         result
     }

@@ -243,6 +243,25 @@ impl DiskTier {
         }
     }
 
+    /// Whether the tier can take a write now: a probe file of its own is created, written,
+    /// fsynced and removed in the temp directory.
+    pub async fn probe_writable(&self) -> io::Result<()> {
+        let probe = self
+            .inner
+            .tmp_dir
+            .join(format!(".probe-{:016x}", fastrand::u64(..)));
+        self.blocking(move |_| {
+            use std::io::Write;
+            let written = std::fs::File::create(&probe).and_then(|mut f| {
+                f.write_all(b"ok")?;
+                f.sync_all()
+            });
+            let removed = std::fs::remove_file(&probe);
+            written.and(removed)
+        })
+        .await?
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&DiskTier) -> T + Send + 'static,
