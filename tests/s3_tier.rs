@@ -753,3 +753,44 @@ async fn write_through_acknowledges_once_s3_has_the_object() {
     );
     s3::remove_bucket(&client, &bucket).await;
 }
+
+/// A fill that started before a client's PUT of the same key must never replace that write:
+/// the node keeps serving the client's bytes, and the write-back upload sends them to S3, not
+/// the fill's older ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_never_replaces_a_newer_write() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "fill-race").await;
+    let k = key(6);
+    let older = data(6, 8 * MIB);
+    let newer = data(7, 8 * MIB);
+    s3::put_object(&client, &bucket, &s3::gradle_object(&k), older.clone()).await;
+    // Slow S3: the fill of 8 MiB takes about 4 s, the local PUT well under that.
+    let fwd = Forwarder::start(&endpoint).await;
+    fwd.throttle(2 * MIB as u64);
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &fwd.endpoint(), "", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+
+    let reader = {
+        let url = daemon.entry_url(&k);
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() })
+    };
+    eventually("the fill to start", Duration::from_secs(10), || async {
+        s3_gets(&daemon).await == 1.0
+    })
+    .await;
+    put(&http, &daemon, &k, newer.clone()).await;
+    // The reader that started the fill gets what S3 had when it asked.
+    assert!(reader.await.unwrap()[..] == older[..]);
+    wait_queue_empty(&daemon, Duration::from_secs(60)).await;
+
+    let (status, local) = get(&http, &daemon, &k).await;
+    assert_eq!(status, 200);
+    assert!(local == newer, "the fill replaced the newer write");
+    let shared = s3::object(&client, &bucket, &s3::gradle_object(&k)).await;
+    assert!(shared.unwrap() == newer, "S3 got the fill's stale bytes");
+    s3::remove_bucket(&client, &bucket).await;
+}

@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::disk::DiskTier;
+use super::disk::{Commit, DiskTier};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
@@ -277,8 +277,14 @@ async fn fill(inner: &Inner, key: &Key, tx: &watch::Sender<Progress>) -> End {
         }
     }
     tx.send_modify(|p| p.verified = true);
-    let header = match spool.finish(false).await {
-        Ok(header) => header,
+    let header = match spool.finish(Commit::Fill).await {
+        Ok((header, true)) => header,
+        // A client wrote the key while we filled it: theirs is newer, ours is dropped (the
+        // readers of this fill got S3's bytes, which were current when they asked).
+        Ok((_, false)) => {
+            tracing::info!(key = %key, "a client wrote the key during its fill; fill not cached");
+            return End::Complete;
+        }
         Err(e) => return failed(&e),
     };
     if let Some(data) = keep {

@@ -70,6 +70,20 @@ struct Inner {
     index: Mutex<Index>,
 }
 
+/// How a finished write enters the tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// A client's write: replaces any entry of the key; evictable.
+    Cached,
+    /// A client's write that must stay until the shared tier has it: never evicted until
+    /// unpinned.
+    Pinned,
+    /// A copy filled from the shared tier: committed only if the key has no entry by then. A
+    /// fill started before a client's write of the same key must never replace that write
+    /// (which, waiting for upload, would then send the fill's stale bytes to S3).
+    Fill,
+}
+
 /// Where a committed entry's body lies on disk (for uploads that read the file directly).
 #[derive(Debug, Clone)]
 pub struct EntryLocation {
@@ -176,25 +190,38 @@ impl DiskTier {
             spool.write(concat(batch, batched)).await?;
         }
         // `finish` refuses a body shorter than declared.
-        spool.finish(pinned).await
+        let mode = if pinned {
+            Commit::Pinned
+        } else {
+            Commit::Cached
+        };
+        let (header, _) = spool.finish(mode).await?;
+        Ok(header)
     }
 
     /// Renames a finished temp file into place and records it, all under the index lock so that
-    /// eviction and concurrent writers of the same key see one consistent order.
+    /// eviction and concurrent writers of the same key see one consistent order. With
+    /// [`Commit::Fill`], a key that has an entry by now is left as it is (the temp file is
+    /// removed): returns whether the entry was committed.
     fn commit(
         &self,
         key: &Key,
         temp: TempFile,
         reservation: Reservation,
-        pinned: bool,
-    ) -> Result<(), StoreError> {
+        mode: Commit,
+    ) -> Result<bool, StoreError> {
         let path = self.path_for(key);
         let parent = path.parent().expect("entry paths have a parent");
         std::fs::create_dir_all(parent)?;
         let mut index = self.lock();
+        if mode == Commit::Fill && index.contains(key) {
+            // Unlock before `reservation` and `temp` are dropped: the release takes the lock.
+            drop(index);
+            return Ok(false);
+        }
         let renamed = std::fs::rename(&temp.path, &path);
         if renamed.is_ok() {
-            index.commit(key, reservation.take(), pinned);
+            index.commit(key, reservation.take(), mode == Commit::Pinned);
             temp.disarm();
         }
         // Unlock before `reservation` can be dropped: its release takes the same lock.
@@ -203,7 +230,7 @@ impl DiskTier {
         // Make the rename itself durable before the write is acknowledged. (Measured: skipping
         // this for plain cache entries gained nothing; the file's own fsync dominates.)
         std::fs::File::open(parent)?.sync_all()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Locates a committed entry and checks its header, without verifying the body.

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::index::Reservation;
-use super::{DiskTier, TempFile};
+use super::{Commit, DiskTier, TempFile};
 use crate::store::entry_file::EntryHeader;
 use crate::store::{Key, StoreError};
 
@@ -147,8 +147,10 @@ impl Spool {
         Ok(())
     }
 
-    /// Seals, fsyncs and commits the entry, which must be complete. Returns its header.
-    pub async fn finish(self, pinned: bool) -> Result<EntryHeader, StoreError> {
+    /// Seals, fsyncs and commits the entry, which must be complete. Returns its header and
+    /// whether it was committed.
+    /// `committed` is false when a [`Commit::Fill`] found the key already written.
+    pub async fn finish(self, mode: Commit) -> Result<(EntryHeader, bool), StoreError> {
         if self.written != self.header.body_len {
             return Err(StoreError::LengthMismatch {
                 declared: self.header.body_len,
@@ -170,13 +172,14 @@ impl Spool {
             ..
         } = self;
         let reservation = reservation.ok_or_else(spool_failed)?;
-        disk.blocking(move |disk| -> Result<(), StoreError> {
-            sealed.seal(&mut &*file)?;
-            file.sync_all()?;
-            disk.commit(&key, temp, reservation, pinned)
-        })
-        .await??;
-        Ok(header)
+        let committed = disk
+            .blocking(move |disk| -> Result<bool, StoreError> {
+                sealed.seal(&mut &*file)?;
+                file.sync_all()?;
+                disk.commit(&key, temp, reservation, mode)
+            })
+            .await??;
+        Ok((header, committed))
     }
 }
 

@@ -398,3 +398,26 @@ async fn each_read_path_serves_good_bodies_and_refuses_corrupt_ones() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_fill_does_not_replace_a_write_that_committed_during_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let older = pattern(100_000, 1);
+    let newer = pattern(100_000, 2);
+    let mut fill = disk.spool(&key(1), older.len() as u64).await.unwrap();
+    fill.write(Bytes::from(older.clone())).await.unwrap();
+    disk.put(&key(1), newer.len() as u64, body(&newer))
+        .await
+        .unwrap();
+    let (_, committed) = fill.finish(Commit::Fill).await.unwrap();
+    assert!(!committed);
+    assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), newer);
+    assert_eq!(disk.usage().entries, 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
