@@ -86,7 +86,7 @@ impl EntryHeader {
         }
         let ns = read_str(file)?;
         let name = read_str(file)?;
-        let ns = Namespace::new(&ns).map_err(|_| invalid("bad namespace in entry header"))?;
+        let ns = Namespace::parse(&ns).map_err(|_| invalid("bad namespace in entry header"))?;
         let key = if ns == Namespace::gradle() {
             Key::gradle(&name)
         } else {

@@ -8,6 +8,11 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Longest Gradle key: Gradle sends 32 hex chars (MD5) today; leave room for longer hashes.
 pub const MAX_GRADLE_KEY_LEN: usize = 128;
 
+const GRADLE: &str = "gradle";
+/// Names no bucket's namespace may take: `tmp` is the disk tier's temp directory and `gradle`
+/// the Gradle front's namespace.
+pub const RESERVED_NAMESPACES: &[&str] = &[GRADLE, "tmp"];
+
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -23,6 +28,8 @@ pub enum KeyError {
     BadSegment,
     #[error("namespace name is not valid")]
     BadNamespace,
+    #[error("namespace name is reserved")]
+    ReservedNamespace,
 }
 
 /// A key's namespace: `gradle`, or one per S3 bucket the daemon fronts.
@@ -31,20 +38,39 @@ pub struct Namespace(String);
 
 impl Namespace {
     pub fn gradle() -> Self {
-        Namespace("gradle".into())
+        Namespace(GRADLE.into())
     }
 
-    /// A namespace name follows S3 bucket naming: 3–63 of `[a-z0-9.-]`.
+    /// A bucket's namespace. The name follows S3 bucket naming (3–63 of `[a-z0-9.-]`, starting
+    /// and ending with a letter or digit), and may not be one of [`RESERVED_NAMESPACES`]: the
+    /// disk tier keeps its own files beside the namespaces' directories, and `gradle` keys are
+    /// validated as Gradle's.
     pub fn new(name: &str) -> Result<Self, KeyError> {
+        let edge_ok =
+            |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         let ok = (3..=63).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && edge_ok(name.as_bytes().first())
+            && edge_ok(name.as_bytes().last())
             && !name.contains("..");
-        if ok {
-            Ok(Namespace(name.to_string()))
+        if !ok {
+            return Err(KeyError::BadNamespace);
+        }
+        if RESERVED_NAMESPACES.contains(&name) {
+            return Err(KeyError::ReservedNamespace);
+        }
+        Ok(Namespace(name.to_string()))
+    }
+
+    /// A namespace as stored (in an entry header, a queue marker, a directory name): `gradle`
+    /// or a bucket's.
+    pub fn parse(name: &str) -> Result<Self, KeyError> {
+        if name == GRADLE {
+            Ok(Namespace::gradle())
         } else {
-            Err(KeyError::BadNamespace)
+            Namespace::new(name)
         }
     }
 
@@ -143,5 +169,15 @@ mod tests {
         assert!(Key::object(ns, &"k".repeat(1025)).is_err());
         assert!(Namespace::new("Upper").is_err());
         assert!(Namespace::new("a..b").is_err());
+    }
+
+    #[test]
+    fn namespaces_cannot_take_the_disk_tiers_own_names() {
+        for name in ["tmp", "gradle", ".queue", "-ab", "ab-", ".git"] {
+            assert!(Namespace::new(name).is_err(), "{name:?} accepted");
+        }
+        assert_eq!(Namespace::parse("gradle"), Ok(Namespace::gradle()));
+        assert!(Namespace::parse("tmp").is_err());
+        assert!(Namespace::parse("runner-cache").is_ok());
     }
 }

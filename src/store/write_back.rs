@@ -435,7 +435,7 @@ fn parse_marker(text: &str) -> Option<(Key, SystemTime, u64)> {
     if lines.next()? != MARKER_MAGIC {
         return None;
     }
-    let ns = Namespace::new(lines.next()?).ok()?;
+    let ns = Namespace::parse(lines.next()?).ok()?;
     let name = lines.next()?;
     let key = if ns == Namespace::gradle() {
         Key::gradle(name)

@@ -262,10 +262,9 @@ pub fn rebuild(dir: &Path, max_size: u64) -> io::Result<Index> {
     for ns_dir in std::fs::read_dir(dir)? {
         let ns_dir = ns_dir?;
         let name = ns_dir.file_name();
-        // `tmp` holds unfinished writes; dot-directories (`.queue`) are not entries at all.
-        let is_namespace = name
-            .to_str()
-            .is_some_and(|n| n != "tmp" && Namespace::new(n).is_ok());
+        // Only namespaces: `tmp` (unfinished writes) and dot-directories (`.queue`) are reserved
+        // names no namespace can take.
+        let is_namespace = name.to_str().is_some_and(|n| Namespace::parse(n).is_ok());
         if !ns_dir.file_type()?.is_dir() || !is_namespace {
             continue;
         }
