@@ -27,11 +27,7 @@ impl MemoryEntry {
     }
 
     fn meta(&self) -> ObjectMeta {
-        ObjectMeta {
-            len: self.data.len() as u64,
-            modified: self.modified,
-            crc32c: Some(self.crc32c),
-        }
+        ObjectMeta::new(self.data.len() as u64, self.modified, Some(self.crc32c))
     }
 }
 

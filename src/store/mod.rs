@@ -54,10 +54,38 @@ impl Tier {
 pub struct ObjectMeta {
     /// Body length in bytes.
     pub len: u64,
-    /// When the entry was written.
+    /// When the entry was written (for a copy filled from S3: when S3's object was).
     pub modified: SystemTime,
     /// CRC32C of the body, when the tier knows it.
     pub crc32c: Option<u32>,
+    /// The object's ETag as S3 defines it (without quotes), when known.
+    pub etag: Option<String>,
+    /// What the writer said about the object, read back by every reader.
+    pub attrs: ObjectAttrs,
+}
+
+impl ObjectMeta {
+    /// Metadata with no ETag and no attributes.
+    pub fn new(len: u64, modified: SystemTime, crc32c: Option<u32>) -> ObjectMeta {
+        ObjectMeta {
+            len,
+            modified,
+            crc32c,
+            etag: None,
+            attrs: ObjectAttrs::default(),
+        }
+    }
+}
+
+/// The attributes of an object that a client sets on write and reads back: S3's system
+/// headers and its user metadata (`x-amz-meta-*`). Gradle entries have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectAttrs {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub cache_control: Option<String>,
+    /// User metadata: names lowercase and without the `x-amz-meta-` prefix, sorted by name.
+    pub user: Vec<(String, String)>,
 }
 
 /// An entry being read: its metadata and its body.

@@ -309,10 +309,12 @@ impl Store for DiskTier {
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
-        Ok(self.locate(key).await?.map(|loc| ObjectMeta {
-            len: loc.header.body_len,
-            modified: loc.header.modified,
-            crc32c: Some(loc.header.crc32c),
+        Ok(self.locate(key).await?.map(|loc| {
+            ObjectMeta::new(
+                loc.header.body_len,
+                loc.header.modified,
+                Some(loc.header.crc32c),
+            )
         }))
     }
 

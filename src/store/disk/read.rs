@@ -104,11 +104,7 @@ pub async fn open_object(disk: DiskTier, key: Key) -> Result<Option<Object>, Sto
         }
     };
     Ok(Some(Object {
-        meta: ObjectMeta {
-            len: header.body_len,
-            modified: header.modified,
-            crc32c: Some(header.crc32c),
-        },
+        meta: ObjectMeta::new(header.body_len, header.modified, Some(header.crc32c)),
         body,
         tier: Tier::Disk,
     }))

@@ -505,11 +505,11 @@ impl Store for S3Tier {
             .content_length()
             .and_then(|l| u64::try_from(l).ok())
             .ok_or_else(|| StoreError::Remote("S3 get: no Content-Length".into()))?;
-        let meta = ObjectMeta {
+        let meta = ObjectMeta::new(
             len,
-            modified: system_time(out.last_modified()),
-            crc32c: crc_from_meta(out.metadata()),
-        };
+            system_time(out.last_modified()),
+            crc_from_meta(out.metadata()),
+        );
         let body = body_stream(
             out.body,
             self.inner.read_timeout,
@@ -538,11 +538,11 @@ impl Store for S3Tier {
             .key(self.object_key(key))
             .send();
         Ok(self.read_call("head", call).await?.and_then(|out| {
-            Some(ObjectMeta {
-                len: u64::try_from(out.content_length()?).ok()?,
-                modified: system_time(out.last_modified()),
-                crc32c: crc_from_meta(out.metadata()),
-            })
+            Some(ObjectMeta::new(
+                u64::try_from(out.content_length()?).ok()?,
+                system_time(out.last_modified()),
+                crc_from_meta(out.metadata()),
+            ))
         }))
     }
 
