@@ -8,26 +8,28 @@ use futures_util::StreamExt;
 
 use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
 
-/// One entry held in memory.
+/// One entry held in memory, with the same metadata the disk tier has for it.
 #[derive(Debug, Clone)]
 pub struct MemoryEntry {
     pub data: Bytes,
-    pub modified: SystemTime,
-    pub crc32c: u32,
+    pub meta: ObjectMeta,
 }
 
 impl MemoryEntry {
+    /// An entry with no ETag or attributes (its checksum is computed here).
     pub fn new(data: Bytes, modified: SystemTime) -> Self {
         let crc32c = crc32c::crc32c(&data);
-        MemoryEntry {
-            data,
-            modified,
-            crc32c,
-        }
+        let meta = ObjectMeta::new(data.len() as u64, modified, Some(crc32c));
+        MemoryEntry { data, meta }
+    }
+
+    /// An entry read from another tier, with that tier's metadata.
+    pub fn with_meta(data: Bytes, meta: ObjectMeta) -> Self {
+        MemoryEntry { data, meta }
     }
 
     fn meta(&self) -> ObjectMeta {
-        ObjectMeta::new(self.data.len() as u64, self.modified, Some(self.crc32c))
+        self.meta.clone()
     }
 }
 

@@ -107,7 +107,7 @@ impl TieredStore {
             if let Ok(Some(object)) = self.disk.get(key).await {
                 let len = object.meta.len;
                 if let Some(data) = Self::collect_small(object.body, len).await {
-                    let entry = MemoryEntry::new(data, object.meta.modified);
+                    let entry = MemoryEntry::with_meta(data, object.meta);
                     self.memory.insert(key.clone(), entry).await;
                 }
             }
@@ -183,7 +183,7 @@ impl Store for TieredStore {
         self.memory
             .insert(
                 key.clone(),
-                MemoryEntry::new(data.clone(), object.meta.modified),
+                MemoryEntry::with_meta(data.clone(), object.meta.clone()),
             )
             .await;
         Ok(Some(Object {

@@ -309,13 +309,7 @@ impl Store for DiskTier {
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
-        Ok(self.locate(key).await?.map(|loc| {
-            ObjectMeta::new(
-                loc.header.body_len,
-                loc.header.modified,
-                Some(loc.header.crc32c),
-            )
-        }))
+        Ok(self.locate(key).await?.map(|loc| loc.header.meta()))
     }
 
     async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {

@@ -17,7 +17,7 @@ use tokio_util::io::ReaderStream;
 
 use super::DiskTier;
 use crate::store::entry_file::EntryHeader;
-use crate::store::{bytes_stream, ByteStream, Key, Object, ObjectMeta, StoreError, Tier};
+use crate::store::{bytes_stream, ByteStream, Key, Object, StoreError, Tier};
 
 const READ_CHUNK: usize = 256 * 1024;
 /// Bodies up to this size are read whole while they are verified and served from that buffer.
@@ -104,7 +104,7 @@ pub async fn open_object(disk: DiskTier, key: Key) -> Result<Option<Object>, Sto
         }
     };
     Ok(Some(Object {
-        meta: ObjectMeta::new(header.body_len, header.modified, Some(header.crc32c)),
+        meta: header.meta(),
         body,
         tier: Tier::Disk,
     }))

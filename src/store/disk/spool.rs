@@ -18,7 +18,8 @@ use bytes::Bytes;
 use super::index::Reservation;
 use super::{Commit, DiskTier, TempFile};
 use crate::store::entry_file::EntryHeader;
-use crate::store::{Key, StoreError};
+use crate::store::{Key, ObjectAttrs, StoreError};
+use md5::{Digest, Md5};
 
 /// A disk-tier write in progress whose file can be read while it is written.
 pub struct Spool {
@@ -31,14 +32,50 @@ pub struct Spool {
     reservation: Option<Reservation>,
     written: u64,
     crc: u32,
+    /// The body's MD5 so far, when the ETag is to be computed.
+    md5: Option<Md5>,
+    etag: EtagSource,
+    modified: Option<SystemTime>,
+}
+
+/// What a write says about its entry besides the body.
+#[derive(Debug, Clone, Default)]
+pub struct EntryMeta {
+    pub attrs: ObjectAttrs,
+    pub etag: EtagSource,
+    /// The object's date. `None`: the time of the commit; a copy filled from S3 keeps S3's
+    /// Last-Modified, so it reads the same on every node.
+    pub modified: Option<SystemTime>,
+}
+
+/// Where an entry's ETag comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EtagSource {
+    /// None (Gradle entries: content-addressed, nobody asks).
+    #[default]
+    None,
+    /// The hex MD5 of the body, computed as it is written (S3's ETag of a single PUT).
+    Md5,
+    /// Known already: the origin's, or a multipart upload's.
+    Known(String),
 }
 
 impl DiskTier {
+    /// [`DiskTier::spool_with`] for an entry with no ETag or attributes.
+    pub async fn spool(&self, key: &Key, len: u64) -> Result<Spool, StoreError> {
+        self.spool_with(key, len, EntryMeta::default()).await
+    }
+
     /// Starts writing an entry of exactly `len` body bytes: admits it (refused at once when it
     /// could never fit, evicting nothing) and creates its temp file with an unsealed header.
     /// Space is reserved, evicting as needed, as the body is written.
-    pub async fn spool(&self, key: &Key, len: u64) -> Result<Spool, StoreError> {
-        let header = EntryHeader::unsealed(key);
+    pub async fn spool_with(
+        &self,
+        key: &Key,
+        len: u64,
+        meta: EntryMeta,
+    ) -> Result<Spool, StoreError> {
+        let header = EntryHeader::unsealed(key, meta.attrs);
         let bytes = header.header_len + len;
         let header_len = header.header_len;
         let encoded = header.encode();
@@ -76,6 +113,9 @@ impl DiskTier {
             reservation: Some(reservation),
             written: 0,
             crc: 0,
+            md5: (meta.etag == EtagSource::Md5).then(Md5::new),
+            etag: meta.etag,
+            modified: meta.modified,
         })
     }
 }
@@ -126,21 +166,28 @@ impl Spool {
         let at = self.header.header_len + self.written;
         let needed = at + data.len() as u64;
         let crc = self.crc;
-        let (crc, reservation) = self
+        let mut md5 = self.md5.take();
+        let (crc, md5, reservation) = self
             .disk
-            .blocking(move |disk| -> Result<(u32, Reservation), StoreError> {
-                if needed > reservation.reserved() {
-                    let step = (needed - reservation.reserved()).max(RESERVE_STEP);
-                    let mut index = disk.lock();
-                    let grown = reservation.grow(&mut index, step, &disk.inner.settings);
-                    // Unlock before `reservation` can be dropped: its release takes the lock.
-                    drop(index);
-                    grown?;
-                }
-                file.write_all_at(&data, at)?;
-                Ok((crc32c::crc32c_append(crc, &data), reservation))
-            })
+            .blocking(
+                move |disk| -> Result<(u32, Option<Md5>, Reservation), StoreError> {
+                    if needed > reservation.reserved() {
+                        let step = (needed - reservation.reserved()).max(RESERVE_STEP);
+                        let mut index = disk.lock();
+                        let grown = reservation.grow(&mut index, step, &disk.inner.settings);
+                        // Unlock before `reservation` can be dropped: its release takes the lock.
+                        drop(index);
+                        grown?;
+                    }
+                    file.write_all_at(&data, at)?;
+                    if let Some(md5) = md5.as_mut() {
+                        md5.update(&data);
+                    }
+                    Ok((crc32c::crc32c_append(crc, &data), md5, reservation))
+                },
+            )
             .await??;
+        self.md5 = md5;
         self.reservation = Some(reservation);
         self.crc = crc;
         self.written = end;
@@ -150,16 +197,22 @@ impl Spool {
     /// Seals, fsyncs and commits the entry, which must be complete. Returns its header and
     /// whether it was committed.
     /// `committed` is false when a [`Commit::Fill`] found the key already written.
-    pub async fn finish(self, mode: Commit) -> Result<(EntryHeader, bool), StoreError> {
+    pub async fn finish(mut self, mode: Commit) -> Result<(EntryHeader, bool), StoreError> {
         if self.written != self.header.body_len {
             return Err(StoreError::LengthMismatch {
                 declared: self.header.body_len,
                 received: self.written,
             });
         }
+        let etag = match (&self.etag, self.md5.take()) {
+            (EtagSource::Known(etag), _) => Some(etag.clone()),
+            (EtagSource::Md5, Some(md5)) => Some(hex::encode(md5.finalize())),
+            _ => None,
+        };
         let header = EntryHeader {
             crc32c: self.crc,
-            modified: SystemTime::now(),
+            modified: self.modified.unwrap_or_else(SystemTime::now),
+            etag,
             ..self.header
         };
         let sealed = header.clone();

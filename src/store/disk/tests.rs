@@ -421,3 +421,43 @@ async fn a_fill_does_not_replace_a_write_that_committed_during_it() {
         0
     );
 }
+
+#[tokio::test]
+async fn etag_and_attributes_are_kept_with_the_entry_across_a_restart() {
+    use crate::store::ObjectAttrs;
+    use spool::{EntryMeta, EtagSource};
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(300_000, 4);
+    let attrs = ObjectAttrs {
+        content_type: Some("application/zip".into()),
+        user: vec![("cachekey".into(), "default-protected".into())],
+        ..ObjectAttrs::default()
+    };
+    let origin_date = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
+    {
+        let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+            .await
+            .unwrap();
+        let meta = EntryMeta {
+            attrs: attrs.clone(),
+            etag: EtagSource::Md5,
+            modified: Some(origin_date),
+        };
+        let mut spool = disk
+            .spool_with(&key(1), data.len() as u64, meta)
+            .await
+            .unwrap();
+        spool.write(Bytes::from(data.clone())).await.unwrap();
+        spool.finish(Commit::Cached).await.unwrap();
+    }
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let expected_etag = hex::encode(<md5::Md5 as md5::Digest>::digest(&data));
+    let head = disk.head(&key(1)).await.unwrap().unwrap();
+    assert_eq!(head.etag.as_deref(), Some(expected_etag.as_str()));
+    assert_eq!(head.attrs, attrs);
+    assert_eq!(head.modified, origin_date);
+    let object = disk.get(&key(1)).await.unwrap().unwrap();
+    assert_eq!(object.meta, head);
+}
