@@ -97,6 +97,7 @@ render() { # name [helm args...]
 render default
 render full -f "$chart/ci/full-values.yaml"
 render s3-api -f "$chart/ci/s3-api-values.yaml"
+render emptydir --set cache.type=emptyDir --set cache.emptyDir.sizeLimit=25Gi
 
 grep -q 'internalTrafficPolicy: Local' "$work/default.yaml" || fail "the Service must be node-local"
 grep -q 'name: s3$' "$work/default.yaml" && fail "the default render opens the S3 port, which the daemon lacks"
