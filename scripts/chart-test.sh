@@ -153,6 +153,8 @@ for line in text.splitlines():
         continue
     if "s3_api" in drop and (section.startswith("s3_api") or (section == "listen" and line.startswith("s3 ="))):
         continue
+    if "s3_api" in drop and section == "tls" and line.startswith("listeners"):
+        line = line.replace(', "s3"', "").replace('"s3", ', "")
     lines.append(line.replace("/etc/build-cache-proxy/", root + "/etc/build-cache-proxy/")
                      .replace('"/var/cache/build-cache-proxy"', '"' + root + '/cache"'))
 open(out, "w").write("\n".join(lines) + "\n")
