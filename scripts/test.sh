@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real clients and servers the tests
-# drive, starts SeaweedFS (the S3 backend), runs `cargo test`, and stops SeaweedFS again.
+# drive, starts SeaweedFS (the S3 backend), runs `cargo test` and the chart test, and stops
+# SeaweedFS again.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test gradle_http`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,9 @@ fi
 echo "S3 backend for tests: $BCP_TEST_S3_ENDPOINT" >&2
 
 cargo test "$@"
+
+# The whole suite (no arguments) also checks the Helm chart: lint, render, validate, the rendered
+# config through check-config, and the dashboard's metrics against a live scrape.
+if [ $# -eq 0 ]; then
+  scripts/chart-test.sh
+fi
