@@ -9,6 +9,7 @@
 //! A put consumes a stream that must yield exactly the declared number of bytes. A stream that
 //! ends early, fails, or is dropped half way is an aborted write: nothing becomes visible.
 
+pub mod conditions;
 pub mod disk;
 pub mod entry_file;
 pub mod key;
