@@ -7,16 +7,18 @@
 //!   | namespace_len u16 | namespace | name_len u16 | name
 //!   | attrs_len u32 | attrs
 //!   | body...
+//!   | block_crcs: one CRC32C (u32) per BLOCK bytes of body, the last block possibly shorter
 //! attrs: content_type, content_encoding, cache_control (each u16 length, 0xFFFF = absent,
 //!   then the bytes) | user_count u16 | user_count × (name u16+bytes, value u16+bytes)
-//! version 1 (still read): the first six fields, then namespace and name; no ETag, no attributes.
+//! version 1 (still read): the first six fields, then namespace and name, then the body; no
+//!   ETag, no attributes, no block checksums.
 //! ```
 //! All integers little-endian. The header names its own key, so the index can be rebuilt from
 //! the directory alone, and carries the body's CRC32C, verified whenever the entry is served,
 //! and the object's metadata, so that a hit reads the same from every tier. A file is written
 //! with `body_len = u64::MAX` first and sealed with the real length, checksum, date and ETag
 //! only after the whole body is on disk, so a header that was never sealed is recognisably
-//! incomplete.
+//! incomplete. The block checksums let a range be verified without reading the whole body.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,9 @@ pub const MAX_ETAG_LEN: usize = 63;
 /// Bytes before the variable-length key in version 2: what `seal` rewrites.
 const FIXED_V2: usize = FIXED_V1 + 1 + MAX_ETAG_LEN;
 const UNSEALED: u64 = u64::MAX;
+/// The body bytes each block checksum covers: a ranged read verifies whole blocks, so this is
+/// also what one ranged reader holds in memory at a time.
+pub const BLOCK: u64 = 256 * 1024;
 const ABSENT: u16 = u16::MAX;
 
 /// The decoded header of an entry file.
@@ -45,6 +50,8 @@ pub struct EntryHeader {
     /// The object's ETag; `None` for Gradle entries and entries of format version 1.
     pub etag: Option<String>,
     pub attrs: ObjectAttrs,
+    /// Whether block checksums follow the body (format 2).
+    pub block_crcs: bool,
 }
 
 impl EntryHeader {
@@ -59,7 +66,22 @@ impl EntryHeader {
             modified: UNIX_EPOCH,
             etag: None,
             attrs,
+            block_crcs: true,
         }
+    }
+
+    /// Bytes of block checksums after the body.
+    pub fn table_len(&self) -> u64 {
+        if self.block_crcs {
+            table_len(self.body_len)
+        } else {
+            0
+        }
+    }
+
+    /// The whole file's length: header, body and block checksums.
+    pub fn file_len(&self) -> u64 {
+        self.header_len + self.body_len + self.table_len()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -162,6 +184,7 @@ impl EntryHeader {
             modified: UNIX_EPOCH + Duration::from_millis(millis),
             etag,
             attrs,
+            block_crcs: version == VERSION,
         })
     }
 
@@ -181,6 +204,11 @@ impl EntryHeader {
         file.seek(SeekFrom::Start(0))?;
         file.write_all(&bytes[..FIXED_V2])
     }
+}
+
+/// Bytes of block checksums for a body of `body_len` bytes.
+pub fn table_len(body_len: u64) -> u64 {
+    body_len.div_ceil(BLOCK) * 4
 }
 
 /// Bytes the key takes in a header.
@@ -325,6 +353,7 @@ mod tests {
         assert_eq!(header.header_len, (FIXED_V1 + key_len(&key)) as u64);
         assert_eq!(header.etag, None);
         assert_eq!(header.attrs, ObjectAttrs::default());
+        assert_eq!(header.file_len(), header.header_len + 5);
     }
 
     #[test]

@@ -305,8 +305,7 @@ fn check_entry_file(
     let mut file = std::fs::File::open(path)?;
     let header = EntryHeader::read_from(&mut file)?;
     let size = file.metadata()?.len();
-    let consistent =
-        size == header.header_len + header.body_len && entry_path(dir, &header.key) == path;
+    let consistent = size == header.file_len() && entry_path(dir, &header.key) == path;
     Ok(consistent.then_some((header.modified, header.key, size)))
 }
 

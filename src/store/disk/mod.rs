@@ -9,6 +9,7 @@
 
 mod index;
 mod read;
+pub use read::RangedObject;
 pub mod spool;
 
 use std::io;
@@ -19,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
+use super::conditions::ByteRange;
 use super::entry_file::EntryHeader;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError};
 use index::{Index, Reservation};
@@ -268,6 +270,15 @@ impl DiskTier {
             let _ = std::fs::remove_file(&path);
             index.forget(key);
         }
+    }
+
+    /// Reads `range` of an entry's body, verified block by block (see [`read::open_range`]).
+    pub async fn get_range(
+        &self,
+        key: &Key,
+        range: ByteRange,
+    ) -> Result<Option<RangedObject>, StoreError> {
+        read::open_range(self.clone(), key.clone(), range).await
     }
 
     /// Whether the tier can take a write now: a probe file of its own is created, written,

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::index::Reservation;
 use super::{Commit, DiskTier, TempFile};
-use crate::store::entry_file::EntryHeader;
+use crate::store::entry_file::{table_len, EntryHeader, BLOCK};
 use crate::store::{Key, ObjectAttrs, StoreError};
 use md5::{Digest, Md5};
 
@@ -34,6 +34,8 @@ pub struct Spool {
     crc: u32,
     /// The body's MD5 so far, when the ETag is to be computed.
     md5: Option<Md5>,
+    /// Checksums of the body's blocks so far (see [`crate::store::entry_file::BLOCK`]).
+    blocks: BlockCrcs,
     etag: EtagSource,
     modified: Option<SystemTime>,
 }
@@ -76,7 +78,7 @@ impl DiskTier {
         meta: EntryMeta,
     ) -> Result<Spool, StoreError> {
         let header = EntryHeader::unsealed(key, meta.attrs);
-        let bytes = header.header_len + len;
+        let bytes = header.header_len + len + table_len(len);
         let header_len = header.header_len;
         let encoded = header.encode();
         let (file, temp, reservation) = self
@@ -114,6 +116,7 @@ impl DiskTier {
             written: 0,
             crc: 0,
             md5: (meta.etag == EtagSource::Md5).then(Md5::new),
+            blocks: BlockCrcs::default(),
             etag: meta.etag,
             modified: meta.modified,
         })
@@ -167,10 +170,11 @@ impl Spool {
         let needed = at + data.len() as u64;
         let crc = self.crc;
         let mut md5 = self.md5.take();
-        let (crc, md5, reservation) = self
+        let mut blocks = std::mem::take(&mut self.blocks);
+        let (crc, md5, blocks, reservation) = self
             .disk
             .blocking(
-                move |disk| -> Result<(u32, Option<Md5>, Reservation), StoreError> {
+                move |disk| -> Result<(u32, Option<Md5>, BlockCrcs, Reservation), StoreError> {
                     if needed > reservation.reserved() {
                         let step = (needed - reservation.reserved()).max(RESERVE_STEP);
                         let mut index = disk.lock();
@@ -183,11 +187,13 @@ impl Spool {
                     if let Some(md5) = md5.as_mut() {
                         md5.update(&data);
                     }
-                    Ok((crc32c::crc32c_append(crc, &data), md5, reservation))
+                    blocks.append(&data);
+                    Ok((crc32c::crc32c_append(crc, &data), md5, blocks, reservation))
                 },
             )
             .await??;
         self.md5 = md5;
+        self.blocks = blocks;
         self.reservation = Some(reservation);
         self.crc = crc;
         self.written = end;
@@ -216,6 +222,8 @@ impl Spool {
             ..self.header
         };
         let sealed = header.clone();
+        let table = std::mem::take(&mut self.blocks).finish();
+        let table_at = header.header_len + header.body_len;
         let Spool {
             disk,
             key,
@@ -224,9 +232,15 @@ impl Spool {
             reservation,
             ..
         } = self;
-        let reservation = reservation.ok_or_else(spool_failed)?;
+        let mut reservation = reservation.ok_or_else(spool_failed)?;
         let committed = disk
             .blocking(move |disk| -> Result<bool, StoreError> {
+                let mut index = disk.lock();
+                let grown = reservation.grow(&mut index, table.len() as u64, &disk.inner.settings);
+                // Unlock before `reservation` can be dropped: its release takes the lock.
+                drop(index);
+                grown?;
+                file.write_all_at(&table, table_at)?;
                 sealed.seal(&mut &*file)?;
                 file.sync_all()?;
                 disk.commit(&key, temp, reservation, mode)
@@ -239,6 +253,37 @@ impl Spool {
 /// Space is reserved for a body in steps of this size (or the rest of the body, if less): an
 /// upload evicts entries only for what it has received, one bounded step ahead.
 pub const RESERVE_STEP: u64 = 1024 * 1024;
+
+/// CRC32C per block of body, computed as the body is written.
+#[derive(Debug, Default)]
+struct BlockCrcs {
+    done: Vec<u32>,
+    current: u32,
+    filled: u64,
+}
+
+impl BlockCrcs {
+    fn append(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = ((BLOCK - self.filled) as usize).min(data.len());
+            self.current = crc32c::crc32c_append(self.current, &data[..take]);
+            self.filled += take as u64;
+            data = &data[take..];
+            if self.filled == BLOCK {
+                self.done.push(std::mem::take(&mut self.current));
+                self.filled = 0;
+            }
+        }
+    }
+
+    /// The table as stored after the body.
+    fn finish(mut self) -> Vec<u8> {
+        if self.filled > 0 {
+            self.done.push(self.current);
+        }
+        self.done.iter().flat_map(|crc| crc.to_le_bytes()).collect()
+    }
+}
 
 fn spool_failed() -> StoreError {
     StoreError::Io(std::io::Error::other("spool used after a failed write"))
