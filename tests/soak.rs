@@ -204,6 +204,7 @@ async fn soak_under_mixed_load_and_attacks() {
     )
     .await;
     let recovered_fds = fd_count(pid);
+    let recovered_rss = rss(pid);
     let recovered_connections = gradle_connections(&daemon).await;
 
     stop_legit.store(true, Ordering::Release);
@@ -214,6 +215,7 @@ async fn soak_under_mixed_load_and_attacks() {
     let summary = stats.summary(
         soak,
         baseline_rss,
+        recovered_rss,
         baseline_fds,
         recovered_fds,
         recovered_connections,
@@ -407,6 +409,7 @@ impl Stats {
         &self,
         soak: Duration,
         baseline_rss: u64,
+        recovered_rss: u64,
         baseline_fds: usize,
         recovered_fds: usize,
         recovered_connections: u64,
@@ -443,10 +446,11 @@ impl Stats {
                 self.probe_slowest.lock().unwrap().as_millis()
             ),
             format!(
-                "daemon RSS: baseline {} MiB, peak {} MiB (bound {} MiB)",
+                "daemon RSS: baseline {} MiB, peak {} MiB (bound {} MiB), after the attack {} MiB",
                 baseline_rss >> 20,
                 n(&self.peak_rss) >> 20,
-                RSS_BOUND >> 20
+                RSS_BOUND >> 20,
+                recovered_rss >> 20
             ),
             format!(
                 "daemon RSS every 10 s from the start of the load (MiB): {:?}",
