@@ -146,9 +146,7 @@ async fn soak_under_mixed_load_and_attacks() {
 
     // Let the legitimate load settle, then take the baseline it runs at.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let baseline_fds = fd_count(pid);
-    let baseline_rss = rss(pid);
-    let baseline_connections = gradle_connections(&daemon).await;
+    let baseline = Levels::now(&daemon).await;
 
     stats.attacking.store(true, Ordering::Release);
     let mut attackers = JoinSet::new();
@@ -197,30 +195,20 @@ async fn soak_under_mixed_load_and_attacks() {
         || {
             let daemon = daemon.clone();
             async move {
-                fd_count(pid) <= baseline_fds + FD_RECOVERY_SLACK
-                    && gradle_connections(&daemon).await <= baseline_connections + 4
+                fd_count(pid) <= baseline.fds + FD_RECOVERY_SLACK
+                    && gradle_connections(&daemon).await <= baseline.connections + 4
             }
         },
     )
     .await;
-    let recovered_fds = fd_count(pid);
-    let recovered_rss = rss(pid);
-    let recovered_connections = gradle_connections(&daemon).await;
+    let recovered = Levels::now(&daemon).await;
 
     stop_legit.store(true, Ordering::Release);
     while let Some(done) = legit.join_next().await {
         done.unwrap();
     }
 
-    let summary = stats.summary(
-        soak,
-        baseline_rss,
-        recovered_rss,
-        baseline_fds,
-        recovered_fds,
-        recovered_connections,
-        &attack_metrics,
-    );
+    let summary = stats.summary(soak, &baseline, &recovered, &attack_metrics);
     println!("{summary}");
 
     let failures = stats.legit_failures.lock().unwrap();
@@ -261,6 +249,10 @@ async fn soak_under_mixed_load_and_attacks() {
         count(r#"build_cache_proxy_request_timeouts_total{listener="gradle",phase="header"}"#)
             > 0.0,
         "no head deadline fired"
+    );
+    assert!(
+        count(r#"build_cache_proxy_request_timeouts_total{listener="gradle",phase="body"}"#) > 0.0,
+        "no body was cut off for being too slow"
     );
     assert!(
         count(r#"build_cache_proxy_request_timeouts_total{listener="gradle",phase="send"}"#) > 0.0,
@@ -314,6 +306,23 @@ async fn put(client: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::Res
         .send()
         .await
         .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
+}
+
+/// The daemon's resident memory, descriptors and Gradle connections at one moment.
+struct Levels {
+    rss: u64,
+    fds: usize,
+    connections: u64,
+}
+
+impl Levels {
+    async fn now(daemon: &Daemon) -> Levels {
+        Levels {
+            rss: rss(daemon.pid()),
+            fds: fd_count(daemon.pid()),
+            connections: gradle_connections(daemon).await,
+        }
+    }
 }
 
 /// What every task reports.
@@ -408,11 +417,8 @@ impl Stats {
     fn summary(
         &self,
         soak: Duration,
-        baseline_rss: u64,
-        recovered_rss: u64,
-        baseline_fds: usize,
-        recovered_fds: usize,
-        recovered_connections: u64,
+        baseline: &Levels,
+        recovered: &Levels,
         attack_metrics: &str,
     ) -> String {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -447,10 +453,10 @@ impl Stats {
             ),
             format!(
                 "daemon RSS: baseline {} MiB, peak {} MiB (bound {} MiB), after the attack {} MiB",
-                baseline_rss >> 20,
+                baseline.rss >> 20,
                 n(&self.peak_rss) >> 20,
                 RSS_BOUND >> 20,
-                recovered_rss >> 20
+                recovered.rss >> 20
             ),
             format!(
                 "daemon RSS every 10 s from the start of the load (MiB): {:?}",
@@ -462,16 +468,20 @@ impl Stats {
                     .collect::<Vec<_>>()
             ),
             format!(
-                "daemon fds: baseline {baseline_fds}, peak {} (bound {FD_BOUND}), after the attack {recovered_fds}",
-                n(&self.peak_fds)
+                "daemon fds: baseline {}, peak {} (bound {FD_BOUND}), after the attack {}",
+                baseline.fds,
+                n(&self.peak_fds),
+                recovered.fds
             ),
             format!(
-                "gradle connections: peak {}, after the attack {recovered_connections}",
-                n(&self.peak_connections)
+                "gradle connections: peak {}, after the attack {}",
+                n(&self.peak_connections),
+                recovered.connections
             ),
             format!(
-                "daemon counted: head timeouts {}, send timeouts {}, refused per-IP {}, refused total cap {}, closed unanswered (overloaded) {}, accept errors {}",
+                "daemon counted: head timeouts {}, body timeouts {}, send timeouts {}, refused per-IP {}, refused total cap {}, closed unanswered (overloaded) {}, accept errors {}",
                 timeouts("header"),
+                timeouts("body"),
                 timeouts("send"),
                 refused("max_connections_per_ip"),
                 refused("max_connections"),
