@@ -139,6 +139,10 @@ impl<S: Store> GradleFront<S> {
         got: Received,
     ) -> Response<ResponseBody> {
         let response = if got.too_slow {
+            self.metrics
+                .request_timeouts
+                .with_label_values(&["gradle", "body"])
+                .inc();
             respond(
                 StatusCode::REQUEST_TIMEOUT,
                 "too_slow",
