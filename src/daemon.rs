@@ -189,13 +189,16 @@ impl Daemon {
                 front = front.with_remote(status);
             }
             let front = Arc::new(front);
-            // The admin listener's budget is its own: probes answer while the cache is full.
+            // The admin listener's budget is its own: probes answer while the cache is full. One
+            // address gets an eighth of it, so one pod that reaches the port cannot hold all of
+            // it and fail the liveness probe (kubelet and Prometheus need one or two each).
             let admin_max = limits.admin_max_connections;
+            let admin_per_peer = (admin_max / 8).max(2);
             tasks.spawn(server::serve(
                 listener,
                 front,
                 metrics.clone(),
-                conn("admin", admin_max, admin_max),
+                conn("admin", admin_max, admin_per_peer),
                 shutdown.clone(),
                 tasks.clone(),
             ));

@@ -605,3 +605,35 @@ async fn request_framing_cannot_be_confused() {
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 401");
 }
+
+/// One address that reaches the admin port cannot hold all of it: the liveness probe from
+/// elsewhere still answers while it tries.
+#[tokio::test]
+async fn one_address_cannot_hold_the_admin_listener() {
+    let work = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(work.path(), "[limits]\nheader_timeout = \"30s\"\n");
+    let mut held = Vec::new();
+    for _ in 0..70 {
+        if let Ok(mut stream) = connect_from([127, 0, 0, 9], daemon.admin).await {
+            let _ = stream.write_all(b"G").await;
+            held.push(stream);
+        }
+    }
+    for _ in 0..3 {
+        let live = reqwest::get(daemon.admin_url("/healthz")).await.unwrap();
+        assert_eq!(live.status(), 200);
+    }
+    // Over its share: answered 503, or closed unanswered once 32 refusals are in progress.
+    let text = metrics(&daemon).await;
+    let refused = ["max_connections_per_ip", "overloaded"]
+        .iter()
+        .map(|reason| {
+            metric_value(
+                &text,
+                &format!("build_cache_proxy_connections_refused_total{{listener=\"admin\",reason=\"{reason}\"}}"),
+            )
+        })
+        .sum::<f64>();
+    assert!(refused >= 60.0, "refused {refused}");
+    drop(held);
+}

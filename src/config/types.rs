@@ -70,7 +70,7 @@ pub struct LimitsConfig {
     /// every slot.
     pub max_connections_per_ip: usize,
     /// Open connections on the admin listener. It has its own budget, so probes and /metrics
-    /// answer while the cache listeners are full.
+    /// answer while the cache listeners are full. One client address gets an eighth of it.
     pub admin_max_connections: usize,
     /// Request bodies being stored at once; a write over the cap is refused the way its front
     /// refuses a store failure (Gradle: 2xx, not stored, counted).
