@@ -173,7 +173,9 @@ async fn refused_bodies_are_read_only_up_to_a_bound() {
     let config = "[gradle]\nanonymous = \"none\"\n[limits]\nmax_refused_body = \"8MiB\"\n";
     let daemon = Daemon::start(work.path(), config);
 
-    let mut declared = start_put([127, 0, 0, 2], daemon.gradle, 1, 100 << 30, MIB).await;
+    // The answer may come (and the connection close) while the first MiB is still being sent.
+    let mut declared = start_put([127, 0, 0, 2], daemon.gradle, 1, 100 << 30, 0).await;
+    let _ = declared.write_all(&vec![1u8; MIB]).await;
     let answer = read_until_close(&mut declared, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
     assert!(
@@ -439,17 +441,18 @@ async fn concurrent_readiness_probes_all_pass() {
     let work = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(work.path(), "[limits]\nadmin_max_connections = 300\n");
     let url = daemon.admin_url("/readyz");
-    let probes: Vec<_> = (0..250)
-        .map(|_| {
+    let probes: Vec<_> = (0..250u8)
+        .map(|i| {
             let url = url.clone();
             tokio::spawn(async move {
-                // One client (one connection) per probe, as kubelet and scripts make them.
-                reqwest::Client::new()
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
+                // One client (one connection) per probe, as kubelet and scripts make them, from
+                // ten addresses: one address gets an eighth of the admin listener's connections.
+                let from = std::net::IpAddr::from([127, 0, 2, 1 + i % 10]);
+                let client = reqwest::Client::builder()
+                    .local_address(from)
+                    .build()
+                    .unwrap();
+                client.get(url).send().await.unwrap().status()
             })
         })
         .collect();
