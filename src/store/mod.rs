@@ -18,6 +18,8 @@ pub mod key;
 pub mod memory;
 pub mod read_through;
 pub mod s3;
+#[cfg(test)]
+mod testing;
 pub mod tiered;
 pub mod write_back;
 

@@ -131,6 +131,12 @@ impl<B: Backend> ReadThrough<B> {
         &self.inner.remote
     }
 
+    /// Number of fills running now: tests wait for a fill's end (its commit included) with it.
+    #[cfg(test)]
+    pub(crate) fn fills_in_flight(&self) -> usize {
+        self.inner.lock().len()
+    }
+
     /// Reads `key` through S3 after a local miss. Returns once S3 answered (or failed): the
     /// body then streams as the fill progresses.
     pub async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
@@ -480,5 +486,129 @@ impl Tail {
         })
         .await
         .map_err(io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::testing::{eventually, key, pattern, read_body, Local};
+
+    fn read_through(local: &Local) -> ReadThrough<crate::store::backend::fake::FakeBackend> {
+        ReadThrough::new(
+            local.backend.clone(),
+            local.disk.clone(),
+            local.memory.clone(),
+            local.metrics.clone(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_fill_that_commits() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(1);
+        let data = pattern(1_500_000, 1);
+        local.backend.insert(&k, data.clone());
+        local.backend.hold(true);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let rt = rt.clone();
+                let k = k.clone();
+                tokio::spawn(async move { read_body(rt.get(&k).await.unwrap().unwrap()).await })
+            })
+            .collect();
+        let metrics = local.metrics.clone();
+        eventually("two requests to join the first one's fill", || {
+            metrics.single_flight_waiters.get() == 2
+        })
+        .await;
+        local.backend.hold(false);
+        for reader in readers {
+            assert!(reader.await.unwrap().unwrap() == data);
+        }
+        assert_eq!(
+            local.backend.calls("get"),
+            1,
+            "one backend GET for three misses"
+        );
+        let disk = local.disk.clone();
+        eventually("the fill to commit", || disk.contains(&k)).await;
+        let again = rt.get(&k).await.unwrap().unwrap();
+        assert_eq!(again.tier, Tier::Disk, "read from disk once committed");
+        assert!(read_body(again).await.unwrap() == data);
+        assert_eq!(local.backend.calls("get"), 1);
+    }
+
+    #[tokio::test]
+    async fn small_fills_land_in_memory_too() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(2);
+        local.backend.insert(&k, pattern(1000, 2));
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert_eq!(object.meta.etag, local.backend.meta(&k).unwrap().etag);
+        assert!(read_body(object).await.unwrap() == pattern(1000, 2));
+        let memory = local.memory.clone();
+        for _ in 0..1000 {
+            if memory.lookup(&k).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("a small fill was not kept in memory");
+    }
+
+    #[tokio::test]
+    async fn misses_and_failures_are_reported_as_such() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        assert!(rt.get(&key(3)).await.unwrap().is_none());
+        local.backend.fail_next(1);
+        assert!(matches!(rt.get(&key(3)).await, Err(StoreError::Remote(_))));
+        assert!(!local.disk.contains(&key(3)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_body_is_resumed_from_where_it_stopped() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(4);
+        let data = pattern(1_000_000, 4);
+        local.backend.insert(&k, data.clone());
+        // Cut twice, mid-chunk and mid-batch: two ranged resumes carry the rest.
+        local.backend.cut_bodies(2, 300_001);
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert!(read_body(object).await.unwrap() == data, "whole, in order");
+        assert_eq!(local.backend.calls("get"), 3);
+        let disk = local.disk.clone();
+        eventually("the fill to commit", || disk.contains(&k)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_that_persists_fails_every_reader_and_commits_nothing() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(5);
+        let data = pattern(1_000_000, 5);
+        local.backend.insert(&k, data.clone());
+        local.backend.cut_bodies(100, 100_000);
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert!(
+            read_body(object).await.is_err(),
+            "a failed fill ends in an error"
+        );
+        assert_eq!(
+            local.backend.calls("get"),
+            1 + MAX_RESUMES as usize,
+            "the GET and its resumes, no more"
+        );
+        // The fill is over (its reader saw the end): nothing was committed.
+        assert!(!local.disk.contains(&k));
+        local.backend.cut_bodies(0, 0);
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert!(read_body(object).await.unwrap() == data);
     }
 }

@@ -220,3 +220,140 @@ impl<B: Backend> Store for TieredStore<B> {
         Ok(self.disk.delete(key).await? || in_memory)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::backend::fake::FakeBackend;
+    use crate::store::testing::{body, eventually, key, pattern, read_body, Local};
+    use crate::store::write_back::WriteBackSettings;
+
+    async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
+        let read = ReadThrough::new(
+            local.backend.clone(),
+            local.disk.clone(),
+            local.memory.clone(),
+            local.metrics.clone(),
+        );
+        let write = if write_back {
+            let queue = WriteBack::load(
+                WriteBackSettings {
+                    disk_dir: local.dir.path().join("data"),
+                    max_entries: 10,
+                    concurrency: 1,
+                    max_backoff: Duration::from_millis(100),
+                    jitter: || 0.5,
+                },
+                local.disk.clone(),
+                local.backend.clone(),
+                local.metrics.clone(),
+            )
+            .await
+            .unwrap();
+            RemoteWrite::Back(queue)
+        } else {
+            RemoteWrite::Through(local.backend.clone())
+        };
+        TieredStore::new(
+            local.memory.clone(),
+            local.disk.clone(),
+            local.metrics.clone(),
+        )
+        .with_remote(Remote { read, write })
+    }
+
+    /// A fill that started before a client's PUT of the same key commits nothing over it, and
+    /// the write-back upload sends the client's bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_never_replaces_a_newer_write() {
+        let local = Local::new().await;
+        let store = tiered(&local, true).await;
+        let k = key(1);
+        let older = pattern(500_000, 1);
+        let newer = pattern(500_000, 2);
+        local.backend.insert(&k, older.clone());
+        local.backend.hold(true);
+        let reader = {
+            let store = store.clone();
+            let k = k.clone();
+            tokio::spawn(async move { read_body(store.get(&k).await.unwrap().unwrap()).await })
+        };
+        let backend = local.backend.clone();
+        eventually("the fill to ask the backend", || backend.calls("get") == 1).await;
+        store
+            .put(&k, newer.len() as u64, body(&newer))
+            .await
+            .unwrap();
+        local.backend.hold(false);
+        assert!(
+            reader.await.unwrap().unwrap() == older,
+            "the fill's reader gets what the backend had when it asked"
+        );
+        // The reader is released before the fill's commit: wait for the fill's very end.
+        let read = store.remote().unwrap().read.clone();
+        eventually("the fill to end", || read.fills_in_flight() == 0).await;
+        let local_copy = store.get(&k).await.unwrap().unwrap();
+        assert!(
+            read_body(local_copy).await.unwrap() == newer,
+            "the fill replaced the write"
+        );
+
+        let Some(RemoteWrite::Back(queue)) = store.remote().map(|r| r.write.clone()) else {
+            unreachable!("built with write-back");
+        };
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        eventually("the upload", || queue.is_empty()).await;
+        assert!(
+            local.backend.object(&k).unwrap() == newer,
+            "stale bytes uploaded"
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_errors_reach_the_caller_and_local_hits_do_not_need_it() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let k = key(2);
+        store.put(&k, 100, body(&pattern(100, 2))).await.unwrap();
+        local.backend.fail_next(10);
+        // Local hits are served without the backend.
+        assert!(store.get(&k).await.unwrap().is_some());
+        assert!(store.head(&k).await.unwrap().is_some());
+        // A miss asks the backend, and its failure is an error, not a miss.
+        assert!(matches!(
+            store.get(&key(3)).await,
+            Err(StoreError::Remote(_))
+        ));
+        assert!(matches!(
+            store.head(&key(3)).await,
+            Err(StoreError::Remote(_))
+        ));
+        local.backend.fail_next(0);
+        assert!(store.get(&key(3)).await.unwrap().is_none());
+        assert!(store.head(&key(3)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn write_through_acknowledges_once_the_backend_has_it() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let k = key(4);
+        let data = pattern(300_000, 4);
+        store.put(&k, data.len() as u64, body(&data)).await.unwrap();
+        assert!(local.backend.object(&k).unwrap() == data);
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+
+        local.backend.fail_next(1);
+        let other = key(5);
+        assert!(store.put(&other, 10, body(&[1; 10])).await.is_err());
+        assert!(local.backend.object(&other).is_none());
+        assert!(
+            local.disk.contains(&other),
+            "the local copy stays, as a cache entry"
+        );
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+    }
+}

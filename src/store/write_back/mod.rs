@@ -366,3 +366,108 @@ impl<B: Backend> Inner<B> {
         self.publish(&state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::fake::FakeBackend;
+    use crate::store::testing::{body, eventually, key, pattern, Local};
+
+    async fn queue(local: &Local, max_backoff: Duration) -> WriteBack<FakeBackend> {
+        WriteBack::load(
+            WriteBackSettings {
+                disk_dir: local.dir.path().join("data"),
+                max_entries: 10,
+                concurrency: 2,
+                max_backoff,
+                // Always the longest delay: the test can bound the time from below.
+                jitter: || 1.0,
+            },
+            local.disk.clone(),
+            local.backend.clone(),
+            local.metrics.clone(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn write(local: &Local, queue: &WriteBack<FakeBackend>, key: &Key, data: &[u8]) {
+        let slot = queue.reserve(key).unwrap();
+        let header = local
+            .disk
+            .put_entry(key, data.len() as u64, body(data), true)
+            .await
+            .unwrap();
+        queue.enqueue(slot, key, header.body_len).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_uploads_are_retried_with_backoff_until_they_land() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let (stop_tx, stop) = watch::channel(false);
+        queue.start(stop);
+        let k = key(1);
+        let data = pattern(200_000, 1);
+        local.backend.fail_next(2);
+        let started = std::time::Instant::now();
+        write(&local, &queue, &k, &data).await;
+        assert_eq!(local.disk.usage().pinned_entries, 1);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        // Two failures, each followed by the capped backoff (100 ms, jitter pinned at 1).
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(local.backend.calls("put"), 3);
+        assert_eq!(local.metrics.upload_failures.get(), 2);
+        assert!(local.backend.object(&k).unwrap() == data);
+        assert_eq!(
+            local.backend.meta(&k).unwrap().crc32c,
+            Some(crc32c::crc32c(&data)),
+            "our checksum travels with the object"
+        );
+        let disk = local.disk.clone();
+        eventually("the entry to be unpinned", || {
+            disk.usage().pinned_entries == 0
+        })
+        .await;
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_written_again_during_its_upload_is_uploaded_again() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let (stop_tx, stop) = watch::channel(false);
+        queue.start(stop);
+        let k = key(2);
+        local.backend.hold(true);
+        write(&local, &queue, &k, &pattern(1000, 1)).await;
+        let backend = local.backend.clone();
+        eventually("the first upload to start", || backend.calls("put") == 1).await;
+        let newer = pattern(1000, 2);
+        write(&local, &queue, &k, &newer).await;
+        local.backend.hold(false);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert_eq!(local.backend.calls("put"), 2);
+        assert!(local.backend.object(&k).unwrap() == newer);
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test]
+    async fn markers_survive_a_restart_and_repin_their_entries() {
+        let local = Local::new().await;
+        let first = queue(&local, Duration::from_millis(100)).await;
+        // Never started: nothing is uploaded before the "restart".
+        write(&local, &first, &key(3), &pattern(100, 3)).await;
+        local.disk.set_pinned(&key(3), false);
+        let second = queue(&local, Duration::from_millis(100)).await;
+        assert_eq!(second.len(), 1);
+        assert_eq!(local.disk.usage().pinned_entries, 1, "re-pinned on load");
+        let (_stop_tx, stop) = watch::channel(false);
+        second.start(stop);
+        let q = second.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&key(3)).unwrap() == pattern(100, 3));
+    }
+}
