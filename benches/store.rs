@@ -58,7 +58,8 @@ async fn run() {
     .await
     .unwrap();
     let memory = MemoryTier::new(256 << 20, 1 << 20);
-    let tiered = TieredStore::new(memory, disk.clone(), std::sync::Arc::new(Metrics::new()));
+    let tiered: TieredStore =
+        TieredStore::new(memory, disk.clone(), std::sync::Arc::new(Metrics::new()));
 
     let small = Bytes::from(vec![7u8; 32 * 1024]);
     let count = 2000u64;

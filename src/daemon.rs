@@ -58,7 +58,8 @@ impl Daemon {
         let usage = disk.usage();
         tracing::info!(dir = %config.disk.dir.display(), entries = usage.entries, bytes = usage.bytes, "disk tier opened");
         let shutdown = Shutdown::new();
-        let mut store = TieredStore::new(memory.clone(), disk.clone(), metrics.clone());
+        let mut store: TieredStore =
+            TieredStore::new(memory.clone(), disk.clone(), metrics.clone());
         let mut remote_status = None;
         if let Some(s3_config) = &config.s3 {
             let client = s3::client::build(s3_config).await;

@@ -54,15 +54,23 @@ async fn metric(daemon: &Daemon, name: &str, labels: &str) -> f64 {
 /// Every S3 GET the daemon made, whatever its result.
 async fn s3_gets(daemon: &Daemon) -> f64 {
     let text = metrics(daemon).await;
-    ["ok", "miss", "error", "timeout"]
-        .iter()
-        .map(|r| {
-            metric_value(
-                &text,
-                &series("s3_requests_total", &format!("op=\"get\",result=\"{r}\"")),
-            )
-        })
-        .sum()
+    [
+        "ok",
+        "miss",
+        "not_modified",
+        "precondition_failed",
+        "unsatisfiable",
+        "error",
+        "timeout",
+    ]
+    .iter()
+    .map(|r| {
+        metric_value(
+            &text,
+            &series("s3_requests_total", &format!("op=\"get\",result=\"{r}\"")),
+        )
+    })
+    .sum()
 }
 
 async fn put(http: &reqwest::Client, daemon: &Daemon, key: &str, body: Vec<u8>) {
@@ -620,8 +628,42 @@ async fn one_gib_read_through_streams_early_with_bounded_memory() {
     s3::remove_bucket(&client, &bucket).await;
 }
 
+/// S3 cutting a download off once: the fill resumes from where it stopped with a ranged GET,
+/// the client gets the whole body without noticing, and the entry is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mid_stream_s3_failure_cuts_the_response_and_commits_nothing() {
+async fn a_single_s3_cut_mid_body_is_resumed() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "cut-once").await;
+    let k = key(51);
+    let body = data(51, 20 * MIB);
+    s3::put_object(&client, &bucket, &s3::gradle_object(&k), body.clone()).await;
+
+    let fwd = Forwarder::start(&endpoint).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(&bucket, &fwd.endpoint(), "max_attempts = 1", "");
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    fwd.cut_once_after(5 * MIB as u64);
+
+    let http = reqwest::Client::new();
+    let (status, got) = get(&http, &daemon, &k).await;
+    assert_eq!(status, 200);
+    assert!(got == body, "full, correct body through a cut");
+    assert_eq!(s3_gets(&daemon).await, 2.0, "one GET and one ranged resume");
+
+    // Committed: the next read is local.
+    let (status, again) = get(&http, &daemon, &k).await;
+    assert_eq!(status, 200);
+    assert!(again == body);
+    assert_eq!(s3_gets(&daemon).await, 2.0, "second read from disk");
+    assert_eq!(metric(&daemon, "disk_entries", "").await, 1.0);
+    s3::remove_bucket(&client, &bucket).await;
+}
+
+/// S3 cutting every connection: the resumes run out, the response ends in an error (never a
+/// clean short body), and nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_cut_that_persists_fails_the_response_and_commits_nothing() {
     let endpoint = s3::endpoint();
     let client = s3::client(&endpoint);
     let bucket = s3::fresh_bucket(&client, "cut").await;
@@ -633,7 +675,8 @@ async fn mid_stream_s3_failure_cuts_the_response_and_commits_nothing() {
     let work = tempfile::tempdir().unwrap();
     let config = s3::config(&bucket, &fwd.endpoint(), "max_attempts = 1", "");
     let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
-    fwd.cut_after(5 * MIB as u64);
+    // Every connection carries at most 2 MiB: the GET and its 3 resumes cannot reach 20 MiB.
+    fwd.cut_after(2 * MIB as u64);
 
     let response = reqwest::get(daemon.entry_url(&k)).await.unwrap();
     assert_eq!(response.status(), 200, "headers come before the failure");
@@ -654,6 +697,9 @@ async fn mid_stream_s3_failure_cuts_the_response_and_commits_nothing() {
         "the response must end in an error, not a clean end after {received} bytes"
     );
     assert!(received < body.len());
+    assert!(received > 2 * MIB, "the resumes carried bytes too");
+    assert_eq!(s3_gets(&daemon).await, 4.0, "one GET, then three resumes");
+    assert_eq!(metric(&daemon, "disk_entries", "").await, 0.0);
 
     // Nothing was committed: with S3 healthy again the entry comes from S3, whole.
     fwd.cut_after(0);

@@ -186,15 +186,15 @@ impl Config {
                     "must be at least 5MiB (S3's smallest part)",
                 ));
             }
-            if s3.upload_concurrency == 0 || s3.queue_max_entries == 0 {
-                return Err(ConfigError::invalid(
-                    if s3.upload_concurrency == 0 {
-                        "s3.upload_concurrency"
-                    } else {
-                        "s3.queue_max_entries"
-                    },
-                    "must be at least 1",
-                ));
+            let zero = [
+                ("s3.upload_concurrency", s3.upload_concurrency),
+                ("s3.queue_max_entries", s3.queue_max_entries),
+                ("s3.multipart_concurrency", s3.multipart_concurrency),
+            ]
+            .into_iter()
+            .find(|(_, value)| *value == 0);
+            if let Some((name, _)) = zero {
+                return Err(ConfigError::invalid(name, "must be at least 1"));
             }
             let endpoint_ok = s3.endpoint.is_empty()
                 || s3.endpoint.starts_with("http://")

@@ -200,6 +200,9 @@ pub struct S3Config {
     pub retry_max_backoff: Duration,
     /// Bodies above this size are uploaded in multipart parts of this size.
     pub multipart_part_size: ByteSize,
+    /// Parts of one multipart upload sent at once (each is read from the entry file as it goes,
+    /// so this bounds connections, not memory).
+    pub multipart_concurrency: usize,
 }
 
 impl Default for S3Config {
@@ -219,6 +222,7 @@ impl Default for S3Config {
             queue_max_entries: 100_000,
             retry_max_backoff: Duration::from_secs(60),
             multipart_part_size: ByteSize::mib(16),
+            multipart_concurrency: 4,
         }
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Gradle disables its remote cache for the whole build on any non-2xx answer (PROTOCOLS.md), so
 //! this front answers non-2xx only where the user must act: bad credentials (401), a read-only
-//! user writing (403), and `oversize = "reject"` (413). A store failure on read is a miss (404);
-//! a store failure on write is an accepted-and-dropped write (2xx, counted), because a missing
-//! cache entry costs one task's rebuild while a disabled cache costs the whole build's.
+//! user writing (403), and `oversize = "reject"` (413). A store failure on read is a miss (404):
+//! the store reports S3 failing as an error, and this front is where that becomes a miss, so
+//! that local hits and builds go on while S3 is down. A store failure on write is an
+//! accepted-and-dropped write (2xx, counted), because a missing cache entry costs one task's
+//! rebuild while a disabled cache costs the whole build's.
 
 use std::sync::Arc;
 
@@ -186,9 +188,26 @@ impl<S: Store> GradleFront<S> {
         }
     }
 
+    /// A read the store could not answer is a miss for Gradle. Logged here, once per request;
+    /// except when S3 was skipped: its circuit breaker logged the outage when it opened, and a
+    /// line per miss during an outage would bury everything else.
     fn read_failed(&self, key: &Key, error: StoreError) -> Response<ResponseBody> {
-        tracing::warn!(key = %key, %error, "store failed on read; answering a miss");
-        respond(StatusCode::NOT_FOUND, "store_error", body::empty())
+        let outcome = match error {
+            StoreError::Unavailable => "s3_skipped",
+            StoreError::Remote(_) => {
+                tracing::warn!(key = %key, %error, "S3 failed on read; answering a miss");
+                "s3_error"
+            }
+            StoreError::LengthMismatch { .. }
+            | StoreError::BodyAborted(_)
+            | StoreError::Full { .. }
+            | StoreError::Io(_)
+            | StoreError::QueueFull => {
+                tracing::warn!(key = %key, %error, "store failed on read; answering a miss");
+                "store_error"
+            }
+        };
+        respond(StatusCode::NOT_FOUND, outcome, body::empty())
     }
 
     async fn put(&self, key: &Key, req: Request<Incoming>) -> Response<ResponseBody> {

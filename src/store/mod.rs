@@ -1,14 +1,17 @@
 //! The storage interface and its tiers.
 //!
 //! Every tier implements [`Store`]: get / head / put / delete on a namespaced [`Key`], bodies as
-//! byte streams with a declared length. The memory tier ([`memory`]), the disk tier ([`disk`])
-//! and the S3 tier ([`s3`]) each stand alone; [`tiered::TieredStore`] composes them and is what
-//! the fronts talk to, with [`read_through`] (single-flight S3 fills that stream while they
-//! land on disk) and [`write_back`] (the persistent upload queue) between the local tiers and S3.
+//! byte streams with a declared length. The memory tier ([`memory`]) and the disk tier ([`disk`])
+//! stand alone; behind them is a [`backend::Backend`], the S3 tier ([`s3`]) in the daemon.
+//! [`tiered::TieredStore`] composes them and is what the fronts talk to, with [`read_through`]
+//! (single-flight fills that stream while they land on disk) and [`write_back`] (the persistent
+//! upload queue) between the local tiers and the backend.
 //!
 //! A put consumes a stream that must yield exactly the declared number of bytes. A stream that
 //! ends early, fails, or is dropped half way is an aborted write: nothing becomes visible.
 
+pub mod backend;
+pub mod body;
 pub mod conditions;
 pub mod disk;
 pub mod entry_file;
@@ -16,6 +19,8 @@ pub mod key;
 pub mod memory;
 pub mod read_through;
 pub mod s3;
+#[cfg(test)]
+mod testing;
 pub mod tiered;
 pub mod write_back;
 

@@ -15,6 +15,9 @@
 //! - **Bounded memory, independent readers.** The fill writes S3's body to the spool file in
 //!   small batches and publishes how much is on disk; each reader reads the file at its own pace,
 //!   so a slow client neither holds back the download nor makes anyone buffer for it.
+//! - **A cut-off download resumes.** When S3's body fails or ends early, the fill asks for the
+//!   rest with a ranged GET conditional on the object's ETag (so the bytes are of the same
+//!   object), up to [`MAX_RESUMES`] times; readers just see the body continue.
 //! - **Nothing unverified is committed or served whole.** The entry is committed only when its
 //!   length (and its CRC32C, when the object carries ours) matched. Readers are held one byte
 //!   short of the end until then, so a failed fill ends every response with an error, never a
@@ -31,6 +34,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions};
 use super::disk::{Commit, DiskTier};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
@@ -40,15 +44,24 @@ use crate::metrics::Metrics;
 /// The fill writes S3's body to disk in batches of this size (and readers read at most this
 /// much per step): large enough for efficient I/O, small enough to keep memory flat.
 const BATCH: usize = 256 * 1024;
+/// Ranged GETs one fill may make to resume a body S3 cut off, before it fails.
+pub const MAX_RESUMES: u32 = 3;
 
 /// A handle to the read-through; cheap to clone.
-#[derive(Clone)]
-pub struct ReadThrough {
-    inner: Arc<Inner>,
+pub struct ReadThrough<B: Backend = S3Tier> {
+    inner: Arc<Inner<B>>,
 }
 
-struct Inner {
-    remote: S3Tier,
+impl<B: Backend> Clone for ReadThrough<B> {
+    fn clone(&self) -> Self {
+        ReadThrough {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<B> {
+    remote: B,
     disk: DiskTier,
     memory: MemoryTier,
     metrics: Arc<Metrics>,
@@ -95,13 +108,13 @@ enum End {
     Failed(Arc<str>),
 }
 
-impl ReadThrough {
+impl<B: Backend> ReadThrough<B> {
     pub fn new(
-        remote: S3Tier,
+        remote: B,
         disk: DiskTier,
         memory: MemoryTier,
         metrics: Arc<Metrics>,
-    ) -> ReadThrough {
+    ) -> ReadThrough<B> {
         ReadThrough {
             inner: Arc::new(Inner {
                 remote,
@@ -114,12 +127,13 @@ impl ReadThrough {
         }
     }
 
-    pub fn remote(&self) -> &S3Tier {
+    pub fn remote(&self) -> &B {
         &self.inner.remote
     }
 
-    /// Number of fills running now.
-    pub fn fills_in_flight(&self) -> usize {
+    /// Number of fills running now: tests wait for a fill's end (its commit included) with it.
+    #[cfg(test)]
+    pub(crate) fn fills_in_flight(&self) -> usize {
         self.inner.lock().len()
     }
 
@@ -189,17 +203,26 @@ impl ReadThrough {
     }
 }
 
-impl Inner {
+impl<B> Inner<B> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Fill>> {
         // The map is only inserted into and removed from: a poisoned lock is still consistent.
         self.fills.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-async fn run_fill(inner: Arc<Inner>, key: Key, id: u64, tx: watch::Sender<Progress>) {
+async fn run_fill<B: Backend>(
+    inner: Arc<Inner<B>>,
+    key: Key,
+    id: u64,
+    tx: watch::Sender<Progress>,
+) {
     let end = fill(&inner, &key, &tx).await;
     if let End::Failed(why) = &end {
-        tracing::warn!(key = %key, error = %why, "read-through from S3 failed; nothing cached");
+        // Before S3 answered, the failure goes to every waiting request as an error, and their
+        // front reports it; after, the readers only see their body end, so it is logged here.
+        if tx.borrow().source.is_some() {
+            tracing::warn!(key = %key, error = %why, "read-through from S3 failed mid-body; nothing cached");
+        }
     }
     tx.send_modify(|p| p.end = Some(end));
     let mut fills = inner.lock();
@@ -208,15 +231,18 @@ async fn run_fill(inner: Arc<Inner>, key: Key, id: u64, tx: watch::Sender<Progre
     }
 }
 
-async fn fill(inner: &Inner, key: &Key, tx: &watch::Sender<Progress>) -> End {
+async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progress>) -> End {
     let failed = |e: &dyn std::fmt::Display| End::Failed(e.to_string().into());
-    let object = match inner.remote.get(key).await {
-        Ok(Some(object)) => object,
-        Ok(None) => return End::Missing,
+    let fetched = match inner.remote.get(key, &GetOptions::default()).await {
+        Ok(Fetch::Found(fetched)) => fetched,
+        Ok(Fetch::Missing) => return End::Missing,
+        Ok(Fetch::NotModified | Fetch::PreconditionFailed | Fetch::RangeNotSatisfiable) => {
+            return failed(&"S3 answered a plain GET without the object")
+        }
         Err(StoreError::Unavailable) => return End::Unavailable,
         Err(e) => return failed(&e),
     };
-    let meta = object.meta.clone();
+    let meta = fetched.meta.clone();
     let mut spool = match inner.disk.spool(key, meta.len).await {
         Ok(spool) => spool,
         Err(e) => return failed(&e),
@@ -233,13 +259,30 @@ async fn fill(inner: &Inner, key: &Key, tx: &watch::Sender<Progress>) -> End {
         .memory
         .accepts(meta.len)
         .then(|| BytesMut::with_capacity(meta.len as usize));
-    let mut body = object.body;
+    let mut body = fetched.body;
     let mut batch = BytesMut::with_capacity(BATCH);
+    let mut resumes = 0;
     loop {
+        let received = spool.written() + batch.len() as u64;
         let chunk = match body.next().await {
             Some(Ok(chunk)) => Some(chunk),
-            Some(Err(e)) => return failed(&format!("S3 body: {e}")),
-            None => None,
+            // Every byte arrived; a failure after them changes nothing (the checks below
+            // decide whether the body is right).
+            Some(Err(_)) | None if received >= meta.len => None,
+            // Cut off, with an error or by an early end: ask for the rest.
+            cut => {
+                let cause = match cut {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "ended early".to_string(),
+                };
+                match resume(inner, key, &meta, received, &mut resumes, &cause).await {
+                    Ok(rest) => {
+                        body = rest;
+                        continue;
+                    }
+                    Err(why) => return failed(&why),
+                }
+            }
         };
         let last = chunk.is_none();
         if let Some(chunk) = chunk {
@@ -297,6 +340,46 @@ async fn fill(inner: &Inner, key: &Key, tx: &watch::Sender<Progress>) -> End {
             .await;
     }
     End::Complete
+}
+
+/// Asks S3 for the rest of a body that was cut off after `from` bytes: a ranged GET that only
+/// answers with bytes if the object is still the one being filled (same ETag).
+async fn resume<B: Backend>(
+    inner: &Inner<B>,
+    key: &Key,
+    meta: &ObjectMeta,
+    from: u64,
+    resumes: &mut u32,
+    cause: &str,
+) -> Result<ByteStream, String> {
+    let Some(etag) = &meta.etag else {
+        return Err(format!("S3 body: {cause} (no ETag to resume by)"));
+    };
+    if *resumes >= MAX_RESUMES {
+        return Err(format!(
+            "S3 body: {cause} after {from} of {} bytes, {resumes} resumes already",
+            meta.len
+        ));
+    }
+    *resumes += 1;
+    tracing::info!(key = %key, received = from, len = meta.len, error = %cause, "S3 body cut off; resuming with a ranged GET");
+    let options = GetOptions {
+        range: Some(ByteRange::From(from)),
+        conditions: Conditions::if_match(etag),
+    };
+    match inner.remote.get(key, &options).await {
+        Ok(Fetch::Found(rest)) if rest.span == (from..meta.len) => Ok(rest.body),
+        Ok(Fetch::Found(rest)) => Err(format!(
+            "S3 answered the resume from {from} with bytes {:?} of {}",
+            rest.span, rest.meta.len
+        )),
+        Ok(Fetch::PreconditionFailed) => Err("the object changed in S3 during its fill".into()),
+        Ok(Fetch::Missing) => Err("the object was deleted from S3 during its fill".into()),
+        Ok(Fetch::NotModified | Fetch::RangeNotSatisfiable) => {
+            Err(format!("S3 refused the resume from {from}"))
+        }
+        Err(e) => Err(format!("S3 body: {cause}; its resume failed: {e}")),
+    }
 }
 
 /// Counts a request that joined another's fill, for as long as it reads from it.
@@ -403,5 +486,129 @@ impl Tail {
         })
         .await
         .map_err(io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::testing::{eventually, key, pattern, read_body, Local};
+
+    fn read_through(local: &Local) -> ReadThrough<crate::store::backend::fake::FakeBackend> {
+        ReadThrough::new(
+            local.backend.clone(),
+            local.disk.clone(),
+            local.memory.clone(),
+            local.metrics.clone(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_fill_that_commits() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(1);
+        let data = pattern(1_500_000, 1);
+        local.backend.insert(&k, data.clone());
+        local.backend.hold(true);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let rt = rt.clone();
+                let k = k.clone();
+                tokio::spawn(async move { read_body(rt.get(&k).await.unwrap().unwrap()).await })
+            })
+            .collect();
+        let metrics = local.metrics.clone();
+        eventually("two requests to join the first one's fill", || {
+            metrics.single_flight_waiters.get() == 2
+        })
+        .await;
+        local.backend.hold(false);
+        for reader in readers {
+            assert!(reader.await.unwrap().unwrap() == data);
+        }
+        assert_eq!(
+            local.backend.calls("get"),
+            1,
+            "one backend GET for three misses"
+        );
+        let disk = local.disk.clone();
+        eventually("the fill to commit", || disk.contains(&k)).await;
+        let again = rt.get(&k).await.unwrap().unwrap();
+        assert_eq!(again.tier, Tier::Disk, "read from disk once committed");
+        assert!(read_body(again).await.unwrap() == data);
+        assert_eq!(local.backend.calls("get"), 1);
+    }
+
+    #[tokio::test]
+    async fn small_fills_land_in_memory_too() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(2);
+        local.backend.insert(&k, pattern(1000, 2));
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert_eq!(object.meta.etag, local.backend.meta(&k).unwrap().etag);
+        assert!(read_body(object).await.unwrap() == pattern(1000, 2));
+        let memory = local.memory.clone();
+        for _ in 0..1000 {
+            if memory.lookup(&k).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("a small fill was not kept in memory");
+    }
+
+    #[tokio::test]
+    async fn misses_and_failures_are_reported_as_such() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        assert!(rt.get(&key(3)).await.unwrap().is_none());
+        local.backend.fail_next(1);
+        assert!(matches!(rt.get(&key(3)).await, Err(StoreError::Remote(_))));
+        assert!(!local.disk.contains(&key(3)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_body_is_resumed_from_where_it_stopped() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(4);
+        let data = pattern(1_000_000, 4);
+        local.backend.insert(&k, data.clone());
+        // Cut twice, mid-chunk and mid-batch: two ranged resumes carry the rest.
+        local.backend.cut_bodies(2, 300_001);
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert!(read_body(object).await.unwrap() == data, "whole, in order");
+        assert_eq!(local.backend.calls("get"), 3);
+        let disk = local.disk.clone();
+        eventually("the fill to commit", || disk.contains(&k)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_that_persists_fails_every_reader_and_commits_nothing() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(5);
+        let data = pattern(1_000_000, 5);
+        local.backend.insert(&k, data.clone());
+        local.backend.cut_bodies(100, 100_000);
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert!(
+            read_body(object).await.is_err(),
+            "a failed fill ends in an error"
+        );
+        assert_eq!(
+            local.backend.calls("get"),
+            1 + MAX_RESUMES as usize,
+            "the GET and its resumes, no more"
+        );
+        // The fill is over (its reader saw the end): nothing was committed.
+        assert!(!local.disk.contains(&k));
+        local.backend.cut_bodies(0, 0);
+        let object = rt.get(&k).await.unwrap().unwrap();
+        assert!(read_body(object).await.unwrap() == data);
     }
 }

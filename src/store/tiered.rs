@@ -1,8 +1,10 @@
 //! The composition the fronts talk to: memory in front of disk, optionally S3 behind both.
 //!
 //! Reads go memory → disk → S3; a small disk hit is promoted to memory, and an S3 hit is filled
-//! into disk (and memory, when small) while it streams ([`super::read_through`]). S3 failures
-//! on read are misses: the local tiers keep serving whatever S3 does.
+//! into disk (and memory, when small) while it streams ([`super::read_through`]). An S3 failure
+//! on read is reported as the error it is ([`StoreError::Remote`], or
+//! [`StoreError::Unavailable`] while the breaker skips S3): what it means to a client is the
+//! front's decision (Gradle answers a miss).
 //!
 //! Writes go to disk (the durable local copy) and, when small, to memory once the disk write
 //! committed.
@@ -17,9 +19,8 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-
+use super::backend::{Backend, Upload};
+use super::body::read_exact;
 use super::disk::DiskTier;
 use super::entry_file::EntryHeader;
 use super::memory::{MemoryEntry, MemoryTier};
@@ -29,31 +30,33 @@ use super::write_back::WriteBack;
 use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
 use crate::metrics::Metrics;
 
+/// The store the fronts use, over the backend `B` (S3 in the daemon, a fake in unit tests).
 #[derive(Clone)]
-pub struct TieredStore {
+pub struct TieredStore<B: Backend = S3Tier> {
     memory: MemoryTier,
     disk: DiskTier,
-    remote: Option<Remote>,
+    remote: Option<Remote<B>>,
     metrics: Arc<Metrics>,
 }
 
-/// The S3 tier behind the local ones, and how writes reach it.
+/// The backend behind the local tiers, and how writes reach it.
 #[derive(Clone)]
-pub struct Remote {
-    pub read: ReadThrough,
-    pub write: RemoteWrite,
+pub struct Remote<B: Backend = S3Tier> {
+    pub read: ReadThrough<B>,
+    pub write: RemoteWrite<B>,
 }
 
-/// The write policy towards S3.
+/// The write policy towards the backend.
 #[derive(Clone)]
-pub enum RemoteWrite {
+pub enum RemoteWrite<B: Backend = S3Tier> {
     /// Acknowledge when durable locally; upload from the persistent queue.
-    Back(WriteBack),
-    /// Acknowledge only once S3 has the object.
-    Through(S3Tier),
+    Back(WriteBack<B>),
+    /// Acknowledge only once the backend has the object.
+    Through(B),
 }
 
-impl TieredStore {
+impl<B: Backend> TieredStore<B> {
+    /// The local tiers alone; [`TieredStore::with_remote`] puts a backend behind them.
     pub fn new(memory: MemoryTier, disk: DiskTier, metrics: Arc<Metrics>) -> Self {
         TieredStore {
             memory,
@@ -63,29 +66,21 @@ impl TieredStore {
         }
     }
 
-    /// Puts S3 behind the local tiers.
-    pub fn with_remote(mut self, remote: Remote) -> Self {
+    /// Puts a backend behind the local tiers.
+    pub fn with_remote(mut self, remote: Remote<B>) -> Self {
         self.remote = Some(remote);
         self
     }
 
-    pub fn remote(&self) -> Option<&Remote> {
+    pub fn remote(&self) -> Option<&Remote<B>> {
         self.remote.as_ref()
     }
 
-    /// A local miss: read through S3 when there is one. S3 failing is a miss, logged here once
-    /// (a skipped S3, with the breaker open, is not news: the breaker logged when it opened).
+    /// A local miss: read through the backend when there is one.
     async fn remote_get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        let Some(remote) = &self.remote else {
-            return Ok(None);
-        };
-        match remote.read.get(key).await {
-            Ok(found) => Ok(found),
-            Err(StoreError::Unavailable) => Ok(None),
-            Err(e) => {
-                tracing::warn!(key = %key, error = %e, "S3 read failed; answering a miss");
-                Ok(None)
-            }
+        match &self.remote {
+            Some(remote) => remote.read.get(key).await,
+            None => Ok(None),
         }
     }
 
@@ -105,8 +100,8 @@ impl TieredStore {
         self.memory.remove(key).await;
         if self.memory.accepts(len) {
             if let Ok(Some(object)) = self.disk.get(key).await {
-                let len = object.meta.len;
-                if let Some(data) = Self::collect_small(object.body, len).await {
+                // A body failing here (corruption found) only means no memory copy.
+                if let Ok(data) = read_exact(object.body, object.meta.len).await {
                     let entry = MemoryEntry::with_meta(data, object.meta);
                     self.memory.insert(key.clone(), entry).await;
                 }
@@ -118,7 +113,7 @@ impl TieredStore {
     /// Write-through: commit locally (pinned while uploading), upload from the committed file.
     async fn put_through(
         &self,
-        s3: &S3Tier,
+        backend: &B,
         key: &Key,
         len: u64,
         body: ByteStream,
@@ -130,7 +125,7 @@ impl TieredStore {
                 .locate(key)
                 .await?
                 .ok_or_else(|| StoreError::Remote("entry vanished before its upload".into()))?;
-            s3.upload_entry(&loc).await
+            backend.put(&Upload::entry(&loc)).await.map(|_| ())
         }
         .await;
         self.disk.set_pinned(key, false);
@@ -148,19 +143,9 @@ impl TieredStore {
     fn lookup(&self, tier: Tier, hit: bool) {
         self.metrics.record_lookup(tier, hit);
     }
-
-    /// Reads a whole small body into memory; an error (corruption found) is a miss.
-    async fn collect_small(body: ByteStream, len: u64) -> Option<Bytes> {
-        let mut buf = BytesMut::with_capacity(len as usize);
-        let mut body = body;
-        while let Some(chunk) = body.next().await {
-            buf.extend_from_slice(&chunk.ok()?);
-        }
-        (buf.len() as u64 == len).then(|| buf.freeze())
-    }
 }
 
-impl Store for TieredStore {
+impl<B: Backend> Store for TieredStore<B> {
     async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
         if let Some(object) = self.memory.get(key).await? {
             self.lookup(Tier::Memory, true);
@@ -175,7 +160,8 @@ impl Store for TieredStore {
             self.lookup(Tier::Disk, true);
             return Ok(Some(object));
         }
-        let Some(data) = Self::collect_small(object.body, object.meta.len).await else {
+        // A body failing here is corruption the disk tier found (and removed): a local miss.
+        let Ok(data) = read_exact(object.body, object.meta.len).await else {
             self.lookup(Tier::Disk, false);
             return self.remote_get(key).await;
         };
@@ -200,23 +186,16 @@ impl Store for TieredStore {
         if let Some(meta) = self.disk.head(key).await? {
             return Ok(Some(meta));
         }
-        let Some(remote) = &self.remote else {
-            return Ok(None);
-        };
-        match remote.read.remote().head(key).await {
-            Ok(found) => Ok(found),
-            Err(StoreError::Unavailable) => Ok(None),
-            Err(e) => {
-                tracing::warn!(key = %key, error = %e, "S3 head failed; answering a miss");
-                Ok(None)
-            }
+        match &self.remote {
+            Some(remote) => remote.read.remote().head(key).await,
+            None => Ok(None),
         }
     }
 
     async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
         match self.remote.as_ref().map(|r| &r.write) {
             None => self.put_local(key, len, body, false).await.map(|_| ()),
-            Some(RemoteWrite::Through(s3)) => self.put_through(s3, key, len, body).await,
+            Some(RemoteWrite::Through(backend)) => self.put_through(backend, key, len, body).await,
             Some(RemoteWrite::Back(queue)) => {
                 // The slot first: a full queue refuses the write before anything is stored.
                 // (The front reads the refused body to its end, so the client gets the answer.)
@@ -239,5 +218,142 @@ impl Store for TieredStore {
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
         let in_memory = self.memory.remove(key).await;
         Ok(self.disk.delete(key).await? || in_memory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::backend::fake::FakeBackend;
+    use crate::store::testing::{body, eventually, key, pattern, read_body, Local};
+    use crate::store::write_back::WriteBackSettings;
+
+    async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
+        let read = ReadThrough::new(
+            local.backend.clone(),
+            local.disk.clone(),
+            local.memory.clone(),
+            local.metrics.clone(),
+        );
+        let write = if write_back {
+            let queue = WriteBack::load(
+                WriteBackSettings {
+                    disk_dir: local.dir.path().join("data"),
+                    max_entries: 10,
+                    concurrency: 1,
+                    max_backoff: Duration::from_millis(100),
+                    jitter: || 0.5,
+                },
+                local.disk.clone(),
+                local.backend.clone(),
+                local.metrics.clone(),
+            )
+            .await
+            .unwrap();
+            RemoteWrite::Back(queue)
+        } else {
+            RemoteWrite::Through(local.backend.clone())
+        };
+        TieredStore::new(
+            local.memory.clone(),
+            local.disk.clone(),
+            local.metrics.clone(),
+        )
+        .with_remote(Remote { read, write })
+    }
+
+    /// A fill that started before a client's PUT of the same key commits nothing over it, and
+    /// the write-back upload sends the client's bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_never_replaces_a_newer_write() {
+        let local = Local::new().await;
+        let store = tiered(&local, true).await;
+        let k = key(1);
+        let older = pattern(500_000, 1);
+        let newer = pattern(500_000, 2);
+        local.backend.insert(&k, older.clone());
+        local.backend.hold(true);
+        let reader = {
+            let store = store.clone();
+            let k = k.clone();
+            tokio::spawn(async move { read_body(store.get(&k).await.unwrap().unwrap()).await })
+        };
+        let backend = local.backend.clone();
+        eventually("the fill to ask the backend", || backend.calls("get") == 1).await;
+        store
+            .put(&k, newer.len() as u64, body(&newer))
+            .await
+            .unwrap();
+        local.backend.hold(false);
+        assert!(
+            reader.await.unwrap().unwrap() == older,
+            "the fill's reader gets what the backend had when it asked"
+        );
+        // The reader is released before the fill's commit: wait for the fill's very end.
+        let read = store.remote().unwrap().read.clone();
+        eventually("the fill to end", || read.fills_in_flight() == 0).await;
+        let local_copy = store.get(&k).await.unwrap().unwrap();
+        assert!(
+            read_body(local_copy).await.unwrap() == newer,
+            "the fill replaced the write"
+        );
+
+        let Some(RemoteWrite::Back(queue)) = store.remote().map(|r| r.write.clone()) else {
+            unreachable!("built with write-back");
+        };
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        eventually("the upload", || queue.is_empty()).await;
+        assert!(
+            local.backend.object(&k).unwrap() == newer,
+            "stale bytes uploaded"
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_errors_reach_the_caller_and_local_hits_do_not_need_it() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let k = key(2);
+        store.put(&k, 100, body(&pattern(100, 2))).await.unwrap();
+        local.backend.fail_next(10);
+        // Local hits are served without the backend.
+        assert!(store.get(&k).await.unwrap().is_some());
+        assert!(store.head(&k).await.unwrap().is_some());
+        // A miss asks the backend, and its failure is an error, not a miss.
+        assert!(matches!(
+            store.get(&key(3)).await,
+            Err(StoreError::Remote(_))
+        ));
+        assert!(matches!(
+            store.head(&key(3)).await,
+            Err(StoreError::Remote(_))
+        ));
+        local.backend.fail_next(0);
+        assert!(store.get(&key(3)).await.unwrap().is_none());
+        assert!(store.head(&key(3)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn write_through_acknowledges_once_the_backend_has_it() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let k = key(4);
+        let data = pattern(300_000, 4);
+        store.put(&k, data.len() as u64, body(&data)).await.unwrap();
+        assert!(local.backend.object(&k).unwrap() == data);
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+
+        local.backend.fail_next(1);
+        let other = key(5);
+        assert!(store.put(&other, 10, body(&[1; 10])).await.is_err());
+        assert!(local.backend.object(&other).is_none());
+        assert!(
+            local.disk.contains(&other),
+            "the local copy stays, as a cache entry"
+        );
+        assert_eq!(local.disk.usage().pinned_entries, 0);
     }
 }

@@ -236,6 +236,8 @@ struct Control {
     rate: AtomicU64,
     /// Server-to-client bytes after which a connection is cut; 0 = never.
     cut_after: AtomicU64,
+    /// Connections still to cut (`u64::MAX`: every one).
+    cuts_left: AtomicU64,
     /// Server-to-client bytes forwarded, over all connections.
     forwarded: AtomicU64,
     stopping: AtomicBool,
@@ -310,17 +312,26 @@ impl Forwarder {
                                 Ok(n) => n,
                             };
                             let cut = control.cut_after.load(Ordering::SeqCst);
-                            let n = if cut > 0 && sent + n as u64 >= cut {
-                                (cut - sent) as usize
-                            } else {
-                                n
-                            };
+                            // Claim one of the cuts left before cutting this connection.
+                            let cutting = cut > 0
+                                && sent + n as u64 >= cut
+                                && control
+                                    .cuts_left
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                                        match left {
+                                            0 => None,
+                                            u64::MAX => Some(u64::MAX),
+                                            left => Some(left - 1),
+                                        }
+                                    })
+                                    .is_ok();
+                            let n = if cutting { (cut - sent) as usize } else { n };
                             if cw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                             sent += n as u64;
                             control.forwarded.fetch_add(n as u64, Ordering::SeqCst);
-                            if cut > 0 && sent >= cut {
+                            if cutting {
                                 // Cut: the connection dies mid-response.
                                 return;
                             }
@@ -383,6 +394,13 @@ impl Forwarder {
 
     /// Cuts every connection after it carried `bytes` of response (0: never).
     pub fn cut_after(&self, bytes: u64) {
+        self.control.cuts_left.store(u64::MAX, Ordering::SeqCst);
+        self.control.cut_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Cuts the next connection that carries `bytes` of response, and no other.
+    pub fn cut_once_after(&self, bytes: u64) {
+        self.control.cuts_left.store(1, Ordering::SeqCst);
         self.control.cut_after.store(bytes, Ordering::SeqCst);
     }
 

@@ -22,28 +22,33 @@
 //! body is uploaded too and stays pinned until it is.
 //!
 //! SIGTERM simply stops the uploaders: the markers stay, and the next start drains them.
+//!
+//! This file is the queue's state; [`marker`] is its durable form and [`uploader`] the tasks
+//! that drain it into the [`Backend`].
+
+mod marker;
+mod uploader;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::backend::Backend;
 use super::disk::DiskTier;
 use super::s3::S3Tier;
-use super::{Key, Namespace, StoreError};
+use super::{Key, StoreError};
 use crate::metrics::Metrics;
+use marker::{load_markers, marker_path, marker_text, write_durably};
+pub use uploader::backoff;
 
 /// The queue directory under `disk.dir`; dot-directories are skipped by the disk index.
 pub const QUEUE_DIR: &str = ".queue";
-const MARKER_MAGIC: &str = "bcp-upload v1";
-/// First retry delay; doubled per failed attempt up to `s3.retry_max_backoff`.
-const BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Queue settings.
 #[derive(Debug, Clone)]
@@ -58,15 +63,22 @@ pub struct WriteBackSettings {
 }
 
 /// A handle to the write-back queue; cheap to clone.
-#[derive(Clone)]
-pub struct WriteBack {
-    inner: Arc<Inner>,
+pub struct WriteBack<B: Backend = S3Tier> {
+    inner: Arc<Inner<B>>,
 }
 
-struct Inner {
+impl<B: Backend> Clone for WriteBack<B> {
+    fn clone(&self) -> Self {
+        WriteBack {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<B> {
     dir: PathBuf,
     disk: DiskTier,
-    remote: S3Tier,
+    remote: B,
     metrics: Arc<Metrics>,
     settings: WriteBackSettings,
     state: Mutex<State>,
@@ -115,19 +127,19 @@ impl State {
 }
 
 /// A queue slot held by a write in progress; released on drop unless enqueued.
-pub struct Slot {
-    inner: Arc<Inner>,
+pub struct Slot<B: Backend = S3Tier> {
+    inner: Arc<Inner<B>>,
     counted: bool,
 }
 
-impl Slot {
+impl<B: Backend> Slot<B> {
     /// False when the key was already queued (an earlier write still waits for upload).
     pub fn is_new(&self) -> bool {
         self.counted
     }
 }
 
-impl Drop for Slot {
+impl<B: Backend> Drop for Slot<B> {
     fn drop(&mut self) {
         if self.counted {
             self.inner.lock().reserved -= 1;
@@ -135,15 +147,15 @@ impl Drop for Slot {
     }
 }
 
-impl WriteBack {
+impl<B: Backend> WriteBack<B> {
     /// Opens the queue and restores it from its markers, re-pinning their entries. Call before
     /// anything can write to (and so evict from) the disk tier.
     pub async fn load(
         settings: WriteBackSettings,
         disk: DiskTier,
-        remote: S3Tier,
+        remote: B,
         metrics: Arc<Metrics>,
-    ) -> io::Result<WriteBack> {
+    ) -> io::Result<WriteBack<B>> {
         let dir = settings.disk_dir.join(QUEUE_DIR);
         let loaded = {
             let dir = dir.clone();
@@ -175,7 +187,7 @@ impl WriteBack {
     /// Starts the uploader tasks; they stop when `stop` turns true, leaving the queue on disk.
     pub fn start(&self, stop: watch::Receiver<bool>) {
         for _ in 0..self.inner.settings.concurrency.max(1) {
-            tokio::spawn(uploader(self.inner.clone(), stop.clone()));
+            tokio::spawn(uploader::uploader(self.inner.clone(), stop.clone()));
         }
     }
 
@@ -190,7 +202,7 @@ impl WriteBack {
 
     /// Takes a slot for a coming write of `key`, or refuses it when the queue is full. A key
     /// already queued needs no new slot, but its upload in progress (if any) is now stale.
-    pub fn reserve(&self, key: &Key) -> Result<Slot, StoreError> {
+    pub fn reserve(&self, key: &Key) -> Result<Slot<B>, StoreError> {
         let mut state = self.inner.lock();
         if let Some(item) = state.items.get_mut(key) {
             item.generation += 1;
@@ -210,7 +222,12 @@ impl WriteBack {
     }
 
     /// Records a committed (pinned) entry for upload. Durable when this returns.
-    pub async fn enqueue(&self, mut slot: Slot, key: &Key, bytes: u64) -> Result<(), StoreError> {
+    pub async fn enqueue(
+        &self,
+        mut slot: Slot<B>,
+        key: &Key,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
         let enqueued = SystemTime::now();
         let path = marker_path(&self.inner.dir, key);
         let text = marker_text(key, enqueued, bytes);
@@ -265,7 +282,7 @@ impl WriteBack {
     }
 }
 
-impl Inner {
+impl<B: Backend> Inner<B> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update leaves the state consistent before anything can panic.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -348,190 +365,109 @@ impl Inner {
         }
         self.publish(&state);
     }
-
-    /// Uploads the entry's current file. `Ok(true)`: S3 has it (or there is nothing left to
-    /// upload because the entry was deleted).
-    async fn upload(&self, key: &Key) -> Result<(), StoreError> {
-        let Some(loc) = self.disk.locate(key).await? else {
-            tracing::info!(key = %key, "queued entry no longer on disk; nothing to upload");
-            return Ok(());
-        };
-        self.remote.upload_entry(&loc).await
-    }
-}
-
-async fn uploader(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        // Register interest before looking, so an enqueue between the look and the wait
-        // still wakes this task.
-        let notified = inner.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match inner.take_due() {
-            Ok((key, generation)) => {
-                let uploaded = tokio::select! {
-                    result = inner.upload(&key) => result,
-                    // Shutdown: abandon the attempt; the marker keeps the entry queued.
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                if let Err(e) = &uploaded {
-                    inner.metrics.upload_failures.inc();
-                    tracing::warn!(key = %key, error = %e, "write-back upload failed; will retry");
-                }
-                let done = inner.clone();
-                let ok = uploaded.is_ok();
-                let _ =
-                    tokio::task::spawn_blocking(move || done.finish(&key, generation, ok)).await;
-                // Another uploader may be idle while more items are due.
-                inner.wake.notify_one();
-            }
-            Err(until) => {
-                let sleep = async {
-                    match until {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = sleep => {}
-                    _ = notified => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        }
-    }
-}
-
-/// Delay before retry number `attempt` (1-based): doubling from 500 ms, capped at `max`, with
-/// "equal jitter" (between half and all of it) so that uploads failing together spread out.
-pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let full = exp.min(max);
-    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-fn marker_path(dir: &Path, key: &Key) -> PathBuf {
-    let digest = Sha256::digest(format!("{}/{}", key.namespace().as_str(), key.name()));
-    dir.join(hex::encode(digest))
-}
-
-fn marker_text(key: &Key, enqueued: SystemTime, bytes: u64) -> String {
-    let millis = enqueued
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    format!(
-        "{MARKER_MAGIC}\n{}\n{}\n{millis}\n{bytes}\n",
-        key.namespace().as_str(),
-        key.name()
-    )
-}
-
-fn parse_marker(text: &str) -> Option<(Key, SystemTime, u64)> {
-    let mut lines = text.lines();
-    if lines.next()? != MARKER_MAGIC {
-        return None;
-    }
-    let ns = Namespace::parse(lines.next()?).ok()?;
-    let name = lines.next()?;
-    let key = if ns == Namespace::gradle() {
-        Key::gradle(name)
-    } else {
-        Key::object(ns, name)
-    }
-    .ok()?;
-    let millis: u64 = lines.next()?.parse().ok()?;
-    let bytes: u64 = lines.next()?.parse().ok()?;
-    Some((key, UNIX_EPOCH + Duration::from_millis(millis), bytes))
-}
-
-/// Writes `path` so that it exists with exactly `data` after a crash, or not at all.
-fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().expect("markers live in the queue directory");
-    let temp = dir.join(format!(".tmp-{:016x}", fastrand::u64(..)));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
-}
-
-/// Reads the markers, pins the entries they name, drops markers without an entry.
-fn load_markers(dir: &Path, disk: &DiskTier) -> io::Result<Vec<(Key, SystemTime, u64)>> {
-    std::fs::create_dir_all(dir)?;
-    let mut found = Vec::new();
-    for file in std::fs::read_dir(dir)? {
-        let path = file?.path();
-        let is_temp = path
-            .file_name()
-            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
-        let parsed = if is_temp {
-            None
-        } else {
-            std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| parse_marker(&t))
-        };
-        match parsed {
-            Some((key, enqueued, bytes)) if disk.set_pinned(&key, true) => {
-                found.push((key, enqueued, bytes));
-            }
-            Some((key, ..)) => {
-                tracing::info!(key = %key, "upload marker without an entry on disk: dropped");
-                std::fs::remove_file(&path)?;
-            }
-            None => {
-                if !is_temp {
-                    tracing::warn!(path = %path.display(), "unreadable upload marker removed");
-                }
-                std::fs::remove_file(&path)?;
-            }
-        }
-    }
-    if !found.is_empty() {
-        tracing::info!(
-            entries = found.len(),
-            "write-back queue restored; uploads resume"
-        );
-    }
-    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::backend::fake::FakeBackend;
+    use crate::store::testing::{body, eventually, key, pattern, Local};
 
-    #[test]
-    fn backoff_doubles_caps_and_jitters() {
-        let max = Duration::from_secs(60);
-        assert_eq!(backoff(1, max, 1.0), Duration::from_millis(500));
-        assert_eq!(backoff(2, max, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, max, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff(30, max, 1.0), max);
-        assert_eq!(backoff(30, max, 0.0), max / 2);
-        assert_eq!(backoff(u32::MAX, max, 1.0), max);
+    async fn queue(local: &Local, max_backoff: Duration) -> WriteBack<FakeBackend> {
+        WriteBack::load(
+            WriteBackSettings {
+                disk_dir: local.dir.path().join("data"),
+                max_entries: 10,
+                concurrency: 2,
+                max_backoff,
+                // Always the longest delay: the test can bound the time from below.
+                jitter: || 1.0,
+            },
+            local.disk.clone(),
+            local.backend.clone(),
+            local.metrics.clone(),
+        )
+        .await
+        .unwrap()
     }
 
-    #[test]
-    fn markers_round_trip() {
-        let key = Key::gradle("00ff").unwrap();
-        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let text = marker_text(&key, at, 42);
-        assert_eq!(parse_marker(&text), Some((key, at, 42)));
-        let object = Key::object(Namespace::new("runner-cache").unwrap(), "a/b c").unwrap();
+    async fn write(local: &Local, queue: &WriteBack<FakeBackend>, key: &Key, data: &[u8]) {
+        let slot = queue.reserve(key).unwrap();
+        let header = local
+            .disk
+            .put_entry(key, data.len() as u64, body(data), true)
+            .await
+            .unwrap();
+        queue.enqueue(slot, key, header.body_len).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_uploads_are_retried_with_backoff_until_they_land() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let (stop_tx, stop) = watch::channel(false);
+        queue.start(stop);
+        let k = key(1);
+        let data = pattern(200_000, 1);
+        local.backend.fail_next(2);
+        let started = std::time::Instant::now();
+        write(&local, &queue, &k, &data).await;
+        assert_eq!(local.disk.usage().pinned_entries, 1);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        // Two failures, each followed by the capped backoff (100 ms, jitter pinned at 1).
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(local.backend.calls("put"), 3);
+        assert_eq!(local.metrics.upload_failures.get(), 2);
+        assert!(local.backend.object(&k).unwrap() == data);
         assert_eq!(
-            parse_marker(&marker_text(&object, at, 0)),
-            Some((object, at, 0))
+            local.backend.meta(&k).unwrap().crc32c,
+            Some(crc32c::crc32c(&data)),
+            "our checksum travels with the object"
         );
-        assert_eq!(parse_marker("garbage"), None);
+        let disk = local.disk.clone();
+        eventually("the entry to be unpinned", || {
+            disk.usage().pinned_entries == 0
+        })
+        .await;
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_written_again_during_its_upload_is_uploaded_again() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let (stop_tx, stop) = watch::channel(false);
+        queue.start(stop);
+        let k = key(2);
+        local.backend.hold(true);
+        write(&local, &queue, &k, &pattern(1000, 1)).await;
+        let backend = local.backend.clone();
+        eventually("the first upload to start", || backend.calls("put") == 1).await;
+        let newer = pattern(1000, 2);
+        write(&local, &queue, &k, &newer).await;
+        local.backend.hold(false);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert_eq!(local.backend.calls("put"), 2);
+        assert!(local.backend.object(&k).unwrap() == newer);
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test]
+    async fn markers_survive_a_restart_and_repin_their_entries() {
+        let local = Local::new().await;
+        let first = queue(&local, Duration::from_millis(100)).await;
+        // Never started: nothing is uploaded before the "restart".
+        write(&local, &first, &key(3), &pattern(100, 3)).await;
+        local.disk.set_pinned(&key(3), false);
+        let second = queue(&local, Duration::from_millis(100)).await;
+        assert_eq!(second.len(), 1);
+        assert_eq!(local.disk.usage().pinned_entries, 1, "re-pinned on load");
+        let (_stop_tx, stop) = watch::channel(false);
+        second.start(stop);
+        let q = second.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&key(3)).unwrap() == pattern(100, 3));
     }
 }

@@ -1,0 +1,187 @@
+//! The put engine: a file region becomes one PUT, or a multipart upload whose parts go up a few
+//! at a time and which is aborted if any step fails. Every part is a range of the file, which
+//! the SDK reopens for each attempt, so nothing is buffered and every request can be retried.
+
+use std::io;
+use std::time::Instant;
+
+use aws_sdk_s3::primitives::ByteStream as SdkStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_types::byte_stream::Length;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::{S3Tier, CRC32C_META, MIN_PART_SIZE, UPLOAD_BASE_DEADLINE};
+use crate::store::backend::{unquote, PartLayout, Upload};
+use crate::store::StoreError;
+
+/// S3's limit on parts per multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// The object's user metadata: the client's, and our CRC32C.
+fn metadata(upload: &Upload) -> Vec<(String, String)> {
+    let mut all = upload.attrs.user.clone();
+    if let Some(crc) = upload.crc32c {
+        all.push((CRC32C_META.to_string(), format!("{crc:08x}")));
+    }
+    all
+}
+
+impl S3Tier {
+    /// The part sizes of an upload: the asked ones, or the configured part size raised as
+    /// needed to stay within S3's 10,000 parts.
+    fn layout(&self, upload: &Upload) -> Result<Vec<u64>, StoreError> {
+        let sizes = match &upload.parts {
+            PartLayout::Auto => {
+                let part_size = self
+                    .inner
+                    .part_size
+                    .max(upload.len.div_ceil(MAX_PARTS))
+                    .max(MIN_PART_SIZE);
+                PartLayout::uniform(upload.len, part_size)
+            }
+            PartLayout::Sizes(sizes) => sizes.clone(),
+        };
+        if sizes.iter().sum::<u64>() != upload.len || sizes.len() as u64 > MAX_PARTS {
+            return Err(StoreError::Remote(format!(
+                "S3 put: {} parts do not lay out {} bytes",
+                sizes.len(),
+                upload.len
+            )));
+        }
+        Ok(sizes)
+    }
+
+    /// A part of the upload's file region, as a body the SDK can reopen for a retry.
+    async fn part_body(upload: &Upload, at: u64, len: u64) -> Result<SdkStream, StoreError> {
+        SdkStream::read_from()
+            .path(&upload.path)
+            .offset(upload.offset + at)
+            .length(Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))
+    }
+
+    /// Uploads the region, as one PUT when it is laid out as one part, else as a multipart
+    /// upload with the layout's boundaries. Returns S3's ETag for the object.
+    pub(super) async fn upload(&self, upload: &Upload) -> Result<Option<String>, StoreError> {
+        let sizes = self.layout(upload)?;
+        let object_key = self.object_key(&upload.key);
+        let bucket = &self.inner.bucket;
+        let client = &self.inner.client;
+        let attrs = &upload.attrs;
+        if sizes.len() == 1 {
+            let mut req = client
+                .put_object()
+                .bucket(bucket)
+                .key(&object_key)
+                .content_length(upload.len as i64)
+                .set_content_type(attrs.content_type.clone())
+                .set_content_encoding(attrs.content_encoding.clone())
+                .set_cache_control(attrs.cache_control.clone())
+                .body(Self::part_body(upload, 0, upload.len).await?);
+            for (name, value) in metadata(upload) {
+                req = req.metadata(name, value);
+            }
+            let out = self.write_call("put", upload.len, req.send()).await?;
+            return Ok(out.e_tag().map(|e| unquote(e).to_string()));
+        }
+
+        let mut create = client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(&object_key)
+            .set_content_type(attrs.content_type.clone())
+            .set_content_encoding(attrs.content_encoding.clone())
+            .set_cache_control(attrs.cache_control.clone());
+        for (name, value) in metadata(upload) {
+            create = create.metadata(name, value);
+        }
+        let created = self
+            .write_call("create_multipart", 0, create.send())
+            .await?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StoreError::Remote("S3 create_multipart: no upload id".into()))?
+            .to_string();
+        let result = self
+            .upload_parts(upload, &object_key, &upload_id, &sizes)
+            .await;
+        if result.is_err() {
+            // Best effort: an upload left behind only costs storage until the bucket's
+            // lifecycle rule for incomplete multipart uploads removes it.
+            let abort = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(&object_key)
+                .upload_id(&upload_id)
+                .send();
+            let started = Instant::now();
+            let result = tokio::time::timeout(UPLOAD_BASE_DEADLINE, abort).await;
+            let label = if matches!(result, Ok(Ok(_))) {
+                "ok"
+            } else {
+                "error"
+            };
+            self.observe("abort_multipart", label, started);
+        }
+        result
+    }
+
+    /// Sends the parts, `s3.multipart_concurrency` at a time, and completes the upload. The
+    /// first failing part fails the whole (the parts still running are dropped).
+    async fn upload_parts(
+        &self,
+        upload: &Upload,
+        object_key: &str,
+        upload_id: &str,
+        sizes: &[u64],
+    ) -> Result<Option<String>, StoreError> {
+        let client = &self.inner.client;
+        let bucket = &self.inner.bucket;
+        let mut offsets = Vec::with_capacity(sizes.len());
+        let mut at = 0u64;
+        for &size in sizes {
+            offsets.push((at, size));
+            at += size;
+        }
+        let mut done: Vec<CompletedPart> =
+            futures_util::stream::iter(offsets.into_iter().enumerate())
+                .map(|(index, (at, size))| async move {
+                    let number = index as i32 + 1;
+                    let req = client
+                        .upload_part()
+                        .bucket(bucket)
+                        .key(object_key)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .content_length(size as i64)
+                        .body(Self::part_body(upload, at, size).await?);
+                    let out = self.write_call("upload_part", size, req.send()).await?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder()
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .part_number(number)
+                            .build(),
+                    )
+                })
+                .buffer_unordered(self.inner.part_concurrency)
+                .try_collect()
+                .await?;
+        done.sort_by_key(|p| p.part_number());
+        let complete = client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(object_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            );
+        let out = self
+            .write_call("complete_multipart", 0, complete.send())
+            .await?;
+        Ok(out.e_tag().map(|e| unquote(e).to_string()))
+    }
+}

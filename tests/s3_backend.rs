@@ -1,0 +1,229 @@
+//! The S3 tier's [`Backend`] contract against a real S3 server (SeaweedFS, started by
+//! `scripts/test.sh`): the same semantics the in-memory fake gives the unit tests — ranges,
+//! preconditions, ETags of single and multipart puts, listings with a delimiter and
+//! continuation, deletes. The backend has no HTTP face of its own, so this drives the library's
+//! S3 tier directly; everything else drives the daemon.
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use build_cache_proxy::config::S3Config;
+use build_cache_proxy::metrics::Metrics;
+use build_cache_proxy::store::backend::{
+    md5_of, multipart_etag, single_etag, Backend, ByteRange, Conditions, Fetch, GetOptions,
+    ListRequest, PartLayout, Upload,
+};
+use build_cache_proxy::store::s3::S3Tier;
+use build_cache_proxy::store::{Key, Namespace, ObjectAttrs};
+use common::s3;
+use futures_util::StreamExt;
+
+const MIB: usize = 1024 * 1024;
+
+fn tier(bucket: &str, client: aws_sdk_s3::Client) -> S3Tier {
+    let config = S3Config {
+        bucket: bucket.to_string(),
+        prefix: "pre".to_string(),
+        multipart_part_size: bytesize::ByteSize::mib(5),
+        ..S3Config::default()
+    };
+    S3Tier::new(client, &config, Arc::new(Metrics::new()))
+}
+
+fn key(name: &str) -> Key {
+    Key::object(Namespace::new("objects").unwrap(), name).unwrap()
+}
+
+fn upload(key: &Key, file: &tempfile::NamedTempFile, len: usize, parts: PartLayout) -> Upload {
+    Upload {
+        key: key.clone(),
+        path: file.path().to_path_buf(),
+        offset: 3,
+        len: len as u64,
+        crc32c: Some(0x1234abcd),
+        attrs: ObjectAttrs {
+            content_type: Some("application/zip".into()),
+            user: vec![("origin".into(), "test".into())],
+            ..Default::default()
+        },
+        parts,
+    }
+}
+
+/// A file with 3 bytes of header before `data`, as entry files have.
+fn file_with(data: &[u8]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"hdr").unwrap();
+    file.write_all(data).unwrap();
+    file
+}
+
+async fn body_of(fetch: Fetch) -> (std::ops::Range<u64>, Vec<u8>) {
+    let Fetch::Found(found) = fetch else {
+        panic!("expected the object");
+    };
+    let mut out = Vec::new();
+    let mut body = found.body;
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    (found.span, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_tier_keeps_the_backend_contract() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "backend").await;
+    let tier = tier(&bucket, client.clone());
+
+    // Multipart with the caller's boundaries (5 MiB + 5 MiB + 1 byte): S3's ETag is the one
+    // computed from the parts.
+    let data: Vec<u8> = (0..10 * MIB + 1).map(|i| (i % 251) as u8).collect();
+    let file = file_with(&data);
+    let k = key("dir/big");
+    let sizes = vec![5 * MIB as u64, 5 * MIB as u64, 1];
+    let etag = tier
+        .put(&upload(&k, &file, data.len(), PartLayout::Sizes(sizes)))
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = multipart_etag(&[
+        md5_of(&data[..5 * MIB]),
+        md5_of(&data[5 * MIB..10 * MIB]),
+        md5_of(&data[10 * MIB..]),
+    ]);
+    assert_eq!(etag, expected);
+    let stored = s3::object(&client, &bucket, "pre/objects/dir/big").await;
+    assert!(
+        stored.unwrap() == data,
+        "the file region, under the documented key"
+    );
+
+    let meta = tier.head(&k).await.unwrap().unwrap();
+    assert_eq!(meta.len, data.len() as u64);
+    assert_eq!(meta.etag.as_deref(), Some(expected.as_str()));
+    assert_eq!(meta.crc32c, Some(0x1234abcd));
+    assert_eq!(meta.attrs.content_type.as_deref(), Some("application/zip"));
+    assert_eq!(
+        meta.attrs.user,
+        vec![("origin".to_string(), "test".to_string())]
+    );
+
+    // A single PUT: the hex MD5.
+    let small = key("dir/small");
+    let small_data = b"hello".to_vec();
+    let small_file = file_with(&small_data);
+    let small_etag = tier
+        .put(&upload(&small, &small_file, 5, PartLayout::Auto))
+        .await
+        .unwrap();
+    assert_eq!(small_etag, Some(single_etag(b"hello")));
+
+    // Ranges.
+    let ranged = |range| GetOptions {
+        range: Some(range),
+        ..Default::default()
+    };
+    let (span, bytes) = body_of(
+        tier.get(
+            &k,
+            &ranged(ByteRange::Bounded {
+                first: 5 * MIB as u64 - 2,
+                last: 5 * MIB as u64 + 1,
+            }),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(span, 5 * MIB as u64 - 2..5 * MIB as u64 + 2);
+    assert_eq!(bytes, data[5 * MIB - 2..5 * MIB + 2]);
+    let (span, bytes) = body_of(tier.get(&k, &ranged(ByteRange::Suffix(3))).await.unwrap()).await;
+    assert_eq!(span, data.len() as u64 - 3..data.len() as u64);
+    assert_eq!(bytes, data[data.len() - 3..]);
+    assert!(matches!(
+        tier.get(&small, &ranged(ByteRange::From(5))).await.unwrap(),
+        Fetch::RangeNotSatisfiable
+    ));
+
+    // Preconditions.
+    let when = |conditions| GetOptions {
+        range: None,
+        conditions,
+    };
+    assert!(matches!(
+        tier.get(
+            &small,
+            &when(Conditions {
+                if_none_match: small_etag.clone(),
+                ..Default::default()
+            })
+        )
+        .await
+        .unwrap(),
+        Fetch::NotModified
+    ));
+    assert!(matches!(
+        tier.get(&small, &when(Conditions::if_match("0123")))
+            .await
+            .unwrap(),
+        Fetch::PreconditionFailed
+    ));
+    let resumed = tier
+        .get(
+            &small,
+            &GetOptions {
+                range: Some(ByteRange::From(2)),
+                conditions: Conditions::if_match(small_etag.as_deref().unwrap()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(body_of(resumed).await.1, b"llo");
+    assert!(matches!(
+        tier.get(&key("none"), &GetOptions::default())
+            .await
+            .unwrap(),
+        Fetch::Missing
+    ));
+
+    // Listing with a delimiter, a page at a time.
+    for name in ["a/1", "a/2", "b", "c"] {
+        tier.put(&upload(&key(name), &small_file, 5, PartLayout::Auto))
+            .await
+            .unwrap();
+    }
+    let mut objects = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut continuation = None;
+    for _ in 0..10 {
+        let page = tier
+            .list(&ListRequest {
+                namespace: Namespace::new("objects").unwrap(),
+                prefix: String::new(),
+                delimiter: Some("/".into()),
+                continuation: continuation.take(),
+                max_keys: 2,
+            })
+            .await
+            .unwrap();
+        assert!(page.objects.len() + page.common_prefixes.len() <= 2);
+        objects.extend(page.objects.iter().map(|o| o.name.clone()));
+        prefixes.extend(page.common_prefixes);
+        continuation = page.next;
+        if continuation.is_none() {
+            break;
+        }
+    }
+    assert_eq!(objects, ["b", "c"]);
+    assert_eq!(prefixes, ["a/", "dir/"]);
+
+    // Deletes, of present and missing objects alike.
+    tier.delete(&small).await.unwrap();
+    tier.delete(&small).await.unwrap();
+    assert!(tier.head(&small).await.unwrap().is_none());
+    s3::remove_bucket(&client, &bucket).await;
+}
