@@ -12,7 +12,6 @@
 
 pub mod backend;
 pub mod body;
-pub mod conditions;
 pub mod disk;
 pub mod entry_file;
 pub mod key;

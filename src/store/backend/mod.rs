@@ -50,6 +50,39 @@ impl ByteRange {
         }
     }
 
+    /// Parses a `Range` header value. `None` for anything that is not one byte range: S3
+    /// serves the whole object then, as RFC 9110 allows for a range it does not support.
+    pub fn parse(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        let number = |s: &str| -> Option<u64> {
+            let s = s.trim();
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        if first.trim().is_empty() {
+            return number(last).map(ByteRange::Suffix);
+        }
+        let first = number(first)?;
+        match last.trim() {
+            "" => Some(ByteRange::From(first)),
+            text => {
+                let last = number(text)?;
+                (last >= first).then_some(ByteRange::Bounded { first, last })
+            }
+        }
+    }
+
+    /// The `Content-Range` value for `span` of an object of `total` bytes.
+    pub fn content_range(span: &std::ops::Range<u64>, total: u64) -> String {
+        format!("bytes {}-{}/{total}", span.start, span.end - 1)
+    }
+
     /// The value of a `Range` header.
     pub fn header_value(self) -> String {
         match self {
@@ -315,6 +348,30 @@ pub fn md5_of(data: &[u8]) -> [u8; 16] {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn range_headers_parse_as_rfc_9110_says() {
+        let r = ByteRange::parse;
+        assert_eq!(
+            r("bytes=0-0"),
+            Some(ByteRange::Bounded { first: 0, last: 0 })
+        );
+        assert_eq!(r(" bytes=2- "), Some(ByteRange::From(2)));
+        assert_eq!(r("bytes=-3"), Some(ByteRange::Suffix(3)));
+        for ignored in [
+            "bytes=3-1",
+            "bytes=0-1,4-5",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=1",
+        ] {
+            assert_eq!(r(ignored), None, "{ignored}");
+        }
+        let span = r("bytes=0-0").unwrap().resolve(1234).unwrap();
+        assert_eq!(ByteRange::content_range(&span, 1234), "bytes 0-0/1234");
+    }
 
     #[test]
     fn ranges_resolve_like_s3() {

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::conditions::ByteRange;
+use super::backend::ByteRange;
 use super::entry_file::EntryHeader;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError};
 use index::{Index, Reservation};

@@ -6,6 +6,7 @@
 //! and never arrives complete.
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use futures_util::Stream;
 use tokio_util::io::ReaderStream;
 
 use super::DiskTier;
-use crate::store::conditions::{ByteRange, Span};
+use crate::store::backend::ByteRange;
 use crate::store::entry_file::{EntryHeader, BLOCK};
 use crate::store::{bytes_stream, ByteStream, Key, Object, StoreError, Tier};
 
@@ -238,7 +239,7 @@ impl Stream for VerifyingStream {
 pub struct RangedObject {
     pub object: Object,
     /// The part of the body the stream carries; `None` when the range selects nothing (416).
-    pub span: Option<Span>,
+    pub span: Option<Range<u64>>,
 }
 
 /// Opens `key` for reading `range` of its body. Each block the span touches is read whole and
@@ -274,7 +275,7 @@ pub async fn open_range(
         file: std::sync::Arc::new(file),
         body_offset: header.header_len,
         body_len: header.body_len,
-        span,
+        span: span.clone(),
         pos: span.start,
         first_block: span.start / BLOCK,
         table,
@@ -300,7 +301,7 @@ pub async fn open_range(
     }))
 }
 
-type OpenedBlocks = (std::fs::File, EntryHeader, Option<Span>, Vec<u32>);
+type OpenedBlocks = (std::fs::File, EntryHeader, Option<Range<u64>>, Vec<u32>);
 
 /// Opens an entry and reads the block checksums a range needs.
 fn open_blocks(
@@ -349,7 +350,7 @@ struct BlockReader {
     file: std::sync::Arc<std::fs::File>,
     body_offset: u64,
     body_len: u64,
-    span: Span,
+    span: Range<u64>,
     pos: u64,
     first_block: u64,
     table: Vec<u32>,

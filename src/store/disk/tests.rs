@@ -467,7 +467,7 @@ async fn read_range(
     key: &Key,
     range: &str,
 ) -> (Option<(u64, u64)>, io::Result<Vec<u8>>) {
-    let range = crate::store::conditions::ByteRange::parse(range).unwrap();
+    let range = crate::store::backend::ByteRange::parse(range).unwrap();
     let ranged = disk.get_range(key, range).await.unwrap().expect("a hit");
     let span = ranged.span.map(|s| (s.start, s.end));
     let mut body = ranged.object.body;
