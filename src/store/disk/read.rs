@@ -122,23 +122,34 @@ enum Opened {
     File(std::fs::File, EntryHeader, bool),
 }
 
-/// Opens an entry and verifies what can be verified before the first byte is sent.
-fn open_verified(disk: &DiskTier, key: &Key) -> Result<Option<Opened>, StoreError> {
+/// Opens an indexed entry and checks its header: a missing file leaves the index, and a file
+/// with a damaged header is removed; both are a miss.
+fn open_indexed(
+    disk: &DiskTier,
+    key: &Key,
+) -> Result<Option<(std::fs::File, EntryHeader)>, StoreError> {
     let path = disk.path_for(key);
-    let (mut file, header) = match open_entry(&path, key) {
-        Ok(Some(found)) => found,
+    match open_entry(&path, key) {
+        Ok(Some(found)) => Ok(Some(found)),
         Ok(None) => {
             disk.lock().forget(key);
-            return Ok(None);
+            Ok(None)
         }
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             tracing::warn!(key = %key, error = %e, "corrupt entry file removed");
             let mut index = disk.lock();
             let _ = std::fs::remove_file(&path);
             index.forget(key);
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens an entry and verifies what can be verified before the first byte is sent.
+fn open_verified(disk: &DiskTier, key: &Key) -> Result<Option<Opened>, StoreError> {
+    let Some((mut file, header)) = open_indexed(disk, key)? else {
+        return Ok(None);
     };
     if header.body_len <= INLINE_MAX {
         let mut data = vec![0u8; header.body_len as usize];
@@ -312,21 +323,8 @@ fn open_blocks(
     if !disk.lock().touch(key) {
         return Ok(None);
     }
-    let path = disk.path_for(key);
-    let (file, header) = match open_entry(&path, key) {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            disk.lock().forget(key);
-            return Ok(None);
-        }
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            tracing::warn!(key = %key, error = %e, "corrupt entry file removed");
-            let mut index = disk.lock();
-            let _ = std::fs::remove_file(&path);
-            index.forget(key);
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
+    let Some((file, header)) = open_indexed(disk, key)? else {
+        return Ok(None);
     };
     if !header.block_crcs {
         return Ok(None);
