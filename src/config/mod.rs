@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 pub use types::*;
 
+/// Longest duration any setting accepts: far above every sensible value, far below an overflow.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// Why a configuration could not be used. The message always names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,6 +68,20 @@ impl Config {
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let mut config = Self::parse_toml_with_env(origin, text, vars)?;
+        config.read_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The first steps of [`Config::from_toml_with_env`]: parse and apply environment overrides,
+    /// but read no secret files and do not validate. For the config fuzz target, which must never
+    /// open a path taken from its input (`/dev/zero` would hang it).
+    pub fn parse_toml_with_env(
+        origin: &str,
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let mut tree: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
@@ -72,13 +89,11 @@ impl Config {
                     message: e.to_string(),
                 })?;
         env::apply_overrides(&mut tree, vars)?;
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
             .map_err(|e| {
                 let key = e.path().to_string();
                 ConfigError::invalid(key, e.into_inner().message().to_string())
             })?;
-        config.read_secret_files()?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -105,6 +120,25 @@ impl Config {
                     name,
                     format!("{addr:?} is not an address like \"127.0.0.1:5071\" (or \"\" to turn it off)"),
                 ));
+            }
+        }
+        // Durations end up added to `Instant::now()` (the S3 breaker's cooldown is); one far
+        // beyond any sensible setting would overflow there and panic the daemon mid-flight.
+        let mut durations = vec![
+            ("listen.idle_timeout", self.listen.idle_timeout),
+            ("listen.drain_timeout", self.listen.drain_timeout),
+        ];
+        if let Some(s3) = &self.s3 {
+            durations.extend([
+                ("s3.connect_timeout", s3.connect_timeout),
+                ("s3.read_timeout", s3.read_timeout),
+                ("s3.breaker_cooldown", s3.breaker_cooldown),
+                ("s3.retry_max_backoff", s3.retry_max_backoff),
+            ]);
+        }
+        for (name, duration) in durations {
+            if duration > MAX_DURATION {
+                return Err(ConfigError::invalid(name, "must be at most 24h"));
             }
         }
         // max_size "0" turns the memory tier off, whatever max_entry_size says.
