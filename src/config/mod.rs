@@ -89,12 +89,10 @@ impl Config {
                     message: e.to_string(),
                 })?;
         env::apply_overrides(&mut tree, vars)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                ConfigError::invalid(key, e.into_inner().message().to_string())
-            })?;
-        Ok(config)
+        serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::invalid(key, e.into_inner().message().to_string())
+        })
     }
 
     /// Replaces every `*_file` secret by the file's contents (trailing newline trimmed), so the
