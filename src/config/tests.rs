@@ -124,6 +124,25 @@ fn bad_values_name_their_key() {
 }
 
 #[test]
+fn durations_that_would_overflow_a_deadline_are_rejected() {
+    // Found by the config fuzz target: accepted, this cooldown panicked the daemon the first
+    // time the S3 breaker opened (`Instant::now() + cooldown` overflows).
+    let err = parse("[s3]\nbucket = \"b\"\nbreaker_cooldown = \"500000000000y\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("s3.breaker_cooldown:"), "{err}");
+    let err = parse("[listen]\ndrain_timeout = \"25h\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("listen.drain_timeout:"), "{err}");
+    let config = parse("[s3]\nbucket = \"b\"\nretry_max_backoff = \"24h\"").unwrap();
+    assert_eq!(
+        config.s3.unwrap().retry_max_backoff,
+        Duration::from_secs(86_400)
+    );
+}
+
+#[test]
 fn environment_overrides_the_file() {
     let config = parse_env(
         "[disk]\nmax_size = \"1GiB\"",

@@ -381,7 +381,9 @@ fn claim_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// `<dir>/<namespace>/<2 hex>/<sha256(name)>`: fixed-length file names whatever the key holds.
-fn entry_path(dir: &Path, key: &Key) -> PathBuf {
+/// Where a key's entry file lives under the data dir: `<dir>/<namespace>/<2 hex>/<sha256 hex>`.
+/// Public so the key fuzz target can check that no accepted key leads outside `dir`.
+pub fn entry_path(dir: &Path, key: &Key) -> PathBuf {
     let digest = hex::encode(Sha256::digest(key.name().as_bytes()));
     dir.join(key.namespace().as_str())
         .join(&digest[..2])
