@@ -15,6 +15,13 @@ seconds=${FUZZ_SECONDS:-30}
 # AddressSanitizer, cargo-fuzz's default: the daemon forbids `unsafe`, but its parsers' crates
 # (toml, base64, http) do not. FUZZ_SANITIZER=none runs without it (a separate, full build).
 sanitizer=${FUZZ_SANITIZER:-address}
+# FUZZ_DEV=1 builds without optimisation: a cold build in minutes instead of half an hour (the
+# release build compiles every dependency, the AWS SDK included, with one codegen unit), for a
+# slower fuzzer. CI uses it for its bounded smoke run.
+profile=()
+if [ "${FUZZ_DEV:-0}" = 1 ]; then
+  profile=(--dev)
+fi
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -28,7 +35,7 @@ else
   mapfile -t targets < <(cargo fuzz list)
 fi
 
-cargo fuzz build --sanitizer "$sanitizer"
+cargo fuzz build "${profile[@]}" --sanitizer "$sanitizer"
 
 scratch=$(mktemp -d /tmp/bcp-fuzz.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
@@ -37,7 +44,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   # -timeout: one input running this long is a hang (the parsers take microseconds).
   # The first corpus dir receives new inputs; the committed one after it is only read.
-  cargo fuzz run --sanitizer "$sanitizer" "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+  cargo fuzz run "${profile[@]}" --sanitizer "$sanitizer" "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 done
 echo "fuzz: ${targets[*]}: no crash in ${seconds}s each" >&2
