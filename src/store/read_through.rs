@@ -35,6 +35,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions};
+use super::disk::spool::{EntryMeta, EtagSource};
 use super::disk::{Commit, DiskTier};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
@@ -243,7 +244,17 @@ async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progre
         Err(e) => return failed(&e),
     };
     let meta = fetched.meta.clone();
-    let mut spool = match inner.disk.spool(key, meta.len).await {
+    // The copy keeps the origin's ETag, attributes and date, so it reads the same as S3's
+    // object from every tier and every node.
+    let entry_meta = EntryMeta {
+        attrs: meta.attrs.clone(),
+        etag: meta
+            .etag
+            .clone()
+            .map_or(EtagSource::None, EtagSource::Known),
+        modified: Some(meta.modified),
+    };
+    let mut spool = match inner.disk.spool_with(key, meta.len, entry_meta).await {
         Ok(spool) => spool,
         Err(e) => return failed(&e),
     };
@@ -335,7 +346,7 @@ async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progre
             .memory
             .insert(
                 key.clone(),
-                MemoryEntry::new(data.freeze(), header.modified),
+                MemoryEntry::with_meta(data.freeze(), header.meta()),
             )
             .await;
     }
@@ -559,6 +570,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("a small fill was not kept in memory");
+    }
+
+    /// A filled copy reads the same as S3's object: its ETag and date, from disk and after a
+    /// restart, and from memory.
+    #[tokio::test]
+    async fn a_filled_copy_keeps_the_origins_etag_and_date() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let (small, large) = (key(5), key(6));
+        let origin_date = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        local.backend.insert(&small, pattern(1000, 5));
+        local.backend.insert(&large, pattern(3_000_000, 6));
+        for k in [&small, &large] {
+            local.backend.set_modified(k, origin_date);
+            read_body(rt.get(k).await.unwrap().unwrap()).await.unwrap();
+            let disk = local.disk.clone();
+            let k2 = (*k).clone();
+            eventually("the fill to commit", || disk.contains(&k2)).await;
+            let origin = local.backend.meta(k).unwrap();
+            let copy = local.disk.head(k).await.unwrap().unwrap();
+            assert_eq!(copy.etag, origin.etag);
+            assert_eq!(copy.modified, origin_date);
+        }
+        let memory = local.memory.clone();
+        for _ in 0..1000 {
+            if let Some(entry) = memory.lookup(&small).await {
+                assert_eq!(entry.meta.etag, local.backend.meta(&small).unwrap().etag);
+                assert_eq!(entry.meta.modified, origin_date);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the small fill was not kept in memory");
     }
 
     #[tokio::test]

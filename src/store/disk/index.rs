@@ -304,9 +304,13 @@ fn check_entry_file(
 ) -> io::Result<Option<(std::time::SystemTime, Key, u64)>> {
     let mut file = std::fs::File::open(path)?;
     let header = EntryHeader::read_from(&mut file)?;
-    let size = file.metadata()?.len();
+    let metadata = file.metadata()?;
+    let size = metadata.len();
     let consistent = size == header.file_len() && entry_path(dir, &header.key) == path;
-    Ok(consistent.then_some((header.modified, header.key, size)))
+    // Recency is when the file was written here, not the object's date (a copy filled from
+    // S3 carries S3's, which may be old).
+    let written = metadata.modified()?;
+    Ok(consistent.then_some((written, header.key, size)))
 }
 
 /// Bytes an unprivileged writer can still use on the filesystem holding `dir`.
