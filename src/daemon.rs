@@ -141,8 +141,8 @@ impl Daemon {
             },
             max_header_bytes: limits.max_header_bytes.as_u64() as usize,
             slots: Slots::new(
-                max,
-                per_peer.min(max),
+                max as u64,
+                per_peer.min(max) as u64,
                 metrics.connections.with_label_values(&[name]),
             ),
             tls: tls.clone().filter(|_| config.tls.serves(name)),
@@ -154,9 +154,15 @@ impl Daemon {
                 max_discard: limits.max_refused_body.as_u64(),
             },
             slots: Slots::new(
-                limits.max_uploads,
-                limits.max_uploads_per_ip,
+                limits.max_uploads as u64,
+                limits.max_uploads_per_ip as u64,
                 metrics.uploads_in_progress.clone(),
+            ),
+            // No total: what all uploads may declare is bounded by the disk's admission.
+            bytes: Slots::new(
+                u64::MAX,
+                limits.max_upload_bytes_per_ip.as_u64(),
+                metrics.uploads_declared_bytes.clone(),
             ),
         };
         let mut daemon = Daemon {

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub accept_errors: IntCounterVec,
     pub request_timeouts: IntCounterVec,
     pub uploads_in_progress: IntGauge,
+    pub uploads_declared_bytes: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -269,6 +270,11 @@ impl Metrics {
                 "Request bodies being stored now.",
             ))
             .unwrap(),
+            uploads_declared_bytes: IntGauge::with_opts(opts(
+                "uploads_declared_bytes",
+                "Bytes the uploads in progress declared (Content-Length).",
+            ))
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -335,6 +341,7 @@ impl Metrics {
             Box::new(self.accept_errors.clone()),
             Box::new(self.request_timeouts.clone()),
             Box::new(self.uploads_in_progress.clone()),
+            Box::new(self.uploads_declared_bytes.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");

@@ -640,3 +640,41 @@ async fn one_address_cannot_hold_the_admin_listener() {
     assert!(refused >= 60.0, "refused {refused}");
     drop(held);
 }
+
+/// What one address's uploads declare is capped (`limits.max_upload_bytes_per_ip`): a pod
+/// declaring large bodies cannot promise the disk away from everyone else's writes.
+#[tokio::test]
+async fn one_address_cannot_declare_the_disk_away() {
+    let work = tempfile::tempdir().unwrap();
+    let config =
+        "[gradle]\nmax_entry_size = \"8MiB\"\n[limits]\nmax_upload_bytes_per_ip = \"10MiB\"\n";
+    let daemon = Daemon::start(work.path(), config);
+    let _declared = start_put([127, 0, 0, 2], daemon.gradle, 1, 8 << 20, 1024).await;
+    eventually(
+        "the first upload to be admitted",
+        Duration::from_secs(10),
+        || async { metric(&daemon, "build_cache_proxy_uploads_in_progress").await == 1.0 },
+    )
+    .await;
+    let same_pod = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let response = same_pod
+        .put(daemon.entry_url(&key(2)))
+        .body(body(2, 4 * MIB))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-build-cache-proxy-dropped"],
+        "max_upload_bytes_per_ip"
+    );
+    // Another pod's write is stored.
+    stored(&daemon, 3, 4 * MIB).await;
+    assert_eq!(
+        metric(&daemon, "build_cache_proxy_dropped_puts_total{front=\"gradle\",reason=\"max_upload_bytes_per_ip\"}").await,
+        1.0
+    );
+}

@@ -341,6 +341,12 @@ impl Config {
                 "must be between 1KiB and 1MiB",
             ));
         }
+        if l.max_upload_bytes_per_ip.as_u64() < 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_upload_bytes_per_ip",
+                "must be at least 1MiB",
+            ));
+        }
         if l.body_min_rate.as_u64() == 0 {
             return Err(ConfigError::invalid(
                 "limits.body_min_rate",

@@ -77,6 +77,10 @@ pub struct LimitsConfig {
     pub max_uploads: usize,
     /// Request bodies being stored at once from one client address.
     pub max_uploads_per_ip: usize,
+    /// What the uploads in progress from one client address may declare in all: declared
+    /// lengths count against `disk.max_size` until the upload ends, so this keeps a few pods
+    /// from refusing everyone else's writes by declaring large bodies.
+    pub max_upload_bytes_per_ip: ByteSize,
     /// A request head (request line and headers) must be complete this long after its first
     /// byte, or after the connection opened for the first request; else 408 and close.
     #[serde(with = "humantime_serde")]
@@ -106,6 +110,7 @@ impl Default for LimitsConfig {
             admin_max_connections: 64,
             max_uploads: 256,
             max_uploads_per_ip: 64,
+            max_upload_bytes_per_ip: ByteSize::gib(2),
             header_timeout: Duration::from_secs(10),
             max_header_bytes: ByteSize::kib(16),
             body_min_rate: ByteSize::kib(16),

@@ -222,11 +222,11 @@ impl<S: Store> GradleFront<S> {
         if len > self.max_entry_size {
             return self.oversize(req, len).await;
         }
-        // A slot among the uploads in progress, in all and from this client.
+        // A slot among the uploads in progress, in all and from this client, and room for its
+        // declared bytes among this client's.
         let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
-        let slot = match peer.map(|ip| self.uploads.slots.try_acquire(ip)) {
-            Some(Err(refusal)) => {
-                let reason = refusal.as_str("uploads");
+        let admitted = match peer.map(|ip| self.uploads.admit(ip, len)) {
+            Some(Err(reason)) => {
                 self.metrics
                     .dropped_puts
                     .with_label_values(&["gradle", reason])
@@ -234,14 +234,14 @@ impl<S: Store> GradleFront<S> {
                 let response = dropped(respond(StatusCode::OK, "dropped", body::empty()), reason);
                 return self.refuse(req, response).await;
             }
-            Some(Ok(slot)) => Some(slot),
+            Some(Ok(permits)) => Some(permits),
             None => None,
         };
         let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
         let stored = self.store.put(key, len, stream).await;
         // Whatever the store did, the client's body is read to its end before the answer.
         let got = upload.finish().await;
-        drop(slot);
+        drop(admitted);
         let response = match stored {
             Ok(()) => respond(StatusCode::OK, "stored", body::empty()),
             Err(StoreError::LengthMismatch { .. }) => respond(

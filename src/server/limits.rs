@@ -19,39 +19,50 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The `reason` label of the refusal metrics.
-    pub fn as_str(self, what: &str) -> &'static str {
+    /// The `reason` label of the refusal metrics: the name of the limit in `[limits]`.
+    pub fn as_str(self, what: Capped) -> &'static str {
         match (what, self) {
-            ("connections", Refusal::Total) => "max_connections",
-            ("connections", Refusal::PerPeer) => "max_connections_per_ip",
-            (_, Refusal::Total) => "max_uploads",
-            (_, Refusal::PerPeer) => "max_uploads_per_ip",
+            (Capped::Connections, Refusal::Total) => "max_connections",
+            (Capped::Connections, Refusal::PerPeer) => "max_connections_per_ip",
+            (Capped::Uploads, Refusal::Total) => "max_uploads",
+            (Capped::Uploads, Refusal::PerPeer) => "max_uploads_per_ip",
+            (Capped::UploadBytes, _) => "max_upload_bytes_per_ip",
         }
     }
 }
 
-/// A counted cap with a share per client address; cheap to clone.
+/// What a set of [`Slots`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    Connections,
+    Uploads,
+    /// The declared lengths of uploads in progress.
+    UploadBytes,
+}
+
+/// A counted cap with a share per client address; cheap to clone. A slot has a weight (1 for a
+/// connection or an upload, the declared length for upload bytes).
 #[derive(Clone)]
 pub struct Slots {
     inner: Arc<SlotsInner>,
 }
 
 struct SlotsInner {
-    max: usize,
-    per_peer: usize,
+    max: u64,
+    per_peer: u64,
     gauge: IntGauge,
     held: Mutex<Held>,
 }
 
 #[derive(Default)]
 struct Held {
-    total: usize,
-    by_peer: HashMap<IpAddr, usize>,
+    total: u64,
+    by_peer: HashMap<IpAddr, u64>,
 }
 
 impl Slots {
-    /// `gauge` follows the number of slots held.
-    pub fn new(max: usize, per_peer: usize, gauge: IntGauge) -> Slots {
+    /// `gauge` follows the weight held.
+    pub fn new(max: u64, per_peer: u64, gauge: IntGauge) -> Slots {
         Slots {
             inner: Arc::new(SlotsInner {
                 max,
@@ -62,33 +73,42 @@ impl Slots {
         }
     }
 
-    pub fn max(&self) -> usize {
+    pub fn max(&self) -> u64 {
         self.inner.max
     }
 
     /// Takes a slot for `peer`, or says which cap is in the way.
     pub fn try_acquire(&self, peer: IpAddr) -> Result<Permit, Refusal> {
+        self.try_acquire_weighted(peer, 1)
+    }
+
+    /// Takes a slot of `weight` for `peer`, or says which cap is in the way.
+    pub fn try_acquire_weighted(&self, peer: IpAddr, weight: u64) -> Result<Permit, Refusal> {
         // An IPv4 client on a dual-stack socket must count as the same address either way.
         let peer = peer.to_canonical();
         let mut held = self.lock();
-        if held.total >= self.inner.max {
+        if held.total.saturating_add(weight) > self.inner.max {
             return Err(Refusal::Total);
         }
         let mine = held.by_peer.entry(peer).or_insert(0);
-        if *mine >= self.inner.per_peer {
+        if mine.saturating_add(weight) > self.inner.per_peer {
+            if *mine == 0 {
+                held.by_peer.remove(&peer);
+            }
             return Err(Refusal::PerPeer);
         }
-        *mine += 1;
-        held.total += 1;
-        self.inner.gauge.inc();
+        *mine += weight;
+        held.total += weight;
+        self.inner.gauge.add(weight as i64);
         Ok(Permit {
             slots: self.clone(),
             peer,
+            weight,
         })
     }
 
-    /// Slots held now.
-    pub fn held(&self) -> usize {
+    /// Weight held now.
+    pub fn held(&self) -> u64 {
         self.lock().total
     }
 
@@ -97,16 +117,16 @@ impl Slots {
         self.inner.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn release(&self, peer: IpAddr) {
+    fn release(&self, peer: IpAddr, weight: u64) {
         let mut held = self.lock();
-        held.total -= 1;
+        held.total -= weight;
         if let Some(mine) = held.by_peer.get_mut(&peer) {
-            *mine -= 1;
+            *mine -= weight;
             if *mine == 0 {
                 held.by_peer.remove(&peer);
             }
         }
-        self.inner.gauge.dec();
+        self.inner.gauge.sub(weight as i64);
     }
 }
 
@@ -114,11 +134,12 @@ impl Slots {
 pub struct Permit {
     slots: Slots,
     peer: IpAddr,
+    weight: u64,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.slots.release(self.peer);
+        self.slots.release(self.peer, self.weight);
     }
 }
 
@@ -163,7 +184,7 @@ pub fn connection_cap(wanted: usize, cache_listeners: usize, admin: usize, fd_li
 mod tests {
     use super::*;
 
-    fn slots(max: usize, per_peer: usize) -> Slots {
+    fn slots(max: u64, per_peer: u64) -> Slots {
         Slots::new(max, per_peer, IntGauge::new("t", "t").unwrap())
     }
 
@@ -180,6 +201,20 @@ mod tests {
         drop(a1);
         assert_eq!(s.held(), 2);
         assert!(s.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn weighted_slots_cap_what_one_address_holds() {
+        let s = slots(u64::MAX, 100);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let big = s.try_acquire_weighted(a, 60).unwrap();
+        assert_eq!(s.try_acquire_weighted(a, 41).err(), Some(Refusal::PerPeer));
+        let small = s.try_acquire_weighted(a, 40).unwrap();
+        assert!(s
+            .try_acquire_weighted("10.0.0.2".parse().unwrap(), 100)
+            .is_ok());
+        drop((big, small));
+        assert_eq!(s.held(), 0);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use body::ResponseBody;
 use deadline::{ConnState, DeadlineIo, Deadlines};
-use limits::{Permit, Refusal, Slots};
+use limits::{Capped, Permit, Refusal, Slots};
 
 /// A protocol front: turns one request into one response.
 pub trait Front: Send + Sync + 'static {
@@ -168,7 +168,7 @@ fn refuse_connection(
     };
     metrics
         .connections_refused
-        .with_label_values(&[listener, refusal.as_str("connections")])
+        .with_label_values(&[listener, refusal.as_str(Capped::Connections)])
         .inc();
     tasks.spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,9 +319,31 @@ pub async fn bind(addr: &str) -> std::io::Result<Option<TcpListener>> {
     TcpListener::bind(addr).await.map(Some)
 }
 
-/// What a front needs to take request bodies: the pace they must keep and the upload slots.
+/// What a front needs to take request bodies: the pace they must keep, the upload slots, and
+/// the declared bytes one client address may have in flight.
 #[derive(Clone)]
 pub struct UploadLimits {
     pub body: body::BodyLimits,
     pub slots: Slots,
+    pub bytes: Slots,
+}
+
+impl UploadLimits {
+    /// Admits an upload of `len` declared bytes from `peer`: a slot and its bytes, held until
+    /// the permits are dropped; or the limit in the way.
+    pub fn admit(
+        &self,
+        peer: std::net::IpAddr,
+        len: u64,
+    ) -> Result<(Permit, Permit), &'static str> {
+        let slot = self
+            .slots
+            .try_acquire(peer)
+            .map_err(|r| r.as_str(Capped::Uploads))?;
+        let bytes = self
+            .bytes
+            .try_acquire_weighted(peer, len)
+            .map_err(|r| r.as_str(Capped::UploadBytes))?;
+        Ok((slot, bytes))
+    }
 }
