@@ -547,6 +547,9 @@ mod tests {
         );
         let disk = local.disk.clone();
         eventually("the fill to commit", || disk.contains(&k)).await;
+        // Committed and no longer joinable: the next read is a plain disk read.
+        let done = rt.clone();
+        eventually("the fill to end", || done.fills_in_flight() == 0).await;
         let again = rt.get(&k).await.unwrap().unwrap();
         assert_eq!(again.tier, Tier::Disk, "read from disk once committed");
         assert!(read_body(again).await.unwrap() == data);
