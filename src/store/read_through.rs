@@ -655,6 +655,8 @@ mod tests {
         // The fill is over (its reader saw the end): nothing was committed.
         assert!(!local.disk.contains(&k));
         local.backend.cut_bodies(0, 0);
+        let done = rt.clone();
+        eventually("the failed fill to end", || done.fills_in_flight() == 0).await;
         let object = rt.get(&k).await.unwrap().unwrap();
         assert!(read_body(object).await.unwrap() == data);
     }

@@ -37,8 +37,13 @@ use breaker::Breaker;
 
 type SdkError<E> = aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>;
 
-/// The user metadata key (without `x-amz-meta-`) that carries our CRC32C.
-pub const CRC32C_META: &str = "crc32c";
+/// The user metadata key (without `x-amz-meta-`) that carries our CRC32C: reserved, so that a
+/// client's own `x-amz-meta-*` can never be taken for it (the S3 front refuses it from clients
+/// and never shows it).
+pub const CRC32C_META: &str = "build-cache-proxy-crc32c";
+/// The name the first release used, still honoured for Gradle entries (whose objects no client
+/// writes metadata on).
+pub const LEGACY_CRC32C_META: &str = "crc32c";
 /// Smallest part S3 accepts (except the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// Writes get this long, plus the time their bytes take at [`UPLOAD_FLOOR_RATE`], before they

@@ -10,10 +10,10 @@ use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_smithy_types::DateTime;
 use futures_util::StreamExt;
 
-use super::{S3Tier, CRC32C_META};
+use super::{S3Tier, CRC32C_META, LEGACY_CRC32C_META};
 use crate::metrics::Metrics;
 use crate::store::backend::{unquote, Fetch, Fetched, GetOptions, ListRequest, Listed, Listing};
-use crate::store::{ByteStream, Key, ObjectAttrs, ObjectMeta, StoreError};
+use crate::store::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError};
 
 /// What S3 says about an object in the headers of a GET or HEAD.
 struct Headers<'a> {
@@ -22,15 +22,22 @@ struct Headers<'a> {
     etag: Option<&'a str>,
     metadata: Option<&'a HashMap<String, String>>,
     content_type: Option<&'a str>,
+    /// Whether the first release's CRC name counts as ours (Gradle entries).
+    legacy_crc: bool,
     content_encoding: Option<&'a str>,
     cache_control: Option<&'a str>,
 }
 
 impl Headers<'_> {
     fn meta(&self) -> ObjectMeta {
+        let ours =
+            |name: &str| name == CRC32C_META || (self.legacy_crc && name == LEGACY_CRC32C_META);
         let crc32c = self
             .metadata
-            .and_then(|m| m.get(CRC32C_META))
+            .and_then(|m| {
+                m.get(CRC32C_META)
+                    .or_else(|| m.get(LEGACY_CRC32C_META).filter(|_| self.legacy_crc))
+            })
             .and_then(|v| u32::from_str_radix(v, 16).ok());
         let mut meta = ObjectMeta::new(self.len, system_time(self.modified), crc32c);
         meta.etag = self.etag.map(|e| unquote(e).to_string());
@@ -39,7 +46,7 @@ impl Headers<'_> {
             .into_iter()
             .flatten()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .filter(|(k, _)| k != CRC32C_META)
+            .filter(|(k, _)| !ours(k))
             .collect();
         user.sort();
         meta.attrs = ObjectAttrs {
@@ -99,6 +106,7 @@ impl S3Tier {
             content_type: out.content_type(),
             content_encoding: out.content_encoding(),
             cache_control: out.cache_control(),
+            legacy_crc: key.namespace() == &Namespace::gradle(),
         }
         .meta();
         let body = body_stream(
@@ -144,6 +152,7 @@ impl S3Tier {
                 content_type: out.content_type(),
                 content_encoding: out.content_encoding(),
                 cache_control: out.cache_control(),
+                legacy_crc: key.namespace() == &Namespace::gradle(),
             }
             .meta(),
         ))
