@@ -31,7 +31,6 @@ pub struct Spool {
     /// `None` only after a failed write, which ends the spool.
     reservation: Option<Reservation>,
     written: u64,
-    crc: u32,
     /// The body's MD5 so far, when the ETag is to be computed.
     md5: Option<Md5>,
     /// Checksums of the body's blocks so far (see [`crate::store::entry_file::BLOCK`]).
@@ -114,7 +113,6 @@ impl DiskTier {
             temp,
             reservation: Some(reservation),
             written: 0,
-            crc: 0,
             md5: (meta.etag == EtagSource::Md5).then(Md5::new),
             blocks: BlockCrcs::default(),
             etag: meta.etag,
@@ -150,7 +148,7 @@ impl Spool {
 
     /// CRC32C of the body bytes written so far.
     pub fn crc32c(&self) -> u32 {
-        self.crc
+        self.blocks.crc32c()
     }
 
     /// Appends body bytes, reserving their space first (in steps of at least
@@ -168,13 +166,12 @@ impl Spool {
         let file = self.file.clone();
         let at = self.header.header_len + self.written;
         let needed = at + data.len() as u64;
-        let crc = self.crc;
         let mut md5 = self.md5.take();
         let mut blocks = std::mem::take(&mut self.blocks);
-        let (crc, md5, blocks, reservation) = self
+        let (md5, blocks, reservation) = self
             .disk
             .blocking(
-                move |disk| -> Result<(u32, Option<Md5>, BlockCrcs, Reservation), StoreError> {
+                move |disk| -> Result<(Option<Md5>, BlockCrcs, Reservation), StoreError> {
                     if needed > reservation.reserved() {
                         let step = (needed - reservation.reserved()).max(RESERVE_STEP);
                         let mut index = disk.lock();
@@ -188,14 +185,13 @@ impl Spool {
                         md5.update(&data);
                     }
                     blocks.append(&data);
-                    Ok((crc32c::crc32c_append(crc, &data), md5, blocks, reservation))
+                    Ok((md5, blocks, reservation))
                 },
             )
             .await??;
         self.md5 = md5;
         self.blocks = blocks;
         self.reservation = Some(reservation);
-        self.crc = crc;
         self.written = end;
         Ok(())
     }
@@ -216,7 +212,7 @@ impl Spool {
             _ => None,
         };
         let header = EntryHeader {
-            crc32c: self.crc,
+            crc32c: self.blocks.crc32c(),
             modified: self.modified.unwrap_or_else(SystemTime::now),
             etag,
             ..self.header
@@ -254,10 +250,13 @@ impl Spool {
 /// upload evicts entries only for what it has received, one bounded step ahead.
 pub const RESERVE_STEP: u64 = 1024 * 1024;
 
-/// CRC32C per block of body, computed as the body is written.
+/// CRC32C per block of body, computed as the body is written, and the whole body's CRC32C
+/// combined from them (one pass over the bytes, not two).
 #[derive(Debug, Default)]
 struct BlockCrcs {
     done: Vec<u32>,
+    /// The CRC32C of the completed blocks, in order.
+    whole: u32,
     current: u32,
     filled: u64,
 }
@@ -270,9 +269,19 @@ impl BlockCrcs {
             self.filled += take as u64;
             data = &data[take..];
             if self.filled == BLOCK {
+                self.whole = crc32c::crc32c_combine(self.whole, self.current, BLOCK as usize);
                 self.done.push(std::mem::take(&mut self.current));
                 self.filled = 0;
             }
+        }
+    }
+
+    /// The CRC32C of everything appended so far.
+    fn crc32c(&self) -> u32 {
+        if self.filled == 0 {
+            self.whole
+        } else {
+            crc32c::crc32c_combine(self.whole, self.current, self.filled as usize)
         }
     }
 
@@ -287,4 +296,33 @@ impl BlockCrcs {
 
 fn spool_failed() -> StoreError {
     StoreError::Io(std::io::Error::other("spool used after a failed write"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_crcs_combine_into_the_whole_bodys_crc() {
+        let data: Vec<u8> = (0..3 * BLOCK as usize + 12345)
+            .map(|i| (i * 7) as u8)
+            .collect();
+        let mut blocks = BlockCrcs::default();
+        for piece in data.chunks(100_003) {
+            blocks.append(piece);
+            assert_eq!(
+                blocks.crc32c(),
+                crc32c::crc32c(&data[..blocks_len(&blocks)])
+            );
+        }
+        assert_eq!(blocks.crc32c(), crc32c::crc32c(&data));
+        let table = blocks.finish();
+        assert_eq!(table.len(), 4 * 4);
+        let last = u32::from_le_bytes(table[12..16].try_into().unwrap());
+        assert_eq!(last, crc32c::crc32c(&data[3 * BLOCK as usize..]));
+    }
+
+    fn blocks_len(blocks: &BlockCrcs) -> usize {
+        blocks.done.len() * BLOCK as usize + blocks.filled as usize
+    }
 }
