@@ -183,6 +183,18 @@ impl Pki {
 }
 
 /// Config text for a daemon serving `leaf` on the Gradle listener.
+/// A test CA, a server certificate from it, and a daemon serving TLS with that certificate
+/// (`extra` adds lines to `[tls]`).
+fn serving_tls(tmp: &Path, extra: &str) -> (Pki, Leaf, Daemon) {
+    let pki = Pki::new(&tmp.join("pki"));
+    let leaf = pki.leaf("server", KeyFormat::Pkcs8);
+    let daemon = Daemon::start(
+        &tmp.join("daemon"),
+        &tls_config(&leaf.cert, &leaf.key, extra),
+    );
+    (pki, leaf, daemon)
+}
+
 fn tls_config(cert: &Path, key: &Path, extra: &str) -> String {
     format!(
         "[tls]\ncert_file = {:?}\nkey_file = {:?}\nreload_interval = \"100ms\"\n{extra}",
@@ -317,12 +329,7 @@ impl SecretVolume {
 #[test]
 fn gradle_builds_over_https_and_the_second_build_is_from_cache() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let leaf = pki.leaf("server", KeyFormat::Pkcs8);
-    let daemon = Daemon::start(
-        &tmp.path().join("daemon"),
-        &tls_config(&leaf.cert, &leaf.key, ""),
-    );
+    let (pki, _leaf, daemon) = serving_tls(tmp.path(), "");
 
     // The JVM trusts the test CA through a PKCS12 trust store, set as build system properties
     // in the project's gradle.properties, as a user would.
@@ -535,12 +542,7 @@ async fn first_answer(addr: SocketAddr, hello: &[u8]) -> (u8, [u8; 2]) {
 #[tokio::test]
 async fn tls_1_1_is_refused_and_tls_1_2_and_1_3_are_served() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let leaf = pki.leaf("server", KeyFormat::Pkcs8);
-    let daemon = Daemon::start(
-        &tmp.path().join("daemon"),
-        &tls_config(&leaf.cert, &leaf.key, ""),
-    );
+    let (pki, _leaf, daemon) = serving_tls(tmp.path(), "");
 
     // The same hello as TLS 1.2 gets a ServerHello: the hand-made record is a valid hello.
     let (kind, body) = first_answer(daemon.gradle, &client_hello(0x0303)).await;
@@ -581,12 +583,7 @@ async fn tls_1_1_is_refused_and_tls_1_2_and_1_3_are_served() {
 #[tokio::test]
 async fn alpn_offers_get_http_1_1() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let leaf = pki.leaf("server", KeyFormat::Pkcs8);
-    let daemon = Daemon::start(
-        &tmp.path().join("daemon"),
-        &tls_config(&leaf.cert, &leaf.key, ""),
-    );
+    let (pki, _leaf, daemon) = serving_tls(tmp.path(), "");
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(pki.ca()).unwrap())
@@ -612,12 +609,7 @@ async fn alpn_offers_get_http_1_1() {
 #[tokio::test]
 async fn plain_http_and_silent_clients_fail_the_handshake_and_are_counted() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let leaf = pki.leaf("server", KeyFormat::Pkcs8);
-    let daemon = Daemon::start(
-        &tmp.path().join("daemon"),
-        &tls_config(&leaf.cert, &leaf.key, "handshake_timeout = \"1s\"\n"),
-    );
+    let (_pki, _leaf, daemon) = serving_tls(tmp.path(), "handshake_timeout = \"1s\"\n");
 
     // Plain HTTP on the TLS port: no HTTP answer, the connection ends, the failure is counted.
     let mut tcp = TcpStream::connect(daemon.gradle).await.unwrap();
@@ -662,16 +654,7 @@ async fn plain_http_and_silent_clients_fail_the_handshake_and_are_counted() {
 #[tokio::test]
 async fn the_admin_listener_serves_tls_when_listed() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let leaf = pki.leaf("server", KeyFormat::Pkcs8);
-    let daemon = Daemon::start(
-        &tmp.path().join("daemon"),
-        &tls_config(
-            &leaf.cert,
-            &leaf.key,
-            "listeners = [\"gradle\", \"admin\"]\n",
-        ),
-    );
+    let (pki, _leaf, daemon) = serving_tls(tmp.path(), "listeners = [\"gradle\", \"admin\"]\n");
     let client = connector(&pki, &[&version::TLS13, &version::TLS12]);
     let mut admin = connect(&client, daemon.admin).await;
     assert_eq!(request(&mut admin, "GET", "/healthz", b"").await, 200);
