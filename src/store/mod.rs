@@ -25,6 +25,7 @@ pub mod write_back;
 
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::time::SystemTime;
 
@@ -32,6 +33,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use key::{Key, KeyError, Namespace};
+
+use backend::{GetOptions, Verdict};
 
 /// A body: a stream of chunks. An `Err` item aborts whatever consumes it.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
@@ -156,6 +159,98 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes an entry; `Ok(false)` if there was none.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads an entry with a byte range and preconditions (S3's semantics). This default reads
+    /// the whole entry and decides from its metadata, skipping to the range in the stream; a
+    /// tier that can read a range directly overrides it.
+    fn read(
+        &self,
+        key: &Key,
+        options: &GetOptions,
+    ) -> impl Future<Output = Result<Read, StoreError>> + Send {
+        async move {
+            Ok(match self.get(key).await? {
+                Some(object) => Read::decide(object, options),
+                None => Read::Missing,
+            })
+        }
+    }
+}
+
+/// The answer to a read with options ([`Store::read`]).
+#[derive(Debug)]
+pub enum Read {
+    /// The object; its body carries `span` of it (all of it without a range).
+    Found {
+        object: Object,
+        span: Range<u64>,
+    },
+    /// The preconditions say the client's copy is current (304).
+    NotModified(ObjectMeta),
+    /// The preconditions failed (412).
+    PreconditionFailed,
+    /// The range selects nothing of an object of this length (416).
+    RangeNotSatisfiable(u64),
+    Missing,
+}
+
+impl Read {
+    /// Decides a read of `object`: its preconditions first (412 before 304, as S3 does), then
+    /// its range, whose bytes are taken from the object's stream as they pass.
+    pub fn decide(object: Object, options: &GetOptions) -> Read {
+        let meta = &object.meta;
+        match options
+            .conditions
+            .evaluate(meta.etag.as_deref(), meta.modified)
+        {
+            Verdict::Serve => {}
+            Verdict::NotModified => return Read::NotModified(object.meta),
+            Verdict::PreconditionFailed => return Read::PreconditionFailed,
+        }
+        let len = meta.len;
+        let Some(range) = options.range else {
+            return Read::Found {
+                object,
+                span: 0..len,
+            };
+        };
+        let Some(span) = range.resolve(len) else {
+            return Read::RangeNotSatisfiable(len);
+        };
+        let Object { meta, body, tier } = object;
+        let body = skip_to(body, span.clone());
+        Read::Found {
+            object: Object { meta, body, tier },
+            span,
+        }
+    }
+}
+
+/// The bytes of `body` within `span` (offsets into the whole body), ending once the span has
+/// passed without reading the rest.
+fn skip_to(body: ByteStream, span: Range<u64>) -> ByteStream {
+    let state = (body, 0u64);
+    Box::pin(futures_util::stream::unfold(Some(state), move |state| {
+        let span = span.clone();
+        async move {
+            let (mut body, mut pos) = state?;
+            while pos < span.end {
+                let chunk = match futures_util::StreamExt::next(&mut body).await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), None)),
+                };
+                let (start, end) = (pos, pos + chunk.len() as u64);
+                pos = end;
+                let from = span.start.max(start).min(end) - start;
+                let to = span.end.min(end).max(start) - start;
+                if from < to {
+                    let part = chunk.slice(from as usize..to as usize);
+                    return Some((Ok(part), Some((body, pos))));
+                }
+            }
+            None
+        }
+    }))
 }
 
 /// A stream over one in-memory buffer.

@@ -19,15 +19,15 @@
 
 use std::sync::Arc;
 
-use super::backend::{Backend, Upload};
+use super::backend::{Backend, GetOptions, Upload};
 use super::body::read_exact;
-use super::disk::DiskTier;
+use super::disk::{DiskTier, RangedObject};
 use super::entry_file::EntryHeader;
 use super::memory::{MemoryEntry, MemoryTier};
 use super::read_through::ReadThrough;
 use super::s3::S3Tier;
 use super::write_back::WriteBack;
-use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
+use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Read, Store, StoreError, Tier};
 use crate::metrics::Metrics;
 
 /// The store the fronts use, over the backend `B` (S3 in the daemon, a fake in unit tests).
@@ -219,10 +219,49 @@ impl<B: Backend> Store for TieredStore<B> {
         let in_memory = self.memory.remove(key).await;
         Ok(self.disk.delete(key).await? || in_memory)
     }
+
+    /// A range of an entry that is on disk (and not in memory) is read from its blocks alone;
+    /// everything else is decided on the whole entry as [`Store::get`] finds it.
+    async fn read(&self, key: &Key, options: &GetOptions) -> Result<Read, StoreError> {
+        if let Some(range) = options.range {
+            if self.memory.lookup(key).await.is_none() {
+                if let Some(ranged) = self.disk.get_range(key, range).await? {
+                    self.lookup(Tier::Disk, true);
+                    let RangedObject { object, span } = ranged;
+                    return Ok(match span {
+                        // The range is decided; the preconditions still are the object's.
+                        Some(span) => match Read::decide(object, &conditions_only(options)) {
+                            Read::Found { object, .. } => Read::Found { object, span },
+                            other => other,
+                        },
+                        None => match Read::decide(object, &conditions_only(options)) {
+                            Read::Found { object, .. } => {
+                                Read::RangeNotSatisfiable(object.meta.len)
+                            }
+                            other => other,
+                        },
+                    });
+                }
+            }
+        }
+        Ok(match self.get(key).await? {
+            Some(object) => Read::decide(object, options),
+            None => Read::Missing,
+        })
+    }
+}
+
+/// The options without their range.
+fn conditions_only(options: &GetOptions) -> GetOptions {
+    GetOptions {
+        range: None,
+        conditions: options.conditions.clone(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
     use std::time::Duration;
 
     use super::*;
@@ -262,6 +301,87 @@ mod tests {
             local.metrics.clone(),
         )
         .with_remote(Remote { read, write })
+    }
+
+    fn options(range: &str, if_none_match: Option<&str>) -> GetOptions {
+        GetOptions {
+            range: crate::store::backend::ByteRange::parse(range),
+            conditions: crate::store::backend::Conditions {
+                if_none_match: if_none_match.map(str::to_string),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn found(read: Read) -> (Range<u64>, Vec<u8>) {
+        match read {
+            Read::Found { object, span } => (span, read_body(object).await.unwrap()),
+            other => panic!("expected the object, got {other:?}"),
+        }
+    }
+
+    /// Ranges and preconditions are answered the same from S3 (through a fill), from disk
+    /// (from the blocks alone) and from memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_and_preconditions_read_the_same_from_every_tier() {
+        let local = Local::new().await;
+        let store = tiered(&local, true).await;
+        let (small, large) = (key(7), key(8));
+        let small_data = pattern(50_000, 7);
+        let large_data = pattern(2_000_000, 8);
+        local.backend.insert(&small, small_data.clone());
+        local.backend.insert(&large, large_data.clone());
+        let etag = local.backend.meta(&large).unwrap().etag.unwrap();
+
+        for round in ["s3", "local"] {
+            let (span, got) = found(
+                store
+                    .read(&large, &options("bytes=1000-1999", None))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(span, 1000..2000, "{round}");
+            assert!(got == large_data[1000..2000], "{round}");
+            let (span, got) = found(
+                store
+                    .read(&small, &options("bytes=-10", None))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(span, 49_990..50_000, "{round}");
+            assert!(got == small_data[49_990..], "{round}");
+            assert!(matches!(
+                store
+                    .read(&large, &options("bytes=5000000-", None))
+                    .await
+                    .unwrap(),
+                Read::RangeNotSatisfiable(2_000_000)
+            ));
+            assert!(matches!(
+                store
+                    .read(&large, &options("", Some(&format!("\"{etag}\""))))
+                    .await
+                    .unwrap(),
+                Read::NotModified(_)
+            ));
+            assert!(matches!(
+                store
+                    .read(&key(99), &options("bytes=0-0", None))
+                    .await
+                    .unwrap(),
+                Read::Missing
+            ));
+            // Wait for both fills to be committed locally before the local round.
+            let read = store.remote().unwrap().read.clone();
+            eventually("the fills to end", || read.fills_in_flight() == 0).await;
+        }
+        // The local round read the large entry's range from disk, the small one from memory:
+        // the backend was asked for them once each, by the first round's fills (and for the
+        // missing key in both rounds: misses are not cached).
+        assert_eq!(local.backend.calls("get"), 4, "two fills and two misses");
+        assert!(local.memory.lookup(&small).await.is_some());
     }
 
     /// A fill that started before a client's PUT of the same key commits nothing over it, and
