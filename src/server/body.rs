@@ -144,34 +144,7 @@ impl Upload {
 /// One task per request in flight.
 pub fn upload(body: Incoming, limits: BodyLimits) -> (ByteStream, Upload) {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
-    let reader = tokio::spawn(async move {
-        let mut source = request_stream(body, limits);
-        let mut consumer = Some(tx);
-        let mut received = Received::default();
-        let mut discarded = 0u64;
-        while let Some(item) = source.next().await {
-            match &item {
-                Ok(chunk) => {
-                    received.bytes += chunk.len() as u64;
-                    if consumer.is_none() {
-                        discarded += chunk.len() as u64;
-                    }
-                }
-                Err(e) => received.too_slow = is_too_slow(e),
-            }
-            let failed = item.is_err();
-            if let Some(tx) = &consumer {
-                if tx.send(item).await.is_err() {
-                    consumer = None; // the consumer gave up: keep draining
-                }
-            }
-            if failed || discarded > limits.max_discard {
-                return received;
-            }
-        }
-        received.complete = true;
-        received
-    });
+    let reader = tokio::spawn(read_body(body, limits, Some(tx)));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -181,17 +154,36 @@ pub fn upload(body: Incoming, limits: BodyLimits) -> (ByteStream, Upload) {
 /// Reads and discards a request body up to its end or `max_discard` bytes, so the connection
 /// can be reused and the client sees its upload complete.
 pub async fn drain(body: Incoming, limits: BodyLimits) -> Received {
-    let mut stream = request_stream(body, limits);
+    read_body(body, limits, None).await
+}
+
+/// Reads a request body, passing each chunk to `consumer` while it takes them; once there is
+/// none (or it gave up), reads on and throws the bytes away, up to `max_discard` of them.
+async fn read_body(
+    body: Incoming,
+    limits: BodyLimits,
+    mut consumer: Option<tokio::sync::mpsc::Sender<io::Result<Bytes>>>,
+) -> Received {
+    let mut source = request_stream(body, limits);
     let mut received = Received::default();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(chunk) => received.bytes += chunk.len() as u64,
-            Err(e) => {
-                received.too_slow = is_too_slow(&e);
-                return received;
+    let mut discarded = 0u64;
+    while let Some(item) = source.next().await {
+        match &item {
+            Ok(chunk) => {
+                received.bytes += chunk.len() as u64;
+                if consumer.is_none() {
+                    discarded += chunk.len() as u64;
+                }
+            }
+            Err(e) => received.too_slow = is_too_slow(e),
+        }
+        let failed = item.is_err();
+        if let Some(tx) = &consumer {
+            if tx.send(item).await.is_err() {
+                consumer = None; // the consumer gave up: keep draining
             }
         }
-        if received.bytes > limits.max_discard {
+        if failed || discarded > limits.max_discard {
             return received;
         }
     }
