@@ -221,16 +221,15 @@ impl Reservation {
         self.reserved
     }
 
-    /// Reserves up to `bytes` more of the promise (evicting as needed); call with the index
-    /// lock held.
-    pub fn grow(
-        &mut self,
-        index: &mut Index,
-        bytes: u64,
-        settings: &DiskSettings,
-    ) -> Result<(), StoreError> {
+    /// Reserves up to `bytes` more of the promise, evicting as needed. Takes the index lock
+    /// itself and lets it go before returning, so a failure can drop the reservation at once.
+    pub fn grow(&mut self, bytes: u64) -> Result<(), StoreError> {
+        let disk = self
+            .disk
+            .as_ref()
+            .expect("a reservation grows only before its commit");
         let bytes = bytes.min(self.promised);
-        index.reserve(bytes, settings)?;
+        disk.lock().reserve(bytes, &disk.inner.settings)?;
         self.promised -= bytes;
         self.reserved += bytes;
         Ok(())

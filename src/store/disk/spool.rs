@@ -83,14 +83,9 @@ impl DiskTier {
         let (file, temp, reservation) = self
             .blocking(
                 move |disk| -> Result<(std::fs::File, TempFile, Reservation), StoreError> {
-                    let settings = &disk.inner.settings;
-                    let mut index = disk.lock();
-                    index.admit(bytes, settings)?;
+                    disk.lock().admit(bytes, &disk.inner.settings)?;
                     let mut reservation = Reservation::admitted(disk.clone(), bytes);
-                    let grown = reservation.grow(&mut index, header_len, settings);
-                    // Unlock before `reservation` can be dropped: its release takes the lock.
-                    drop(index);
-                    grown?;
+                    reservation.grow(header_len)?;
                     let temp = TempFile::new(&disk.inner.tmp_dir);
                     let file = std::fs::OpenOptions::new()
                         .read(true)
@@ -171,14 +166,10 @@ impl Spool {
         let (md5, blocks, reservation) = self
             .disk
             .blocking(
-                move |disk| -> Result<(Option<Md5>, BlockCrcs, Reservation), StoreError> {
+                move |_| -> Result<(Option<Md5>, BlockCrcs, Reservation), StoreError> {
                     if needed > reservation.reserved() {
                         let step = (needed - reservation.reserved()).max(RESERVE_STEP);
-                        let mut index = disk.lock();
-                        let grown = reservation.grow(&mut index, step, &disk.inner.settings);
-                        // Unlock before `reservation` can be dropped: its release takes the lock.
-                        drop(index);
-                        grown?;
+                        reservation.grow(step)?;
                     }
                     file.write_all_at(&data, at)?;
                     if let Some(md5) = md5.as_mut() {
@@ -231,11 +222,7 @@ impl Spool {
         let mut reservation = reservation.ok_or_else(spool_failed)?;
         let committed = disk
             .blocking(move |disk| -> Result<bool, StoreError> {
-                let mut index = disk.lock();
-                let grown = reservation.grow(&mut index, table.len() as u64, &disk.inner.settings);
-                // Unlock before `reservation` can be dropped: its release takes the lock.
-                drop(index);
-                grown?;
+                reservation.grow(table.len() as u64)?;
                 file.write_all_at(&table, table_at)?;
                 sealed.seal(&mut &*file)?;
                 file.sync_all()?;
