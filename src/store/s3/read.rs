@@ -15,6 +15,24 @@ use crate::metrics::Metrics;
 use crate::store::backend::{unquote, Fetch, Fetched, GetOptions, ListRequest, Listed, Listing};
 use crate::store::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError};
 
+/// The [`ObjectMeta`] of a GetObject or HeadObject answer (two SDK types with the same
+/// accessors) for an object of `len` bytes stored under `key`.
+macro_rules! object_meta {
+    ($out:expr, $len:expr, $key:expr) => {
+        Headers {
+            len: $len,
+            modified: $out.last_modified(),
+            etag: $out.e_tag(),
+            metadata: $out.metadata(),
+            content_type: $out.content_type(),
+            content_encoding: $out.content_encoding(),
+            cache_control: $out.cache_control(),
+            legacy_crc: $key.namespace() == &Namespace::gradle(),
+        }
+        .meta()
+    };
+}
+
 /// What S3 says about an object in the headers of a GET or HEAD.
 struct Headers<'a> {
     len: u64,
@@ -98,17 +116,7 @@ impl S3Tier {
             }
             None => (0..body_len, body_len),
         };
-        let meta = Headers {
-            len,
-            modified: out.last_modified(),
-            etag: out.e_tag(),
-            metadata: out.metadata(),
-            content_type: out.content_type(),
-            content_encoding: out.content_encoding(),
-            cache_control: out.cache_control(),
-            legacy_crc: key.namespace() == &Namespace::gradle(),
-        }
-        .meta();
+        let meta = object_meta!(out, len, key);
         let body = body_stream(
             out.body,
             self.inner.read_timeout,
@@ -143,19 +151,7 @@ impl S3Tier {
         let Some(len) = out.content_length().and_then(|l| u64::try_from(l).ok()) else {
             return Err(StoreError::Remote("S3 head: no Content-Length".into()));
         };
-        Ok(Some(
-            Headers {
-                len,
-                modified: out.last_modified(),
-                etag: out.e_tag(),
-                metadata: out.metadata(),
-                content_type: out.content_type(),
-                content_encoding: out.content_encoding(),
-                cache_control: out.cache_control(),
-                legacy_crc: key.namespace() == &Namespace::gradle(),
-            }
-            .meta(),
-        ))
+        Ok(Some(object_meta!(out, len, key)))
     }
 
     pub(super) async fn delete_object(&self, key: &Key) -> Result<(), StoreError> {
