@@ -228,19 +228,18 @@ impl<B: Backend> Store for TieredStore<B> {
                 if let Some(ranged) = self.disk.get_range(key, range).await? {
                     self.lookup(Tier::Disk, true);
                     let RangedObject { object, span } = ranged;
-                    return Ok(match span {
-                        // The range is decided; the preconditions still are the object's.
-                        Some(span) => match Read::decide(object, &conditions_only(options)) {
-                            Read::Found { object, .. } => Read::Found { object, span },
-                            other => other,
-                        },
-                        None => match Read::decide(object, &conditions_only(options)) {
-                            Read::Found { object, .. } => {
+                    // The range is decided; the preconditions still are the object's.
+                    return Ok(
+                        match (Read::decide(object, &conditions_only(options)), span) {
+                            (Read::Found { object, .. }, Some(span)) => {
+                                Read::Found { object, span }
+                            }
+                            (Read::Found { object, .. }, None) => {
                                 Read::RangeNotSatisfiable(object.meta.len)
                             }
-                            other => other,
+                            (other, _) => other,
                         },
-                    });
+                    );
                 }
             }
         }
