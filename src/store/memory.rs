@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 
+use super::body::read_exact;
 use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
 
 /// One entry held in memory, with the same metadata the disk tier has for it.
@@ -98,32 +98,13 @@ impl Store for MemoryTier {
         Ok(self.lookup(key).await.map(|entry| entry.meta()))
     }
 
-    async fn put(&self, key: &Key, len: u64, mut body: ByteStream) -> Result<(), StoreError> {
+    async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
         if !self.accepts(len) {
             return Err(StoreError::Full { needed: len });
         }
-        let mut buf = BytesMut::with_capacity(len as usize);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(StoreError::BodyAborted)?;
-            if buf.len() as u64 + chunk.len() as u64 > len {
-                return Err(StoreError::LengthMismatch {
-                    declared: len,
-                    received: buf.len() as u64 + chunk.len() as u64,
-                });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        if buf.len() as u64 != len {
-            return Err(StoreError::LengthMismatch {
-                declared: len,
-                received: buf.len() as u64,
-            });
-        }
-        self.insert(
-            key.clone(),
-            MemoryEntry::new(buf.freeze(), SystemTime::now()),
-        )
-        .await;
+        let data = read_exact(body, len).await?;
+        self.insert(key.clone(), MemoryEntry::new(data, SystemTime::now()))
+            .await;
         Ok(())
     }
 
