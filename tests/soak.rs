@@ -10,18 +10,18 @@
 
 mod common;
 
-use std::io;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use common::{eventually, metric_value, metrics, Daemon};
+use common::{connect_from, eventually, metric_value, metrics, open_fds_of, rss_of, Daemon};
 
 /// Limits short enough that every attack is cut off many times within a few minutes. The
 /// memory tier is made small so that it cannot hide a leak behind its own (legitimate) growth.
@@ -150,36 +150,29 @@ async fn soak_under_mixed_load_and_attacks() {
 
     stats.attacking.store(true, Ordering::Release);
     let mut attackers = JoinSet::new();
+    // Each class of attacker from addresses of its own: 127.0.0.2, .3, ...
     let mut next_ip = 2u8;
-    let mut take_ip = || {
-        let ip = Ipv4Addr::new(127, 0, 0, next_ip);
-        next_ip += 1;
-        ip
+    let mut from_own_addresses = |ips: u8, per_ip: usize, attack: Attack| {
+        for _ in 0..ips {
+            let ip = Ipv4Addr::new(127, 0, 0, next_ip);
+            next_ip += 1;
+            for _ in 0..per_ip {
+                attackers.spawn(attack(ip, gradle, stats.clone()));
+            }
+        }
     };
-    for _ in 0..SLOW_HEADER_IPS {
-        let ip = take_ip();
-        for _ in 0..SLOW_HEADERS_PER_IP {
-            attackers.spawn(slow_header(ip, gradle, stats.clone()));
-        }
-    }
-    for _ in 0..STALLED_UPLOAD_IPS {
-        let ip = take_ip();
-        for _ in 0..STALLED_PER_IP {
-            attackers.spawn(stalled_upload(ip, gradle, stats.clone()));
-        }
-    }
-    for _ in 0..NON_READING_IPS {
-        let ip = take_ip();
-        for _ in 0..NON_READING_PER_IP {
-            attackers.spawn(non_reading(ip, gradle, stats.clone()));
-        }
-    }
-    for _ in 0..FAT_HEADER_IPS {
-        let ip = take_ip();
-        for _ in 0..FAT_PER_IP {
-            attackers.spawn(fat_headers(ip, gradle, stats.clone()));
-        }
-    }
+    from_own_addresses(SLOW_HEADER_IPS, SLOW_HEADERS_PER_IP, |ip, to, stats| {
+        Box::pin(slow_header(ip, to, stats))
+    });
+    from_own_addresses(STALLED_UPLOAD_IPS, STALLED_PER_IP, |ip, to, stats| {
+        Box::pin(stalled_upload(ip, to, stats))
+    });
+    from_own_addresses(NON_READING_IPS, NON_READING_PER_IP, |ip, to, stats| {
+        Box::pin(non_reading(ip, to, stats))
+    });
+    from_own_addresses(FAT_HEADER_IPS, FAT_PER_IP, |ip, to, stats| {
+        Box::pin(fat_headers(ip, to, stats))
+    });
 
     tokio::time::sleep(soak).await;
     // The attack ends: every attacking socket is closed when its task is dropped.
@@ -195,7 +188,7 @@ async fn soak_under_mixed_load_and_attacks() {
         || {
             let daemon = daemon.clone();
             async move {
-                fd_count(pid) <= baseline.fds + FD_RECOVERY_SLACK
+                open_fds_of(pid) <= baseline.fds + FD_RECOVERY_SLACK
                     && gradle_connections(&daemon).await <= baseline.connections + 4
             }
         },
@@ -318,8 +311,8 @@ struct Levels {
 impl Levels {
     async fn now(daemon: &Daemon) -> Levels {
         Levels {
-            rss: rss(daemon.pid()),
-            fds: fd_count(daemon.pid()),
+            rss: rss_of(daemon.pid()),
+            fds: open_fds_of(daemon.pid()),
             connections: gradle_connections(daemon).await,
         }
     }
@@ -691,7 +684,7 @@ async fn sample(pid: u32, daemon: Arc<Daemon>, stats: Arc<Stats>, stop: Arc<Atom
     let mut seconds = 0u64;
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
-        let now = rss(pid);
+        let now = rss_of(pid);
         stats.peak_rss.fetch_max(now, Ordering::Relaxed);
         if seconds % 10 == 0 {
             stats.rss_every_10s.lock().unwrap().push(now);
@@ -699,29 +692,11 @@ async fn sample(pid: u32, daemon: Arc<Daemon>, stats: Arc<Stats>, stop: Arc<Atom
         seconds += 1;
         stats
             .peak_fds
-            .fetch_max(fd_count(pid) as u64, Ordering::Relaxed);
+            .fetch_max(open_fds_of(pid) as u64, Ordering::Relaxed);
         stats
             .peak_connections
             .fetch_max(gradle_connections(&daemon).await, Ordering::Relaxed);
     }
-}
-
-/// The daemon's resident set size now (VmRSS), in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/pid/status");
-    kib * 1024
-}
-
-/// The daemon's open file descriptors now.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 async fn gradle_connections(daemon: &Daemon) -> u64 {
@@ -731,15 +706,9 @@ async fn gradle_connections(daemon: &Daemon) -> u64 {
 
 // ----- attackers --------------------------------------------------------------------------
 
-/// A connection from `ip` (a loopback address other than 127.0.0.1), so the daemon sees each
-/// attacker as its own client.
-async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    // Attackers reconnect thousands of times; let a port in TIME_WAIT be bound again.
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::new(ip.into(), 0))?;
-    socket.connect(to).await
-}
+/// One attacker: from an address, against the Gradle listener, reporting how it ended.
+type Attack =
+    fn(Ipv4Addr, SocketAddr, Arc<Stats>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Reads whatever answer comes, up to the end of its head or the connection's end.
 async fn read_head(stream: &mut TcpStream) -> String {

@@ -142,13 +142,7 @@ impl Daemon {
 
     /// The daemon's peak resident set size (VmHWM) in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/pid/status");
-        kib * 1024
+        memory_of(self.pid(), "VmHWM")
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit status.
@@ -294,30 +288,47 @@ pub fn put_in_pieces(
 impl Daemon {
     /// The daemon's resident set size now (VmRSS) in bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/pid/status");
-        kib * 1024
+        rss_of(self.pid())
     }
 
     /// File descriptors the daemon holds open now.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        open_fds_of(self.pid())
     }
 }
 
+/// A process's resident set size now (VmRSS) in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    memory_of(pid, "VmRSS")
+}
+
+/// File descriptors a process holds open now.
+pub fn open_fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`, ...) of a process, from /proc/pid/status, in bytes.
+fn memory_of(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
 /// A TCP connection to `addr` from the loopback source address `from` (any of 127.0.0.0/8
-/// works without setup), so that per-client caps see distinct clients.
+/// works without setup), so that per-client caps see distinct clients. A port in TIME_WAIT may be
+/// bound again: attackers in the soak reconnect thousands of times.
 pub async fn connect_from(
-    from: [u8; 4],
+    from: impl Into<std::net::Ipv4Addr>,
     addr: SocketAddr,
 ) -> std::io::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(from.into().into(), 0))?;
     socket.connect(addr).await
 }
