@@ -12,7 +12,7 @@ use build_cache_proxy::metrics::Metrics;
 use build_cache_proxy::store::disk::{DiskSettings, DiskTier};
 use build_cache_proxy::store::memory::MemoryTier;
 use build_cache_proxy::store::tiered::TieredStore;
-use build_cache_proxy::store::{bytes_stream, Key, Store};
+use build_cache_proxy::store::{bytes_stream, Key, PutOptions, Store};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -65,9 +65,14 @@ async fn run() {
     let count = 2000u64;
     let started = Instant::now();
     for n in 0..count {
-        disk.put(&key(n), small.len() as u64, bytes_stream(small.clone()))
-            .await
-            .unwrap();
+        disk.put(
+            &key(n),
+            small.len() as u64,
+            bytes_stream(small.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
     }
     report(
         "disk put 32 KiB (fsync each)",
@@ -108,9 +113,14 @@ async fn run() {
     let chunks = large_len / chunk.len() as u64;
     let body = futures_util::stream::iter((0..chunks).map(move |_| Ok(chunk.clone())));
     let started = Instant::now();
-    disk.put(&key(1 << 40), large_len, Box::pin(body))
-        .await
-        .unwrap();
+    disk.put(
+        &key(1 << 40),
+        large_len,
+        Box::pin(body),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
     report("disk put 512 MiB", 1, large_len, started.elapsed());
     let started = Instant::now();
     let n = drain(&disk, &key(1 << 40)).await;

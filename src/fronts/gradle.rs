@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::server::access::Outcome;
 use crate::server::body::{self, Received, ResponseBody};
 use crate::server::{ConnInfo, Front, UploadLimits};
-use crate::store::{Key, Store, StoreError, Tier};
+use crate::store::{Key, PutOptions, Store, StoreError, Tier};
 
 const CACHE_PREFIX: &str = "/cache/";
 const ARTIFACT_TYPE: &str = "application/vnd.gradle.build-cache-artifact.v1";
@@ -238,12 +238,15 @@ impl<S: Store> GradleFront<S> {
             None => None,
         };
         let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
-        let stored = self.store.put(key, len, stream).await;
+        let stored = self
+            .store
+            .put(key, len, stream, &PutOptions::default())
+            .await;
         // Whatever the store did, the client's body is read to its end before the answer.
         let got = upload.finish().await;
         drop(admitted);
         let response = match stored {
-            Ok(()) => respond(StatusCode::OK, "stored", body::empty()),
+            Ok(_) => respond(StatusCode::OK, "stored", body::empty()),
             Err(StoreError::LengthMismatch { .. }) => respond(
                 StatusCode::BAD_REQUEST,
                 "short_body",

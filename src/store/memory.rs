@@ -5,8 +5,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::backend::single_etag;
 use super::body::read_exact;
-use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
+use super::{
+    bytes_stream, ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError, Tier,
+};
 
 /// One entry held in memory, with the same metadata the disk tier has for it.
 #[derive(Debug, Clone)]
@@ -98,14 +101,26 @@ impl Store for MemoryTier {
         Ok(self.lookup(key).await.map(|entry| entry.meta()))
     }
 
-    async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
         if !self.accepts(len) {
             return Err(StoreError::Full { needed: len });
         }
         let data = read_exact(body, len).await?;
-        self.insert(key.clone(), MemoryEntry::new(data, SystemTime::now()))
+        let meta = ObjectMeta {
+            crc32c: Some(crc32c::crc32c(&data)),
+            etag: options.etag.then(|| single_etag(&data)),
+            attrs: options.attrs.clone(),
+            ..ObjectMeta::new(len, SystemTime::now(), None)
+        };
+        self.insert(key.clone(), MemoryEntry::with_meta(data, meta.clone()))
             .await;
-        Ok(())
+        Ok(meta)
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {

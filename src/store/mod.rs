@@ -16,6 +16,7 @@ pub mod disk;
 pub mod entry_file;
 pub mod key;
 pub mod memory;
+pub mod policy;
 pub mod read_through;
 pub mod s3;
 #[cfg(test)]
@@ -96,6 +97,23 @@ pub struct ObjectAttrs {
     pub user: Vec<(String, String)>,
 }
 
+/// What a put says about its object besides the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Read back by every reader of the object.
+    pub attrs: ObjectAttrs,
+    /// Compute S3's ETag of a single PUT (the hex MD5 of the body) as the body is written, and
+    /// keep it with the entry. Gradle entries are content-addressed and skip it.
+    pub etag: bool,
+}
+
+impl PutOptions {
+    /// An S3 object's put: with its attributes and an ETag.
+    pub fn object(attrs: ObjectAttrs) -> PutOptions {
+        PutOptions { attrs, etag: true }
+    }
+}
+
 /// An entry being read: its metadata and its body.
 pub struct Object {
     pub meta: ObjectMeta,
@@ -149,13 +167,15 @@ pub trait Store: Send + Sync + 'static {
         key: &Key,
     ) -> impl Future<Output = Result<Option<ObjectMeta>, StoreError>> + Send;
 
-    /// Stores exactly `len` bytes from `body`. Visible to readers only once complete.
+    /// Stores exactly `len` bytes from `body`. Visible to readers only once complete; returns
+    /// the stored object's metadata (its ETag when `options.etag` asked for one).
     fn put(
         &self,
         key: &Key,
         len: u64,
         body: ByteStream,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        options: &PutOptions,
+    ) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;
 
     /// Removes an entry; `Ok(false)` if there was none.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;

@@ -24,10 +24,13 @@ use super::body::read_exact;
 use super::disk::{DiskTier, RangedObject};
 use super::entry_file::EntryHeader;
 use super::memory::{MemoryEntry, MemoryTier};
+use super::policy::Policies;
 use super::read_through::ReadThrough;
 use super::s3::S3Tier;
 use super::write_back::WriteBack;
-use super::{bytes_stream, ByteStream, Key, Object, ObjectMeta, Read, Store, StoreError, Tier};
+use super::{
+    bytes_stream, ByteStream, Key, Object, ObjectMeta, PutOptions, Read, Store, StoreError, Tier,
+};
 use crate::metrics::Metrics;
 
 /// The store the fronts use, over the backend `B` (S3 in the daemon, a fake in unit tests).
@@ -36,6 +39,8 @@ pub struct TieredStore<B: Backend = S3Tier> {
     memory: MemoryTier,
     disk: DiskTier,
     remote: Option<Remote<B>>,
+    /// What each namespace asks of the store (see [`super::policy`]).
+    policies: Arc<Policies>,
     metrics: Arc<Metrics>,
 }
 
@@ -62,8 +67,19 @@ impl<B: Backend> TieredStore<B> {
             memory,
             disk,
             remote: None,
+            policies: Arc::new(Policies::default()),
             metrics,
         }
+    }
+
+    /// Sets the namespaces' policies (by default every namespace has Gradle's).
+    pub fn with_policies(mut self, policies: Policies) -> Self {
+        self.policies = Arc::new(policies);
+        self
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
     }
 
     /// Puts a backend behind the local tiers.
@@ -94,9 +110,10 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         len: u64,
         body: ByteStream,
+        options: &PutOptions,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
-        let header = self.disk.put_entry(key, len, body, pinned).await?;
+        let header = self.disk.put_entry(key, len, body, options, pinned).await?;
         self.memory.remove(key).await;
         if self.memory.accepts(len) {
             if let Ok(Some(object)) = self.disk.get(key).await {
@@ -117,8 +134,9 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         len: u64,
         body: ByteStream,
-    ) -> Result<(), StoreError> {
-        self.put_local(key, len, body, true).await?;
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
+        let header = self.put_local(key, len, body, options, true).await?;
         let uploaded = async {
             let loc = self
                 .disk
@@ -129,7 +147,7 @@ impl<B: Backend> TieredStore<B> {
         }
         .await;
         self.disk.set_pinned(key, false);
-        uploaded
+        uploaded.map(|_| header.meta())
     }
 
     pub fn memory(&self) -> &MemoryTier {
@@ -192,16 +210,24 @@ impl<B: Backend> Store for TieredStore<B> {
         }
     }
 
-    async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
         match self.remote.as_ref().map(|r| &r.write) {
-            None => self.put_local(key, len, body, false).await.map(|_| ()),
-            Some(RemoteWrite::Through(backend)) => self.put_through(backend, key, len, body).await,
+            None => Ok(self.put_local(key, len, body, options, false).await?.meta()),
+            Some(RemoteWrite::Through(backend)) => {
+                self.put_through(backend, key, len, body, options).await
+            }
             Some(RemoteWrite::Back(queue)) => {
                 // The slot first: a full queue refuses the write before anything is stored.
                 // (The front reads the refused body to its end, so the client gets the answer.)
                 let slot = queue.reserve(key)?;
                 let already_queued = !slot.is_new();
-                let header = self.put_local(key, len, body, true).await?;
+                let header = self.put_local(key, len, body, options, true).await?;
                 if let Err(e) = queue.enqueue(slot, key, header.body_len).await {
                     // Not acknowledged, so not owed to S3: let the entry be an ordinary one
                     // (unless an earlier, acknowledged write of the key still waits for upload).
@@ -210,7 +236,7 @@ impl<B: Backend> Store for TieredStore<B> {
                     }
                     return Err(e);
                 }
-                Ok(())
+                Ok(header.meta())
             }
         }
     }
@@ -267,6 +293,7 @@ mod tests {
     use crate::store::backend::fake::FakeBackend;
     use crate::store::testing::{body, eventually, key, pattern, read_body, Local};
     use crate::store::write_back::WriteBackSettings;
+    use crate::store::ObjectAttrs;
 
     async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
         let read = ReadThrough::new(
@@ -383,6 +410,43 @@ mod tests {
         assert!(local.memory.lookup(&small).await.is_some());
     }
 
+    /// An object's attributes and its ETag (the MD5 of its body) are read back the same from
+    /// memory and disk, and a write-through upload carries them to the backend.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn object_metadata_travels_with_the_entry() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let attrs = ObjectAttrs {
+            content_type: Some("application/zip".into()),
+            user: vec![("cachekey".into(), "build-jar".into())],
+            ..ObjectAttrs::default()
+        };
+        let (small, large) = (key(3), key(4));
+        for (k, data) in [(&small, pattern(1000, 3)), (&large, pattern(3_000_000, 4))] {
+            let stored = store
+                .put(
+                    k,
+                    data.len() as u64,
+                    body(&data),
+                    &PutOptions::object(attrs.clone()),
+                )
+                .await
+                .unwrap();
+            let md5 = crate::store::backend::single_etag(&data);
+            assert_eq!(stored.etag.as_deref(), Some(md5.as_str()));
+            assert_eq!(stored.attrs, attrs);
+            let object = store.get(k).await.unwrap().unwrap();
+            assert_eq!(object.meta.etag, stored.etag, "{:?}", object.tier);
+            assert_eq!(object.meta.attrs, attrs, "{:?}", object.tier);
+            assert_eq!(store.head(k).await.unwrap().unwrap(), object.meta);
+            let uploaded = local.backend.meta(k).unwrap();
+            assert_eq!(uploaded.etag, stored.etag);
+            assert_eq!(uploaded.attrs, attrs);
+        }
+        assert!(local.memory.lookup(&small).await.is_some());
+        assert!(local.memory.lookup(&large).await.is_none());
+    }
+
     /// A fill that started before a client's PUT of the same key commits nothing over it, and
     /// the write-back upload sends the client's bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,7 +466,7 @@ mod tests {
         let backend = local.backend.clone();
         eventually("the fill to ask the backend", || backend.calls("get") == 1).await;
         store
-            .put(&k, newer.len() as u64, body(&newer))
+            .put(&k, newer.len() as u64, body(&newer), &PutOptions::default())
             .await
             .unwrap();
         local.backend.hold(false);
@@ -436,7 +500,10 @@ mod tests {
         let local = Local::new().await;
         let store = tiered(&local, false).await;
         let k = key(2);
-        store.put(&k, 100, body(&pattern(100, 2))).await.unwrap();
+        store
+            .put(&k, 100, body(&pattern(100, 2)), &PutOptions::default())
+            .await
+            .unwrap();
         local.backend.fail_next(10);
         // Local hits are served without the backend.
         assert!(store.get(&k).await.unwrap().is_some());
@@ -461,13 +528,19 @@ mod tests {
         let store = tiered(&local, false).await;
         let k = key(4);
         let data = pattern(300_000, 4);
-        store.put(&k, data.len() as u64, body(&data)).await.unwrap();
+        store
+            .put(&k, data.len() as u64, body(&data), &PutOptions::default())
+            .await
+            .unwrap();
         assert!(local.backend.object(&k).unwrap() == data);
         assert_eq!(local.disk.usage().pinned_entries, 0);
 
         local.backend.fail_next(1);
         let other = key(5);
-        assert!(store.put(&other, 10, body(&[1; 10])).await.is_err());
+        assert!(store
+            .put(&other, 10, body(&[1; 10]), &PutOptions::default())
+            .await
+            .is_err());
         assert!(local.backend.object(&other).is_none());
         assert!(
             local.disk.contains(&other),

@@ -225,7 +225,7 @@ impl Upload {
             offset: entry.body_offset,
             len: entry.header.body_len,
             crc32c: Some(entry.header.crc32c),
-            attrs: ObjectAttrs::default(),
+            attrs: entry.header.attrs.clone(),
             parts: PartLayout::Auto,
         }
     }

@@ -22,8 +22,9 @@ use sha2::{Digest, Sha256};
 
 use super::backend::ByteRange;
 use super::entry_file::EntryHeader;
-use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError};
+use super::{ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
 use index::{Index, Reservation};
+use spool::{EntryMeta, EtagSource};
 
 /// Most body bytes handed to one blocking write.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -163,9 +164,19 @@ impl DiskTier {
         key: &Key,
         len: u64,
         body: ByteStream,
+        options: &PutOptions,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
-        let mut spool = self.spool(key, len).await?;
+        let meta = EntryMeta {
+            attrs: options.attrs.clone(),
+            etag: if options.etag {
+                EtagSource::Md5
+            } else {
+                EtagSource::None
+            },
+            modified: None,
+        };
+        let mut spool = self.spool_with(key, len, meta).await?;
         // Fused: the batching below may see the end before the loop does.
         let mut body = body.fuse();
         while let Some(first) = body.next().await {
@@ -323,8 +334,15 @@ impl Store for DiskTier {
         Ok(self.locate(key).await?.map(|loc| loc.header.meta()))
     }
 
-    async fn put(&self, key: &Key, len: u64, body: ByteStream) -> Result<(), StoreError> {
-        self.put_entry(key, len, body, false).await.map(|_| ())
+    async fn put(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
+        let header = self.put_entry(key, len, body, options, false).await?;
+        Ok(header.meta())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {

@@ -67,9 +67,14 @@ async fn put_get_head_delete() {
         .await
         .unwrap();
     let data = pattern(100_000, 1);
-    disk.put(&key(1), data.len() as u64, body(&data))
-        .await
-        .unwrap();
+    disk.put(
+        &key(1),
+        data.len() as u64,
+        body(&data),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), data);
     assert_eq!(disk.head(&key(1)).await.unwrap().unwrap().len, 100_000);
     assert!(disk.get(&key(2)).await.unwrap().is_none());
@@ -85,12 +90,16 @@ async fn short_long_and_failed_bodies_leave_nothing() {
         .await
         .unwrap();
     let data = pattern(50_000, 1);
-    let short = disk.put(&key(1), 60_000, body(&data)).await;
+    let short = disk
+        .put(&key(1), 60_000, body(&data), &PutOptions::default())
+        .await;
     assert!(
         matches!(short, Err(StoreError::LengthMismatch { .. })),
         "{short:?}"
     );
-    let long = disk.put(&key(1), 40_000, body(&data)).await;
+    let long = disk
+        .put(&key(1), 40_000, body(&data), &PutOptions::default())
+        .await;
     assert!(
         matches!(long, Err(StoreError::LengthMismatch { .. })),
         "{long:?}"
@@ -102,7 +111,9 @@ async fn short_long_and_failed_bodies_leave_nothing() {
             "client went away",
         )),
     ]));
-    let failed = disk.put(&key(1), 100_000, failing).await;
+    let failed = disk
+        .put(&key(1), 100_000, failing, &PutOptions::default())
+        .await;
     assert!(
         matches!(failed, Err(StoreError::BodyAborted(_))),
         "{failed:?}"
@@ -112,7 +123,7 @@ async fn short_long_and_failed_bodies_leave_nothing() {
         Box::pin(stream::iter(vec![Ok(Bytes::from(data.clone()))]).chain(stream::pending()));
     let cancelled = tokio::time::timeout(
         std::time::Duration::from_millis(200),
-        disk.put(&key(1), 100_000, pending),
+        disk.put(&key(1), 100_000, pending, &PutOptions::default()),
     )
     .await;
     assert!(cancelled.is_err());
@@ -132,13 +143,24 @@ async fn eviction_keeps_the_bound_and_spares_pinned_entries() {
     let max = 1 << 20;
     let disk = DiskTier::open(settings(dir.path(), max)).await.unwrap();
     let data = pattern(200_000, 1);
-    disk.put_entry(&key(0), data.len() as u64, body(&data), true)
+    disk.put_entry(
+        &key(0),
+        data.len() as u64,
+        body(&data),
+        &PutOptions::default(),
+        true,
+    )
+    .await
+    .unwrap();
+    for n in 1..20 {
+        disk.put(
+            &key(n),
+            data.len() as u64,
+            body(&data),
+            &PutOptions::default(),
+        )
         .await
         .unwrap();
-    for n in 1..20 {
-        disk.put(&key(n), data.len() as u64, body(&data))
-            .await
-            .unwrap();
         // Reading key 1 keeps it recently used.
         assert!(read_all(&disk, &key(1)).await.is_some());
         assert!(disk.usage().bytes <= max);
@@ -161,7 +183,13 @@ async fn eviction_keeps_the_bound_and_spares_pinned_entries() {
     // With everything else pinned, a write that can't fit is refused, not forced in.
     let huge = pattern(2 << 20, 1);
     assert!(matches!(
-        disk.put(&key(99), huge.len() as u64, body(&huge)).await,
+        disk.put(
+            &key(99),
+            huge.len() as u64,
+            body(&huge),
+            &PutOptions::default()
+        )
+        .await,
         Err(StoreError::Full { .. })
     ));
 }
@@ -188,9 +216,14 @@ async fn restart_rebuilds_the_index_and_drops_junk() {
             .await
             .unwrap();
         for n in 0..5 {
-            disk.put(&key(n), data.len() as u64, body(&data))
-                .await
-                .unwrap();
+            disk.put(
+                &key(n),
+                data.len() as u64,
+                body(&data),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
         }
     }
     // A leftover temp file and a truncated entry, as after a crash; and files that are not
@@ -269,9 +302,14 @@ async fn a_write_that_cannot_fit_is_refused_before_anything_is_evicted() {
     let disk = DiskTier::open(settings(dir.path(), 4 << 20)).await.unwrap();
     let data = pattern(500_000, 3);
     for n in 0..6 {
-        disk.put(&key(n), data.len() as u64, body(&data))
-            .await
-            .unwrap();
+        disk.put(
+            &key(n),
+            data.len() as u64,
+            body(&data),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
     }
     // A write in progress that declared 2 MiB and sent nothing yet: admitted, evicts nothing.
     let declared = disk.spool(&key(100), 2 << 20).await.unwrap();
@@ -296,9 +334,14 @@ async fn corrupt_small_entry_is_a_miss_and_removed() {
         .await
         .unwrap();
     let data = pattern(100_000, 1);
-    disk.put(&key(1), data.len() as u64, body(&data))
-        .await
-        .unwrap();
+    disk.put(
+        &key(1),
+        data.len() as u64,
+        body(&data),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
     corrupt(&disk, &key(1), 5000);
     assert!(disk.get(&key(1)).await.unwrap().is_none());
     assert!(!disk.path_for(&key(1)).exists());
@@ -312,9 +355,14 @@ async fn corrupt_large_entry_is_cut_off_before_its_end() {
         .await
         .unwrap();
     let data = pattern(3 << 20, 1); // above verify_before_serve: verified while streaming
-    disk.put(&key(1), data.len() as u64, body(&data))
-        .await
-        .unwrap();
+    disk.put(
+        &key(1),
+        data.len() as u64,
+        body(&data),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
     corrupt(&disk, &key(1), 2 << 20);
     let object = disk.get(&key(1)).await.unwrap().unwrap();
     let mut received = 0usize;
@@ -354,7 +402,12 @@ async fn concurrent_writers_and_readers_never_mix_bodies() {
         let data = bodies[round % 4].clone();
         tasks.push(tokio::spawn(async move {
             writer
-                .put(&key(7), data.len() as u64, body(&data))
+                .put(
+                    &key(7),
+                    data.len() as u64,
+                    body(&data),
+                    &PutOptions::default(),
+                )
                 .await
                 .unwrap();
         }));
@@ -385,7 +438,9 @@ async fn each_read_path_serves_good_bodies_and_refuses_corrupt_ones() {
         .await
         .unwrap();
         let data = pattern(len, 1);
-        disk.put(&key(1), len as u64, body(&data)).await.unwrap();
+        disk.put(&key(1), len as u64, body(&data), &PutOptions::default())
+            .await
+            .unwrap();
         assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), data);
         corrupt(&disk, &key(1), len as u64 / 2);
         match read_all(&disk, &key(1)).await {
@@ -409,9 +464,14 @@ async fn a_fill_does_not_replace_a_write_that_committed_during_it() {
     let newer = pattern(100_000, 2);
     let mut fill = disk.spool(&key(1), older.len() as u64).await.unwrap();
     fill.write(Bytes::from(older.clone())).await.unwrap();
-    disk.put(&key(1), newer.len() as u64, body(&newer))
-        .await
-        .unwrap();
+    disk.put(
+        &key(1),
+        newer.len() as u64,
+        body(&newer),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
     let (_, committed) = fill.finish(Commit::Fill).await.unwrap();
     assert!(!committed);
     assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), newer);
@@ -489,7 +549,9 @@ async fn ranges_are_served_and_verified_block_by_block() {
         .unwrap();
     let len = 3 * crate::store::entry_file::BLOCK as usize + 1000;
     let data = pattern(len, 1);
-    disk.put(&key(1), len as u64, body(&data)).await.unwrap();
+    disk.put(&key(1), len as u64, body(&data), &PutOptions::default())
+        .await
+        .unwrap();
     let block = crate::store::entry_file::BLOCK as usize;
     for (range, start, end) in [
         ("bytes=0-0", 0, 1),

@@ -395,7 +395,13 @@ mod tests {
         let slot = queue.reserve(key).unwrap();
         let header = local
             .disk
-            .put_entry(key, data.len() as u64, body(data), true)
+            .put_entry(
+                key,
+                data.len() as u64,
+                body(data),
+                &crate::store::PutOptions::default(),
+                true,
+            )
             .await
             .unwrap();
         queue.enqueue(slot, key, header.body_len).await.unwrap();
