@@ -11,17 +11,17 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
 use super::auth::{BasicAuth, Identity};
+use super::reply::{content_length, in_namespace, respond, set_length, with_tier, BodyAnswers};
 use crate::config::{Access, GradleConfig, Oversize};
 use crate::metrics::Metrics;
-use crate::server::access::Outcome;
-use crate::server::body::{self, Received, ResponseBody};
+use crate::server::body::{self, ResponseBody};
 use crate::server::{ConnInfo, Front, UploadLimits};
-use crate::store::{Key, PutOptions, Store, StoreError, Tier};
+use crate::store::{Key, PutOptions, Store, StoreError};
 
 const CACHE_PREFIX: &str = "/cache/";
 const ARTIFACT_TYPE: &str = "application/vnd.gradle.build-cache-artifact.v1";
@@ -33,6 +33,7 @@ pub struct GradleFront<S> {
     max_entry_size: u64,
     oversize: Oversize,
     uploads: UploadLimits,
+    answers: BodyAnswers,
     metrics: Arc<Metrics>,
 }
 
@@ -48,6 +49,18 @@ impl<S: Store> GradleFront<S> {
             auth: BasicAuth::new(&config.users, config.anonymous),
             max_entry_size: config.max_entry_size.as_u64(),
             oversize: config.oversize,
+            answers: BodyAnswers {
+                front: "gradle",
+                limits: uploads.body,
+                metrics: metrics.clone(),
+                too_slow: || {
+                    respond(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "too_slow",
+                        body::full("request body too slow\n"),
+                    )
+                },
+            },
             uploads,
             metrics,
         }
@@ -110,57 +123,6 @@ impl<S: Store> GradleFront<S> {
         })
     }
 
-    /// Answers a request that will not be served as asked. A PUT's body is already on its way
-    /// unless the client waits for `100 Continue`, and Gradle doesn't: a response sent while it
-    /// is still sending reaches it as a broken pipe, which it retries and finally reports as an
-    /// unrelated error. So the body is read and thrown away first, and the client sees the real
-    /// status; but only up to `limits.max_refused_body`: a larger one (declared or sent) gets
-    /// the answer at once and the connection is closed. With `Expect: 100-continue` the answer
-    /// goes out before any body byte is sent.
-    async fn refuse(
-        &self,
-        req: Request<Incoming>,
-        response: Response<ResponseBody>,
-    ) -> Response<ResponseBody> {
-        if req.method() != Method::PUT || expects_continue(req.headers()) {
-            return response;
-        }
-        let limits = self.uploads.body;
-        if content_length(req.headers()).is_some_and(|len| len > limits.max_discard) {
-            return close_after(response);
-        }
-        let drained = body::drain(req.into_body(), limits).await;
-        self.answer_received(response, drained)
-    }
-
-    /// Settles the answer to a request whose body was read: a body cut off for being too slow
-    /// is a 408, and a body not read to its end leaves a connection that must close.
-    fn answer_received(
-        &self,
-        response: Response<ResponseBody>,
-        got: Received,
-    ) -> Response<ResponseBody> {
-        let response = if got.too_slow {
-            self.metrics
-                .request_timeouts
-                .with_label_values(&["gradle", "body"])
-                .inc();
-            respond(
-                StatusCode::REQUEST_TIMEOUT,
-                "too_slow",
-                body::full("request body too slow\n"),
-            )
-        } else {
-            response
-        };
-        let response = received(response, got.bytes);
-        if got.complete {
-            response
-        } else {
-            close_after(response)
-        }
-    }
-
     async fn get(&self, key: &Key, head_only: bool) -> Response<ResponseBody> {
         if head_only {
             return match self.store.head(key).await {
@@ -217,7 +179,7 @@ impl<S: Store> GradleFront<S> {
                 "no_length",
                 body::full("a PUT needs a Content-Length\n"),
             );
-            return self.refuse(req, refusal).await;
+            return self.answers.refuse(req, refusal).await;
         };
         if len > self.max_entry_size {
             return self.oversize(req, len).await;
@@ -232,7 +194,7 @@ impl<S: Store> GradleFront<S> {
                     .with_label_values(&["gradle", reason])
                     .inc();
                 let response = dropped(respond(StatusCode::OK, "dropped", body::empty()), reason);
-                return self.refuse(req, response).await;
+                return self.answers.refuse(req, response).await;
             }
             Some(Ok(permits)) => Some(permits),
             None => None,
@@ -276,7 +238,7 @@ impl<S: Store> GradleFront<S> {
                 )
             }
         };
-        self.answer_received(response, got)
+        self.answers.answer_received(response, got)
     }
 
     async fn oversize(&self, req: Request<Incoming>, len: u64) -> Response<ResponseBody> {
@@ -300,7 +262,7 @@ impl<S: Store> GradleFront<S> {
                 )
             }
         };
-        self.refuse(req, response).await
+        self.answers.refuse(req, response).await
     }
 }
 
@@ -312,29 +274,16 @@ impl<S: Store> Front for GradleFront<S> {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let key = match self.admit(&req) {
             Ok(key) => key,
-            Err(refusal) => return self.refuse(req, *refusal).await,
+            Err(refusal) => return self.answers.refuse(req, *refusal).await,
         };
         let mut response = match *req.method() {
             Method::PUT => self.put(&key, req).await,
             Method::HEAD => self.get(&key, true).await,
             _ => self.get(&key, false).await,
         };
-        if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
-            outcome.namespace = Some(key.namespace().as_str().to_string());
-        }
+        in_namespace(&mut response, key.namespace().as_str());
         response
     }
-}
-
-fn respond(
-    status: StatusCode,
-    outcome: &'static str,
-    body: ResponseBody,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.extensions_mut().insert(Outcome::new(outcome));
-    response
 }
 
 fn unauthorized(outcome: &'static str) -> Response<ResponseBody> {
@@ -350,51 +299,9 @@ fn unauthorized(outcome: &'static str) -> Response<ResponseBody> {
     response
 }
 
-fn with_tier(mut response: Response<ResponseBody>, tier: Tier) -> Response<ResponseBody> {
-    if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
-        outcome.tier = Some(tier);
-    }
-    response
-}
-
-fn received(mut response: Response<ResponseBody>, bytes: u64) -> Response<ResponseBody> {
-    if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
-        outcome.received = bytes;
-    }
-    response
-}
-
 fn dropped(mut response: Response<ResponseBody>, reason: &'static str) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(DROPPED_HEADER, HeaderValue::from_static(reason));
     response
-}
-
-/// Marks a response as the connection's last: hyper closes the connection after sending it.
-fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-fn set_length(headers: &mut HeaderMap, len: u64) {
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-}
-
-fn expects_continue(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }

@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod auth;
 pub mod gradle;
+pub mod reply;
 pub mod s3;
