@@ -3,5 +3,7 @@
 //! the store.
 
 pub mod checksum;
+pub mod chunked;
+pub mod digest;
 pub mod error;
 pub mod sigv4;
