@@ -7,3 +7,4 @@ pub mod chunked;
 pub mod digest;
 pub mod error;
 pub mod sigv4;
+pub mod xml;
