@@ -6,5 +6,6 @@ pub mod checksum;
 pub mod chunked;
 pub mod digest;
 pub mod error;
+pub mod route;
 pub mod sigv4;
 pub mod xml;
