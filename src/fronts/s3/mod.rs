@@ -1,3 +1,12 @@
-//! The S3 API front (see issue 8): GitLab Runner's cache and S3 clients through the node.
+//! The S3 API front: GitLab Runner's distributed cache and S3 clients (aws CLI, SDKs) through
+//! the node. The protocol layer is here, each piece self-contained and tested on its own: SigV4,
+//! aws-chunked bodies, body digests, object headers, S3 XML and request routing.
 
+pub mod checksum;
+pub mod chunked;
+pub mod digest;
+pub mod error;
 pub mod object_headers;
+pub mod route;
+pub mod sigv4;
+pub mod xml;

@@ -1,0 +1,646 @@
+//! Turns a request line and its `Host` into an S3 [`Operation`] on a bucket and key.
+//!
+//! Path style (`/bucket/key…`) always works; virtual-host style (`bucket.<base>/key…`) works for
+//! the configured base host names. The key is the rest of the path, percent-decoded once, with
+//! its `/`s. Only the operations of this front are recognised; any other subresource
+//! (`?acl`, `?tagging`, `?versioning`, …) is [`Operation::NotImplemented`].
+
+use http::{HeaderMap, Method, Uri};
+use percent_encoding::percent_decode_str;
+
+use super::error::{S3Error, S3ErrorCode};
+use super::sigv4::parse_query;
+use super::xml::MAX_PARTS;
+
+/// S3's limit on a key's length, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Subresources (query parameters that select another API) this front does not implement.
+const UNSUPPORTED_SUBRESOURCES: &[&str] = &[
+    "accelerate",
+    "acl",
+    "analytics",
+    "attributes",
+    "cors",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "legal-hold",
+    "lifecycle",
+    "logging",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "restore",
+    "retention",
+    "select",
+    "tagging",
+    "torrent",
+    "versionId",
+    "versioning",
+    "versions",
+    "website",
+];
+
+/// The S3 operations of this front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    ListBuckets,
+    HeadBucket,
+    GetBucketLocation,
+    ListObjectsV2,
+    ListObjectsV1,
+    ListMultipartUploads,
+    DeleteObjects,
+    GetObject,
+    HeadObject,
+    PutObject,
+    CopyObject {
+        source_bucket: String,
+        source_key: String,
+    },
+    DeleteObject,
+    CreateMultipartUpload,
+    UploadPart {
+        upload_id: String,
+        part_number: u32,
+    },
+    CompleteMultipartUpload {
+        upload_id: String,
+    },
+    AbortMultipartUpload {
+        upload_id: String,
+    },
+    ListParts {
+        upload_id: String,
+    },
+    /// Anything else S3 has; answered with S3's `NotImplemented`.
+    NotImplemented,
+}
+
+impl Operation {
+    /// The operation's S3 name, for the access log and metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ListBuckets => "ListBuckets",
+            Self::HeadBucket => "HeadBucket",
+            Self::GetBucketLocation => "GetBucketLocation",
+            Self::ListObjectsV2 => "ListObjectsV2",
+            Self::ListObjectsV1 => "ListObjects",
+            Self::ListMultipartUploads => "ListMultipartUploads",
+            Self::DeleteObjects => "DeleteObjects",
+            Self::GetObject => "GetObject",
+            Self::HeadObject => "HeadObject",
+            Self::PutObject => "PutObject",
+            Self::CopyObject { .. } => "CopyObject",
+            Self::DeleteObject => "DeleteObject",
+            Self::CreateMultipartUpload => "CreateMultipartUpload",
+            Self::UploadPart { .. } => "UploadPart",
+            Self::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
+            Self::AbortMultipartUpload { .. } => "AbortMultipartUpload",
+            Self::ListParts { .. } => "ListParts",
+            Self::NotImplemented => "NotImplemented",
+        }
+    }
+
+    /// Every name [`Operation::name`] returns, to create metric label sets up front.
+    pub const NAMES: [&'static str; 18] = [
+        "ListBuckets",
+        "HeadBucket",
+        "GetBucketLocation",
+        "ListObjectsV2",
+        "ListObjects",
+        "ListMultipartUploads",
+        "DeleteObjects",
+        "GetObject",
+        "HeadObject",
+        "PutObject",
+        "CopyObject",
+        "DeleteObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListParts",
+        "NotImplemented",
+    ];
+}
+
+/// A routed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub operation: Operation,
+    pub bucket: Option<String>,
+    /// The object key, decoded; `None` for service and bucket operations.
+    pub key: Option<String>,
+    /// The query's parameters, decoded (listing parameters and the like).
+    pub query: Vec<(String, String)>,
+}
+
+impl Route {
+    /// A query parameter's value, if it was given.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The resource for error documents: `/bucket/key`, `/bucket` or `/`.
+    pub fn resource(&self) -> String {
+        match (&self.bucket, &self.key) {
+            (Some(bucket), Some(key)) => format!("/{bucket}/{key}"),
+            (Some(bucket), None) => format!("/{bucket}"),
+            _ => "/".to_owned(),
+        }
+    }
+}
+
+/// Routes requests; knows the host names under which buckets are addressed virtual-host style.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    virtual_host_bases: Vec<String>,
+}
+
+impl Router {
+    /// `bases` are host names (no port) such as `s3.cache.local`: `bucket.s3.cache.local` then
+    /// addresses `bucket`.
+    pub fn new(bases: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            virtual_host_bases: bases.into_iter().map(|b| b.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    pub fn route(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Route, S3Error> {
+        let path = uri.path();
+        let invalid_uri =
+            || S3Error::new(S3ErrorCode::InvalidURI, "Couldn't parse the specified URI.");
+        let path = path.strip_prefix('/').ok_or_else(invalid_uri)?;
+        let decoded = percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| invalid_uri())?;
+        let (bucket, key) = match self.virtual_host_bucket(headers) {
+            Some(bucket) => (Some(bucket), Some(decoded.into_owned())),
+            None => match decoded.split_once('/') {
+                Some((bucket, key)) => (Some(bucket.to_owned()), Some(key.to_owned())),
+                None => (Some(decoded.into_owned()), None),
+            },
+        };
+        let bucket = bucket.filter(|b| !b.is_empty());
+        let key = key.filter(|k| !k.is_empty());
+        if let Some(bucket) = &bucket {
+            validate_bucket(bucket)?;
+        }
+        if key.as_ref().is_some_and(|k| k.len() > MAX_KEY_LEN) {
+            return Err(S3Error::new(
+                S3ErrorCode::KeyTooLongError,
+                "Your key is too long",
+            ));
+        }
+        let query: Vec<(String, String)> = parse_query(uri.query().unwrap_or(""))
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(&n).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        let mut route = Route {
+            operation: Operation::NotImplemented,
+            bucket,
+            key,
+            query,
+        };
+        route.operation = operation(method, &route, headers)?;
+        Ok(route)
+    }
+
+    fn virtual_host_bucket(&self, headers: &HeaderMap) -> Option<String> {
+        let host = headers.get(http::header::HOST)?.to_str().ok()?;
+        // Strip a port; an IPv6 literal in brackets never names a bucket.
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+        .to_ascii_lowercase();
+        self.virtual_host_bases.iter().find_map(|base| {
+            let bucket = name.strip_suffix(base.as_str())?.strip_suffix('.')?;
+            (!bucket.is_empty()).then(|| bucket.to_owned())
+        })
+    }
+}
+
+fn validate_bucket(bucket: &str) -> Result<(), S3Error> {
+    let valid = (1..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(S3Error::new(
+            S3ErrorCode::InvalidBucketName,
+            "The specified bucket is not valid.",
+        ))
+    }
+}
+
+fn operation(method: &Method, route: &Route, headers: &HeaderMap) -> Result<Operation, S3Error> {
+    let has = |name: &str| route.param(name).is_some();
+    if route
+        .query
+        .iter()
+        .any(|(name, _)| UNSUPPORTED_SUBRESOURCES.contains(&name.as_str()))
+    {
+        return Ok(Operation::NotImplemented);
+    }
+    let upload_id = || -> Result<String, S3Error> {
+        let id = route.param("uploadId").unwrap_or("");
+        if id.is_empty() {
+            return Err(S3Error::new(
+                S3ErrorCode::InvalidArgument,
+                "The uploadId must not be empty.",
+            ));
+        }
+        Ok(id.to_owned())
+    };
+    let op = match (route.bucket.is_some(), route.key.is_some()) {
+        (false, _) => match *method {
+            Method::GET => Operation::ListBuckets,
+            _ => Operation::NotImplemented,
+        },
+        (true, false) => match *method {
+            Method::GET if has("location") => Operation::GetBucketLocation,
+            Method::GET if has("uploads") => Operation::ListMultipartUploads,
+            Method::GET if route.param("list-type") == Some("2") => Operation::ListObjectsV2,
+            Method::GET if has("list-type") => {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    "Invalid List Type specified.",
+                ))
+            }
+            Method::GET => Operation::ListObjectsV1,
+            Method::HEAD => Operation::HeadBucket,
+            Method::POST if has("delete") => Operation::DeleteObjects,
+            _ => Operation::NotImplemented,
+        },
+        (true, true) => match *method {
+            Method::GET if has("uploadId") => Operation::ListParts {
+                upload_id: upload_id()?,
+            },
+            Method::GET => Operation::GetObject,
+            Method::HEAD if has("partNumber") => Operation::NotImplemented,
+            Method::HEAD => Operation::HeadObject,
+            Method::PUT if has("partNumber") || has("uploadId") => {
+                if headers.contains_key("x-amz-copy-source") {
+                    // UploadPartCopy.
+                    Operation::NotImplemented
+                } else {
+                    Operation::UploadPart {
+                        upload_id: upload_id()?,
+                        part_number: part_number(route.param("partNumber"))?,
+                    }
+                }
+            }
+            Method::PUT if headers.contains_key("x-amz-copy-source") => copy_source(headers)?,
+            Method::PUT => Operation::PutObject,
+            Method::DELETE if has("uploadId") => Operation::AbortMultipartUpload {
+                upload_id: upload_id()?,
+            },
+            Method::DELETE => Operation::DeleteObject,
+            Method::POST if has("uploads") => Operation::CreateMultipartUpload,
+            Method::POST if has("uploadId") => Operation::CompleteMultipartUpload {
+                upload_id: upload_id()?,
+            },
+            _ => Operation::NotImplemented,
+        },
+    };
+    Ok(op)
+}
+
+fn part_number(value: Option<&str>) -> Result<u32, S3Error> {
+    value
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PARTS).contains(n))
+        .ok_or_else(|| {
+            S3Error::new(
+                S3ErrorCode::InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })
+}
+
+/// `x-amz-copy-source: [/]bucket/key`, percent-encoded; a `?versionId=` is not supported.
+fn copy_source(headers: &HeaderMap) -> Result<Operation, S3Error> {
+    let invalid = || {
+        S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey.",
+        )
+    };
+    let value = headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(invalid)?;
+    let (path, query) = value.split_once('?').unwrap_or((value, ""));
+    if query.split('&').any(|p| p.starts_with("versionId=")) {
+        return Ok(Operation::NotImplemented);
+    }
+    let decoded = percent_decode_str(path.strip_prefix('/').unwrap_or(path))
+        .decode_utf8()
+        .map_err(|_| invalid())?;
+    let (bucket, key) = decoded.split_once('/').ok_or_else(invalid)?;
+    if bucket.is_empty() || key.is_empty() {
+        return Err(invalid());
+    }
+    validate_bucket(bucket)?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(S3Error::new(
+            S3ErrorCode::KeyTooLongError,
+            "Your key is too long",
+        ));
+    }
+    Ok(Operation::CopyObject {
+        source_bucket: bucket.to_owned(),
+        source_key: key.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_with(
+        router: &Router,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Route, S3Error> {
+        let mut map = HeaderMap::new();
+        map.insert("host", "127.0.0.1:9000".parse().unwrap());
+        for (name, value) in headers {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        router.route(&method.parse().unwrap(), &target.parse().unwrap(), &map)
+    }
+
+    fn op(method: &str, target: &str) -> Operation {
+        route_with(&Router::default(), method, target, &[])
+            .unwrap()
+            .operation
+    }
+
+    #[test]
+    fn every_operation_of_the_front() {
+        let upload = || "u-1".to_owned();
+        let cases = [
+            ("GET", "/", Operation::ListBuckets),
+            ("HEAD", "/cache", Operation::HeadBucket),
+            ("GET", "/cache?location", Operation::GetBucketLocation),
+            (
+                "GET",
+                "/cache?list-type=2&prefix=a%2F&delimiter=%2F",
+                Operation::ListObjectsV2,
+            ),
+            ("GET", "/cache/?prefix=a", Operation::ListObjectsV1),
+            ("GET", "/cache?uploads", Operation::ListMultipartUploads),
+            ("POST", "/cache?delete", Operation::DeleteObjects),
+            ("GET", "/cache/a/b.zip", Operation::GetObject),
+            ("GET", "/cache/a/b.zip?x-id=GetObject", Operation::GetObject),
+            ("HEAD", "/cache/a/b.zip", Operation::HeadObject),
+            ("PUT", "/cache/a/b.zip", Operation::PutObject),
+            ("DELETE", "/cache/a/b.zip", Operation::DeleteObject),
+            (
+                "POST",
+                "/cache/a/b.zip?uploads",
+                Operation::CreateMultipartUpload,
+            ),
+            (
+                "PUT",
+                "/cache/a/b.zip?partNumber=3&uploadId=u-1",
+                Operation::UploadPart {
+                    upload_id: upload(),
+                    part_number: 3,
+                },
+            ),
+            (
+                "POST",
+                "/cache/a/b.zip?uploadId=u-1",
+                Operation::CompleteMultipartUpload {
+                    upload_id: upload(),
+                },
+            ),
+            (
+                "DELETE",
+                "/cache/a/b.zip?uploadId=u-1",
+                Operation::AbortMultipartUpload {
+                    upload_id: upload(),
+                },
+            ),
+            (
+                "GET",
+                "/cache/a/b.zip?uploadId=u-1",
+                Operation::ListParts {
+                    upload_id: upload(),
+                },
+            ),
+        ];
+        for (method, target, expected) in cases {
+            assert_eq!(op(method, target), expected, "{method} {target}");
+        }
+    }
+
+    #[test]
+    fn everything_else_is_not_implemented() {
+        for (method, target) in [
+            ("GET", "/cache?acl"),
+            ("PUT", "/cache?versioning"),
+            ("GET", "/cache/k?tagging"),
+            ("PUT", "/cache/k?tagging"),
+            ("GET", "/cache/k?versionId=3"),
+            ("GET", "/cache?versions"),
+            ("PUT", "/cache"),
+            ("DELETE", "/cache"),
+            ("POST", "/cache/k?select&select-type=2"),
+            ("POST", "/cache/k"),
+            ("PUT", "/"),
+            ("PATCH", "/cache/k"),
+        ] {
+            assert_eq!(
+                op(method, target),
+                Operation::NotImplemented,
+                "{method} {target}"
+            );
+        }
+        let copy_part = route_with(
+            &Router::default(),
+            "PUT",
+            "/cache/k?partNumber=1&uploadId=u",
+            &[("x-amz-copy-source", "/cache/src")],
+        );
+        assert_eq!(copy_part.unwrap().operation, Operation::NotImplemented);
+    }
+
+    #[test]
+    fn keys_are_decoded_once_and_keep_their_slashes() {
+        let route = route_with(
+            &Router::default(),
+            "GET",
+            "/cache/runner/abc/project/1/default%20key%2Bplus%2520",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(route.bucket.as_deref(), Some("cache"));
+        assert_eq!(
+            route.key.as_deref(),
+            Some("runner/abc/project/1/default key+plus%20")
+        );
+        assert_eq!(
+            route.resource(),
+            "/cache/runner/abc/project/1/default key+plus%20"
+        );
+        let double_slash = route_with(&Router::default(), "GET", "/cache//a//b", &[]).unwrap();
+        assert_eq!(double_slash.key.as_deref(), Some("/a//b"));
+        let code = |target: &str| {
+            route_with(&Router::default(), "GET", target, &[])
+                .unwrap_err()
+                .code
+        };
+        assert_eq!(code("/cache/%FF"), S3ErrorCode::InvalidURI);
+        assert_eq!(
+            code(&format!("/cache/{}", "k".repeat(MAX_KEY_LEN + 1))),
+            S3ErrorCode::KeyTooLongError
+        );
+        assert!(route_with(
+            &Router::default(),
+            "GET",
+            &format!("/cache/{}", "k".repeat(MAX_KEY_LEN)),
+            &[]
+        )
+        .is_ok());
+        assert_eq!(code("/Bad%20Bucket/k"), S3ErrorCode::InvalidBucketName);
+    }
+
+    #[test]
+    fn virtual_host_style() {
+        let router = Router::new(["s3.cache.local".to_owned()]);
+        let vhost = |host: &str, target: &str| {
+            let mut map = HeaderMap::new();
+            map.insert("host", host.parse().unwrap());
+            router
+                .route(&Method::GET, &target.parse().unwrap(), &map)
+                .unwrap()
+        };
+        let route = vhost("cache.s3.cache.local:9000", "/a/b.zip");
+        assert_eq!(
+            (route.bucket.as_deref(), route.key.as_deref()),
+            (Some("cache"), Some("a/b.zip"))
+        );
+        assert_eq!(route.operation, Operation::GetObject);
+        let bucket = vhost("Cache.S3.Cache.Local", "/?list-type=2");
+        assert_eq!(
+            (bucket.bucket.as_deref(), bucket.operation),
+            (Some("cache"), Operation::ListObjectsV2)
+        );
+        // The base itself and other hosts are path style.
+        let path = vhost("s3.cache.local", "/cache/a");
+        assert_eq!(
+            (path.bucket.as_deref(), path.key.as_deref()),
+            (Some("cache"), Some("a"))
+        );
+        let other = vhost("xs3.cache.local", "/cache/a");
+        assert_eq!(other.bucket.as_deref(), Some("cache"));
+        assert_eq!(vhost("[::1]:9000", "/").operation, Operation::ListBuckets);
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        let code = |method: &str, target: &str| {
+            route_with(&Router::default(), method, target, &[])
+                .unwrap_err()
+                .code
+        };
+        assert_eq!(
+            code("PUT", "/cache/k?partNumber=0&uploadId=u"),
+            S3ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("PUT", "/cache/k?partNumber=10001&uploadId=u"),
+            S3ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("PUT", "/cache/k?partNumber=1"),
+            S3ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("PUT", "/cache/k?uploadId=u"),
+            S3ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("POST", "/cache/k?uploadId="),
+            S3ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code("GET", "/cache?list-type=3"),
+            S3ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            op("PUT", "/cache/k?partNumber=10000&uploadId=u"),
+            Operation::UploadPart {
+                upload_id: "u".into(),
+                part_number: 10_000
+            }
+        );
+    }
+
+    #[test]
+    fn copy_sources() {
+        let copy = |source: &str| {
+            route_with(
+                &Router::default(),
+                "PUT",
+                "/cache/dst",
+                &[("x-amz-copy-source", source)],
+            )
+        };
+        let expected = Operation::CopyObject {
+            source_bucket: "cache".into(),
+            source_key: "dir/a b".into(),
+        };
+        assert_eq!(copy("/cache/dir/a%20b").unwrap().operation, expected);
+        assert_eq!(copy("cache/dir/a%20b").unwrap().operation, expected);
+        assert_eq!(
+            copy("cache/k?versionId=2").unwrap().operation,
+            Operation::NotImplemented
+        );
+        for bad in ["cache", "/cache/", "/", "%FF/k"] {
+            assert_eq!(
+                copy(bad).unwrap_err().code,
+                S3ErrorCode::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn operation_names_are_listed() {
+        assert_eq!(Operation::NAMES.len(), 18);
+        assert!(Operation::NAMES.contains(
+            &Operation::UploadPart {
+                upload_id: String::new(),
+                part_number: 1
+            }
+            .name()
+        ));
+    }
+}
