@@ -24,7 +24,7 @@ use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
 use crate::store::read_through::ReadThrough;
 use crate::store::s3::{self, S3Tier};
-use crate::store::tiered::{Remote, RemoteWrite, TieredStore};
+use crate::store::tiered::{Remote, TieredStore};
 use crate::store::write_back::{WriteBack, WriteBackSettings};
 
 /// A started daemon: its bound addresses and the handle to stop it.
@@ -65,7 +65,7 @@ impl Daemon {
             let client = s3::client::build(s3_config).await;
             let s3 = S3Tier::new(client, s3_config, metrics.clone());
             let read = ReadThrough::new(s3.clone(), disk.clone(), memory.clone(), metrics.clone());
-            let (write, queue) = match config.gradle.write {
+            let queue = match config.gradle.write {
                 WritePolicy::Back => {
                     let queue = WriteBack::load(
                         WriteBackSettings {
@@ -84,9 +84,9 @@ impl Daemon {
                         anyhow::anyhow!("write-back queue in {}: {e}", config.disk.dir.display())
                     })?;
                     queue.start(shutdown.subscribe());
-                    (RemoteWrite::Back(queue.clone()), Some(queue))
+                    Some(queue)
                 }
-                WritePolicy::Through => (RemoteWrite::Through(s3.clone()), None),
+                _ => None,
             };
             tracing::info!(
                 bucket = %s3_config.bucket,
@@ -95,8 +95,11 @@ impl Daemon {
                 queued = queue.as_ref().map_or(0, |q| q.len()),
                 "S3 tier configured"
             );
-            remote_status = Some(RemoteStatus { s3, queue });
-            store = store.with_remote(Remote { read, write });
+            remote_status = Some(RemoteStatus {
+                s3,
+                queue: queue.clone(),
+            });
+            store = store.with_remote(Remote { read, queue });
         }
         let store = Arc::new(store);
 

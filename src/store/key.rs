@@ -128,6 +128,16 @@ impl Key {
         })
     }
 
+    /// Where `name` would sort among the keys of `ns` (keys order by namespace, then name):
+    /// a bound for ordered scans of a namespace, never a key to store under, since `name` is
+    /// not validated.
+    pub(crate) fn position(ns: &Namespace, name: &str) -> Key {
+        Key {
+            ns: ns.clone(),
+            name: name.to_string(),
+        }
+    }
+
     pub fn namespace(&self) -> &Namespace {
         &self.ns
     }
