@@ -28,11 +28,7 @@ pub struct KeyGuard<'a> {
 
 impl KeyLocks {
     pub async fn lock(&self, key: &Key) -> KeyGuard<'_> {
-        let lock = self
-            .map()
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let lock = self.map().entry(key.clone()).or_default().clone();
         // The guard exists before the wait, so a waiter dropped mid-wait still cleans up.
         let mut held = KeyGuard {
             locks: self,

@@ -36,7 +36,8 @@ use super::read_through::ReadThrough;
 use super::s3::S3Tier;
 use super::write_back::{Op, WriteBack};
 use super::{
-    bytes_stream, ByteStream, Key, Object, ObjectMeta, PutOptions, Read, Store, StoreError, Tier,
+    bytes_stream, ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store,
+    StoreError, Tier,
 };
 use crate::metrics::Metrics;
 
@@ -109,20 +110,20 @@ impl<B: Backend> TieredStore<B> {
         self.remote.as_ref()
     }
 
-    /// The write mode `key`'s writes and deletes actually get: local without a backend.
-    pub fn write_mode(&self, key: &Key) -> WriteMode {
-        match self.route(key) {
+    /// The write mode a namespace's writes and deletes actually get: local without a backend.
+    pub fn write_mode(&self, namespace: &Namespace) -> WriteMode {
+        match self.route(namespace) {
             Route::Local => WriteMode::Local,
             Route::Through(_) => WriteMode::Through,
             Route::Back(_) => WriteMode::Back,
         }
     }
 
-    fn route(&self, key: &Key) -> Route<'_, B> {
+    fn route(&self, namespace: &Namespace) -> Route<'_, B> {
         let Some(remote) = &self.remote else {
             return Route::Local;
         };
-        match (self.policies.of(key.namespace()).write, &remote.queue) {
+        match (self.policies.of(namespace).write, &remote.queue) {
             (WriteMode::Local, _) => Route::Local,
             (WriteMode::Back, Some(queue)) => Route::Back(queue),
             // The daemon builds a queue whenever a namespace writes back; without one,
@@ -317,7 +318,7 @@ impl<B: Backend> Store for TieredStore<B> {
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
-        match self.route(key) {
+        match self.route(key.namespace()) {
             Route::Local => Ok(self.put_local(key, len, body, options, false).await?.meta()),
             Route::Through(backend) => self.put_through(backend, key, len, body, options).await,
             Route::Back(queue) => self.put_back(queue, key, len, body, options).await,
@@ -327,7 +328,7 @@ impl<B: Backend> Store for TieredStore<B> {
     /// Per the namespace's write mode (see the module's documentation). `Ok(false)`: there was
     /// no local copy (the backend's answer to a delete does not say whether it had one).
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        match self.route(key) {
+        match self.route(key.namespace()) {
             Route::Local => self.delete_local(key).await,
             Route::Through(backend) => {
                 backend.delete(key).await?;
@@ -706,8 +707,8 @@ mod tests {
             put(&store, k, &pattern(1000, 1)).await;
             assert!(local.disk.contains(k), "{k}");
         }
-        assert_eq!(store.write_mode(&gradle), WriteMode::Back);
-        assert_eq!(store.write_mode(&own), WriteMode::Local);
+        assert_eq!(store.write_mode(gradle.namespace()), WriteMode::Back);
+        assert_eq!(store.write_mode(own.namespace()), WriteMode::Local);
         assert_eq!(queue.pending(&gradle), Some(Op::put(1000)));
         assert_eq!(queue.pending(&back), Some(Op::put(1000)));
         assert_eq!(queue.len(), 2);
