@@ -7,29 +7,37 @@
 //! front's decision (Gradle answers a miss).
 //!
 //! Writes go to disk (the durable local copy) and, when small, to memory once the disk write
-//! committed.
-//! With S3, per the write policy:
+//! committed. With a backend, each namespace's write mode ([`super::policy::WriteMode`]) says
+//! what else happens:
 //! - back: the entry is committed pinned and queued ([`super::write_back`]); acknowledged once
 //!   the queue marker is durable;
 //! - through: the entry is committed, uploaded from its file, and acknowledged only once S3
-//!   has it. If the upload fails the write fails (the local copy stays, as a cache entry).
+//!   has it. If the upload fails the write fails (the local copy stays, as a cache entry);
+//! - local: the entry stays on this node, as without a backend.
 //!
-//! A delete removes the local copies only: S3 is the shared tier of every node, and entries
-//! leave it by the bucket's lifecycle rules, not by one node's decision.
+//! Deletes follow the same mode: through deletes in the backend, then locally; back queues the
+//! delete (durably, before it is acknowledged) and removes the local copies, and until the
+//! backend has applied it the key reads as missing; local removes the local copies only.
+//!
+//! A listing ([`TieredStore::list`]) is the backend's merged with what the queue still owes
+//! it, or the disk tier's own for a namespace with no backend.
 
 use std::sync::Arc;
 
 use super::backend::{Backend, GetOptions, Upload};
 use super::body::read_exact;
-use super::disk::{DiskTier, RangedObject};
+use super::disk::spool::Spool;
+use super::disk::{Commit, DiskTier, RangedObject};
 use super::entry_file::EntryHeader;
+use super::key_locks::KeyLocks;
 use super::memory::{MemoryEntry, MemoryTier};
-use super::policy::Policies;
+use super::policy::{Policies, WriteMode};
 use super::read_through::ReadThrough;
 use super::s3::S3Tier;
-use super::write_back::WriteBack;
+use super::write_back::{Op, WriteBack};
 use super::{
-    bytes_stream, ByteStream, Key, Object, ObjectMeta, PutOptions, Read, Store, StoreError, Tier,
+    bytes_stream, ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store,
+    StoreError, Tier,
 };
 use crate::metrics::Metrics;
 
@@ -41,23 +49,32 @@ pub struct TieredStore<B: Backend = S3Tier> {
     remote: Option<Remote<B>>,
     /// What each namespace asks of the store (see [`super::policy`]).
     policies: Arc<Policies>,
+    /// Orders a written-back key's commit and queue marker against a delete of the same key,
+    /// so the marker left on disk and the local copy always belong to the same, newest op.
+    key_locks: Arc<KeyLocks>,
     metrics: Arc<Metrics>,
 }
 
-/// The backend behind the local tiers, and how writes reach it.
+/// The backend behind the local tiers: read through it, and write back to it through the
+/// queue when a namespace asks for that.
 #[derive(Clone)]
 pub struct Remote<B: Backend = S3Tier> {
     pub read: ReadThrough<B>,
-    pub write: RemoteWrite<B>,
+    /// The write-back queue; the daemon builds one when any namespace writes back.
+    pub queue: Option<WriteBack<B>>,
 }
 
-/// The write policy towards the backend.
-#[derive(Clone)]
-pub enum RemoteWrite<B: Backend = S3Tier> {
-    /// Acknowledge when durable locally; upload from the persistent queue.
-    Back(WriteBack<B>),
-    /// Acknowledge only once the backend has the object.
-    Through(B),
+impl<B: Backend> Remote<B> {
+    pub fn backend(&self) -> &B {
+        self.read.remote()
+    }
+}
+
+/// How a write or delete reaches the backend.
+enum Route<'a, B: Backend> {
+    Local,
+    Through(&'a B),
+    Back(&'a WriteBack<B>),
 }
 
 impl<B: Backend> TieredStore<B> {
@@ -68,6 +85,7 @@ impl<B: Backend> TieredStore<B> {
             disk,
             remote: None,
             policies: Arc::new(Policies::default()),
+            key_locks: Arc::new(KeyLocks::default()),
             metrics,
         }
     }
@@ -92,19 +110,47 @@ impl<B: Backend> TieredStore<B> {
         self.remote.as_ref()
     }
 
+    /// The write mode a namespace's writes and deletes actually get: local without a backend.
+    pub fn write_mode(&self, namespace: &Namespace) -> WriteMode {
+        match self.route(namespace) {
+            Route::Local => WriteMode::Local,
+            Route::Through(_) => WriteMode::Through,
+            Route::Back(_) => WriteMode::Back,
+        }
+    }
+
+    fn route(&self, namespace: &Namespace) -> Route<'_, B> {
+        let Some(remote) = &self.remote else {
+            return Route::Local;
+        };
+        match (self.policies.of(namespace).write, &remote.queue) {
+            (WriteMode::Local, _) => Route::Local,
+            (WriteMode::Back, Some(queue)) => Route::Back(queue),
+            // The daemon builds a queue whenever a namespace writes back; without one,
+            // write-through is the safe reading: nothing is acknowledged the backend lacks.
+            (WriteMode::Back, None) | (WriteMode::Through, _) => Route::Through(remote.backend()),
+        }
+    }
+
+    /// Whether `key` has a delete queued that the backend has not applied yet: until it has,
+    /// the backend's copy must not be served (nor filled back).
+    fn delete_pending(&self, key: &Key) -> bool {
+        self.remote
+            .as_ref()
+            .and_then(|r| r.queue.as_ref())
+            .is_some_and(|queue| queue.pending(key) == Some(Op::Delete))
+    }
+
     /// A local miss: read through the backend when there is one.
     async fn remote_get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
         match &self.remote {
+            Some(_) if self.delete_pending(key) => Ok(None),
             Some(remote) => remote.read.get(key).await,
             None => Ok(None),
         }
     }
 
     /// Writes the durable local copy, and a small entry's memory copy once that committed.
-    /// The memory copy is read back from the committed file (from the page cache, verified
-    /// like any disk read) rather than kept while the body streams in: a copy kept on the way
-    /// would cost every upload in progress, stalled ones included, up to
-    /// `memory.max_entry_size`.
     async fn put_local(
         &self,
         key: &Key,
@@ -113,8 +159,29 @@ impl<B: Backend> TieredStore<B> {
         options: &PutOptions,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
-        let header = self.disk.put_entry(key, len, body, options, pinned).await?;
+        let spool = self.disk.receive(key, len, body, options).await?;
+        self.commit_local(key, spool, pinned).await
+    }
+
+    /// Commits a received body, then puts a small entry's memory copy in place of any older
+    /// one. The memory copy is read back from the committed file (from the page cache, verified
+    /// like any disk read) rather than kept while the body streams in: a copy kept on the way
+    /// would cost every upload in progress, stalled ones included, up to
+    /// `memory.max_entry_size`.
+    async fn commit_local(
+        &self,
+        key: &Key,
+        spool: Spool,
+        pinned: bool,
+    ) -> Result<EntryHeader, StoreError> {
+        let mode = if pinned {
+            Commit::Pinned
+        } else {
+            Commit::Cached
+        };
+        let (header, _) = spool.finish(mode).await?;
         self.memory.remove(key).await;
+        let len = header.body_len;
         if self.memory.accepts(len) {
             if let Ok(Some(object)) = self.disk.get(key).await {
                 // A body failing here (corruption found) only means no memory copy.
@@ -148,6 +215,39 @@ impl<B: Backend> TieredStore<B> {
         .await;
         self.disk.set_pinned(key, false);
         uploaded.map(|_| header.meta())
+    }
+
+    /// Write-back: the slot first, so a full queue refuses the write before anything is
+    /// stored (the front reads the refused body to its end, so the client gets the answer).
+    /// The commit and its marker happen under the key's lock, ordered with deletes.
+    async fn put_back(
+        &self,
+        queue: &WriteBack<B>,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
+        let slot = queue.reserve(key)?;
+        let already_queued = !slot.is_new();
+        let spool = self.disk.receive(key, len, body, options).await?;
+        let _ordered = self.key_locks.lock(key).await;
+        let header = self.commit_local(key, spool, true).await?;
+        if let Err(e) = queue.enqueue(slot, key, Op::put(header.body_len)).await {
+            // Not acknowledged, so not owed to S3: let the entry be an ordinary one (unless an
+            // earlier, acknowledged write of the key still waits for upload).
+            if !already_queued {
+                self.disk.set_pinned(key, false);
+            }
+            return Err(e);
+        }
+        Ok(header.meta())
+    }
+
+    /// Removes the memory and disk copies; whether there was one.
+    async fn delete_local(&self, key: &Key) -> Result<bool, StoreError> {
+        let in_memory = self.memory.remove(key).await;
+        Ok(self.disk.delete(key).await? || in_memory)
     }
 
     pub fn memory(&self) -> &MemoryTier {
@@ -205,7 +305,8 @@ impl<B: Backend> Store for TieredStore<B> {
             return Ok(Some(meta));
         }
         match &self.remote {
-            Some(remote) => remote.read.remote().head(key).await,
+            Some(_) if self.delete_pending(key) => Ok(None),
+            Some(remote) => remote.backend().head(key).await,
             None => Ok(None),
         }
     }
@@ -217,33 +318,31 @@ impl<B: Backend> Store for TieredStore<B> {
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
-        match self.remote.as_ref().map(|r| &r.write) {
-            None => Ok(self.put_local(key, len, body, options, false).await?.meta()),
-            Some(RemoteWrite::Through(backend)) => {
-                self.put_through(backend, key, len, body, options).await
-            }
-            Some(RemoteWrite::Back(queue)) => {
-                // The slot first: a full queue refuses the write before anything is stored.
-                // (The front reads the refused body to its end, so the client gets the answer.)
-                let slot = queue.reserve(key)?;
-                let already_queued = !slot.is_new();
-                let header = self.put_local(key, len, body, options, true).await?;
-                if let Err(e) = queue.enqueue(slot, key, header.body_len).await {
-                    // Not acknowledged, so not owed to S3: let the entry be an ordinary one
-                    // (unless an earlier, acknowledged write of the key still waits for upload).
-                    if !already_queued {
-                        self.disk.set_pinned(key, false);
-                    }
-                    return Err(e);
-                }
-                Ok(header.meta())
-            }
+        match self.route(key.namespace()) {
+            Route::Local => Ok(self.put_local(key, len, body, options, false).await?.meta()),
+            Route::Through(backend) => self.put_through(backend, key, len, body, options).await,
+            Route::Back(queue) => self.put_back(queue, key, len, body, options).await,
         }
     }
 
+    /// Per the namespace's write mode (see the module's documentation). `Ok(false)`: there was
+    /// no local copy (the backend's answer to a delete does not say whether it had one).
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        let in_memory = self.memory.remove(key).await;
-        Ok(self.disk.delete(key).await? || in_memory)
+        match self.route(key.namespace()) {
+            Route::Local => self.delete_local(key).await,
+            Route::Through(backend) => {
+                backend.delete(key).await?;
+                self.delete_local(key).await
+            }
+            Route::Back(queue) => {
+                let _ordered = self.key_locks.lock(key).await;
+                let slot = queue.reserve(key)?;
+                // The marker first: a crash after it removes the local copy at the next start;
+                // a crash before it leaves everything as it was, unacknowledged.
+                queue.enqueue(slot, key, Op::Delete).await?;
+                self.delete_local(key).await
+            }
+        }
     }
 
     /// A range of an entry that is on disk (and not in memory) is read from its blocks alone;
@@ -291,42 +390,64 @@ mod tests {
 
     use super::*;
     use crate::store::backend::fake::FakeBackend;
+    use crate::store::policy::{NamespacePolicy, Policies, WriteMode};
     use crate::store::testing::{body, eventually, key, pattern, read_body, Local};
     use crate::store::write_back::WriteBackSettings;
     use crate::store::ObjectAttrs;
 
-    async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
+    /// The tiers over the fake backend, with a write-back queue (not started) beside them.
+    async fn with_policies(local: &Local, policies: Policies) -> TieredStore<FakeBackend> {
         let read = ReadThrough::new(
             local.backend.clone(),
             local.disk.clone(),
             local.memory.clone(),
             local.metrics.clone(),
         );
-        let write = if write_back {
-            let queue = WriteBack::load(
-                WriteBackSettings {
-                    disk_dir: local.dir.path().join("data"),
-                    max_entries: 10,
-                    concurrency: 1,
-                    max_backoff: Duration::from_millis(100),
-                    jitter: || 0.5,
-                },
-                local.disk.clone(),
-                local.backend.clone(),
-                local.metrics.clone(),
-            )
-            .await
-            .unwrap();
-            RemoteWrite::Back(queue)
-        } else {
-            RemoteWrite::Through(local.backend.clone())
-        };
+        let queue = WriteBack::load(
+            WriteBackSettings {
+                disk_dir: local.dir.path().join("data"),
+                max_entries: 10,
+                concurrency: 1,
+                max_backoff: Duration::from_millis(100),
+                jitter: || 0.5,
+            },
+            local.disk.clone(),
+            local.backend.clone(),
+            local.metrics.clone(),
+        )
+        .await
+        .unwrap();
         TieredStore::new(
             local.memory.clone(),
             local.disk.clone(),
             local.metrics.clone(),
         )
-        .with_remote(Remote { read, write })
+        .with_remote(Remote {
+            read,
+            queue: Some(queue),
+        })
+        .with_policies(policies)
+    }
+
+    /// Every namespace writing back (Gradle's policy), or through.
+    async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
+        let write = if write_back {
+            WriteMode::Back
+        } else {
+            WriteMode::Through
+        };
+        with_policies(
+            local,
+            Policies::new(NamespacePolicy {
+                write,
+                ..NamespacePolicy::default()
+            }),
+        )
+        .await
+    }
+
+    fn queue(store: &TieredStore<FakeBackend>) -> WriteBack<FakeBackend> {
+        store.remote().unwrap().queue.clone().unwrap()
     }
 
     fn options(range: &str, if_none_match: Option<&str>) -> GetOptions {
@@ -483,9 +604,7 @@ mod tests {
             "the fill replaced the write"
         );
 
-        let Some(RemoteWrite::Back(queue)) = store.remote().map(|r| r.write.clone()) else {
-            unreachable!("built with write-back");
-        };
+        let queue = queue(&store);
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         queue.start(stop);
         eventually("the upload", || queue.is_empty()).await;
@@ -547,5 +666,153 @@ mod tests {
             "the local copy stays, as a cache entry"
         );
         assert_eq!(local.disk.usage().pinned_entries, 0);
+    }
+
+    fn in_ns(namespace: &str, name: &str) -> Key {
+        Key::object(crate::store::Namespace::new(namespace).unwrap(), name).unwrap()
+    }
+
+    /// Gradle (the default) writes back; one bucket each writes back, through, or locally.
+    fn mixed() -> Policies {
+        let with = |write| NamespacePolicy {
+            write,
+            ..NamespacePolicy::default()
+        };
+        let ns = |n| crate::store::Namespace::new(n).unwrap();
+        Policies::new(with(WriteMode::Back))
+            .with(ns("back"), with(WriteMode::Back))
+            .with(ns("through"), with(WriteMode::Through))
+            .with(ns("local"), with(WriteMode::Local))
+    }
+
+    async fn put(store: &TieredStore<FakeBackend>, k: &Key, data: &[u8]) -> ObjectMeta {
+        store
+            .put(k, data.len() as u64, body(data), &PutOptions::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_namespace_writes_as_its_policy_says() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let queue = queue(&store);
+        let (gradle, back, through, own) = (
+            key(1),
+            in_ns("back", "a"),
+            in_ns("through", "a"),
+            in_ns("local", "a"),
+        );
+        for k in [&gradle, &back, &through, &own] {
+            put(&store, k, &pattern(1000, 1)).await;
+            assert!(local.disk.contains(k), "{k}");
+        }
+        assert_eq!(store.write_mode(gradle.namespace()), WriteMode::Back);
+        assert_eq!(store.write_mode(own.namespace()), WriteMode::Local);
+        assert_eq!(queue.pending(&gradle), Some(Op::put(1000)));
+        assert_eq!(queue.pending(&back), Some(Op::put(1000)));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(local.backend.calls("put"), 1, "only write-through uploaded");
+        assert!(local.backend.object(&through).is_some());
+        assert!(local.backend.object(&own).is_none());
+        assert_eq!(local.disk.usage().pinned_entries, 2, "the queued ones");
+
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&back).is_some());
+        assert!(local.backend.object(&gradle).is_some());
+        assert!(local.backend.object(&own).is_none(), "local stays local");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deletes_reach_the_backend_as_the_namespace_says() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let queue = queue(&store);
+        let (back, through, own) = (
+            in_ns("back", "k"),
+            in_ns("through", "k"),
+            in_ns("local", "k"),
+        );
+        for k in [&back, &through, &own] {
+            local.backend.insert(k, pattern(10, 7));
+            put(&store, k, &pattern(100, 1)).await;
+        }
+        let queued_uploads = queue.len();
+
+        // Through: the backend first, then the local copies.
+        assert!(store.delete(&through).await.unwrap());
+        assert!(local.backend.object(&through).is_none());
+        assert!(store.get(&through).await.unwrap().is_none());
+
+        // Local: the backend is never asked.
+        assert!(store.delete(&own).await.unwrap());
+        assert_eq!(local.backend.calls("delete"), 1);
+        assert!(local.backend.object(&own).is_some());
+
+        // Back: queued durably; until applied, the key reads as missing without a fill.
+        assert!(store.delete(&back).await.unwrap());
+        assert_eq!(queue.pending(&back), Some(Op::Delete));
+        assert_eq!(
+            queue.len(),
+            queued_uploads,
+            "the delete replaced the upload"
+        );
+        assert!(local.backend.object(&back).is_some(), "not applied yet");
+        let gets = local.backend.calls("get");
+        assert!(store.get(&back).await.unwrap().is_none());
+        assert!(store.head(&back).await.unwrap().is_none());
+        assert!(matches!(
+            store.read(&back, &GetOptions::default()).await.unwrap(),
+            Read::Missing
+        ));
+        assert_eq!(local.backend.calls("get"), gets, "no fill of a deleted key");
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+
+        // A restart finds the delete in its marker.
+        let restarted = with_policies(&local, mixed()).await;
+        let queue = self::queue(&restarted);
+        assert_eq!(queue.pending(&back), Some(Op::Delete));
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&back).is_none());
+        assert_eq!(
+            local.backend.calls("put"),
+            1,
+            "only write-through's upload ran"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_after_a_delete_brings_the_object_back() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let k = in_ns("back", "cache.zip");
+        put(&store, &k, &pattern(100, 1)).await;
+        store.delete(&k).await.unwrap();
+        let newer = pattern(200, 2);
+        let stored = put(&store, &k, &newer).await;
+        assert_eq!(stored.len, 200);
+        assert!(
+            read_body(store.get(&k).await.unwrap().unwrap())
+                .await
+                .unwrap()
+                == newer
+        );
+        let queue = queue(&store);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&k).unwrap() == newer);
+        assert_eq!(
+            local.backend.calls("delete"),
+            0,
+            "the put superseded the delete"
+        );
     }
 }

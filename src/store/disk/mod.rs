@@ -167,6 +167,27 @@ impl DiskTier {
         options: &PutOptions,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
+        let spool = self.receive(key, len, body, options).await?;
+        // `finish` refuses a body shorter than declared.
+        let mode = if pinned {
+            Commit::Pinned
+        } else {
+            Commit::Cached
+        };
+        let (header, _) = spool.finish(mode).await?;
+        Ok(header)
+    }
+
+    /// The first half of [`DiskTier::put_entry`]: the body, received whole into a spool that
+    /// the caller commits with [`Spool::finish`] (so it can order the commit with other work
+    /// on the key).
+    pub async fn receive(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<spool::Spool, StoreError> {
         let meta = EntryMeta {
             attrs: options.attrs.clone(),
             etag: if options.etag {
@@ -202,14 +223,7 @@ impl DiskTier {
             }
             spool.write(concat(batch, batched)).await?;
         }
-        // `finish` refuses a body shorter than declared.
-        let mode = if pinned {
-            Commit::Pinned
-        } else {
-            Commit::Cached
-        };
-        let (header, _) = spool.finish(mode).await?;
-        Ok(header)
+        Ok(spool)
     }
 
     /// Renames a finished temp file into place and records it, all under the index lock so that
