@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions};
 use super::disk::spool::{EntryMeta, EtagSource};
-use super::disk::{Commit, DiskTier};
+use super::disk::{Commit, DiskTier, FillTicket};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
 use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
@@ -183,9 +183,9 @@ impl<B: Backend> ReadThrough<B> {
         if let Some(fill) = fills.get(key) {
             return Some((fill.progress.clone(), true));
         }
-        if self.inner.disk.contains(key) {
-            return None;
-        }
+        // The ticket orders the fill after every change made so far: a write or delete of
+        // the key from now on keeps the fill from committing.
+        let ticket = self.inner.disk.begin_fill_if_absent(key)?;
         let (tx, rx) = watch::channel(Progress::default());
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         fills.insert(
@@ -199,7 +199,7 @@ impl<B: Backend> ReadThrough<B> {
         // Spawned, not awaited: the fill belongs to no request, so no request's cancellation
         // can stop it. At most one task per distinct key being missed, so this is bounded by
         // the requests in flight.
-        tokio::spawn(run_fill(self.inner.clone(), key.clone(), id, tx));
+        tokio::spawn(run_fill(self.inner.clone(), key.clone(), id, ticket, tx));
         Some((rx, false))
     }
 }
@@ -215,9 +215,10 @@ async fn run_fill<B: Backend>(
     inner: Arc<Inner<B>>,
     key: Key,
     id: u64,
+    ticket: FillTicket,
     tx: watch::Sender<Progress>,
 ) {
-    let end = fill(&inner, &key, &tx).await;
+    let end = fill(&inner, &key, &ticket, &tx).await;
     if let End::Failed(why) = &end {
         // Before S3 answered, the failure goes to every waiting request as an error, and their
         // front reports it; after, the readers only see their body end, so it is logged here.
@@ -232,7 +233,12 @@ async fn run_fill<B: Backend>(
     }
 }
 
-async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progress>) -> End {
+async fn fill<B: Backend>(
+    inner: &Inner<B>,
+    key: &Key,
+    ticket: &FillTicket,
+    tx: &watch::Sender<Progress>,
+) -> End {
     let failed = |e: &dyn std::fmt::Display| End::Failed(e.to_string().into());
     let fetched = match inner.remote.get(key, &GetOptions::default()).await {
         Ok(Fetch::Found(fetched)) => fetched,
@@ -331,12 +337,12 @@ async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progre
         }
     }
     tx.send_modify(|p| p.verified = true);
-    let header = match spool.finish(Commit::Fill).await {
+    let header = match spool.finish(Commit::Fill(ticket.order())).await {
         Ok((header, true)) => header,
-        // A client wrote the key while we filled it: theirs is newer, ours is dropped (the
-        // readers of this fill got S3's bytes, which were current when they asked).
+        // A client wrote or deleted the key while we filled it: that is newer, ours is dropped
+        // (the readers of this fill got S3's bytes, which were current when they asked).
         Ok((_, false)) => {
-            tracing::info!(key = %key, "a client wrote the key during its fill; fill not cached");
+            tracing::info!(key = %key, "the key was written or deleted during its fill; fill not cached");
             return End::Complete;
         }
         Err(e) => return failed(&e),

@@ -495,6 +495,31 @@ mod tests {
         );
     }
 
+    /// A fill that started before a delete of the same key does not bring the key back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_never_brings_back_a_deleted_key() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let k = key(1);
+        let data = pattern(500_000, 1);
+        local.backend.insert(&k, data.clone());
+        local.backend.hold(true);
+        let reader = {
+            let store = store.clone();
+            let k = k.clone();
+            tokio::spawn(async move { read_body(store.get(&k).await.unwrap().unwrap()).await })
+        };
+        let backend = local.backend.clone();
+        eventually("the fill to ask the backend", || backend.calls("get") == 1).await;
+        assert!(!store.delete(&k).await.unwrap(), "nothing local yet");
+        local.backend.hold(false);
+        assert!(reader.await.unwrap().unwrap() == data);
+        let read = store.remote().unwrap().read.clone();
+        eventually("the fill to end", || read.fills_in_flight() == 0).await;
+        assert!(!local.disk.contains(&k), "the fill brought the key back");
+        assert!(local.memory.lookup(&k).await.is_none());
+    }
+
     #[tokio::test]
     async fn backend_errors_reach_the_caller_and_local_hits_do_not_need_it() {
         let local = Local::new().await;
