@@ -211,7 +211,7 @@ impl DiskTier {
         let key = key.clone();
         self.blocking(move |disk| -> Result<bool, StoreError> {
             let mut index = disk.lock();
-            if index.changed_since(&key, order) || index.is_pinned(&key) {
+            if !index.contains(&key) || index.changed_since(&key, order) || index.is_pinned(&key) {
                 return Ok(false);
             }
             index.forget(&key);
