@@ -32,8 +32,11 @@
 //!   size, or one the disk tier refuses, ends the fill without a spool. One reader of the whole
 //!   object takes the fill's body as it is; every other reader makes its own GET of exactly
 //!   what it wants (a range stays a ranged GET), conditional on the same ETag.
-//! - **A fill that has ended is not joined.** Its outcome is for the requests that were
-//!   waiting on it; a request that finds it ended starts afresh (or finds the committed entry).
+//! - **A fill that has ended, or that a write or delete of its key overtook, is not joined.**
+//!   Its outcome is for the requests that were waiting on it; a request that finds it so
+//!   starts afresh (or finds the committed entry).
+//! - **A range of a running fill is read at its offset** in the spool, once the fill has
+//!   written that far, not by reading the spool from its start.
 
 use std::collections::HashMap;
 use std::io;
@@ -47,7 +50,7 @@ use tokio::sync::watch;
 
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions, Verdict};
 use super::disk::spool::{EntryMeta, EtagSource};
-use super::disk::{Commit, DiskTier, FillTicket};
+use super::disk::{Commit, DiskTier, FillOrder, FillTicket};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
 use super::{ByteStream, Key, Object, ObjectMeta, Read, Store, StoreError, Tier};
@@ -85,6 +88,8 @@ struct Inner<B> {
 struct Fill {
     id: u64,
     progress: watch::Receiver<Progress>,
+    /// Its place in the disk tier's change order.
+    order: FillOrder,
 }
 
 /// What a fill has achieved so far; published through a `watch`.
@@ -231,12 +236,16 @@ impl<B: Backend> ReadThrough<B> {
             return match (current.source, current.end) {
                 (Some(source), _) => {
                     lookup(true);
-                    let object = Object {
-                        meta: source.meta.clone(),
-                        body: tail(progress, source, waiter),
-                        tier: Tier::S3,
-                    };
-                    Ok(Through::Read(Read::decide(object, options)))
+                    // A range is read from the spool at its own offset (waiting for the fill
+                    // to get there), not by reading the spool from its start.
+                    let meta = source.meta.clone();
+                    let open = |span| tail(progress, source, span, waiter);
+                    Ok(Through::Read(Read::decide_with(
+                        meta,
+                        Tier::S3,
+                        options,
+                        open,
+                    )))
                 }
                 (None, Some(End::Missing)) => {
                     lookup(false);
@@ -344,7 +353,11 @@ impl<B: Backend> ReadThrough<B> {
     ) -> Option<(watch::Receiver<Progress>, bool)> {
         let mut fills = self.inner.lock();
         if let Some(fill) = fills.get(key) {
-            if fill.progress.borrow().end.is_none() {
+            // Nor is one that a write or delete of the key overtook (it will not commit): a
+            // request made after a delete must not be served the deleted object's bytes.
+            let live = fill.progress.borrow().end.is_none()
+                && !self.inner.disk.changed_since(key, fill.order);
+            if live {
                 return Some((fill.progress.clone(), true));
             }
         }
@@ -362,6 +375,7 @@ impl<B: Backend> ReadThrough<B> {
             Fill {
                 id,
                 progress: rx.clone(),
+                order: ticket.order(),
             },
         );
         drop(fills);
@@ -646,24 +660,28 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// A reader of a fill: reads the spool file up to what is written, ends only once the fill
-/// completed, and fails if the fill fails.
+/// A reader of a fill: reads `span` of the body from the spool file as it is written, and
+/// fails if the fill fails. A span that includes the body's end ends only once the fill
+/// verified the whole body.
 struct Tail {
     progress: watch::Receiver<Progress>,
     source: Source,
     pos: u64,
+    end: u64,
     _waiter: Option<WaiterGuard>,
 }
 
 fn tail(
     progress: watch::Receiver<Progress>,
     source: Source,
+    span: std::ops::Range<u64>,
     waiter: Option<WaiterGuard>,
 ) -> ByteStream {
     let state = Tail {
         progress,
         source,
-        pos: 0,
+        pos: span.start,
+        end: span.end,
         _waiter: waiter,
     };
     Box::pin(futures_util::stream::unfold(
@@ -683,6 +701,11 @@ impl Tail {
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         let len = self.source.meta.len;
         loop {
+            // A span short of the body's end is done once its bytes are: its response carries
+            // no claim about the whole (which is still verified before it is cached).
+            if self.end < len && self.pos >= self.end {
+                return Ok(None);
+            }
             let (written, verified, end) = {
                 let p = self.progress.borrow_and_update();
                 (p.written, p.verified, p.end.clone())
@@ -693,7 +716,8 @@ impl Tail {
                 written
             } else {
                 written.min(len.saturating_sub(1))
-            };
+            }
+            .min(self.end);
             if self.pos < readable {
                 let n = (readable - self.pos).min(BATCH as u64) as usize;
                 let chunk = self.read(n).await?;
@@ -791,6 +815,42 @@ mod tests {
         assert_eq!(again.tier, Tier::Disk, "read from disk once committed");
         assert!(read_body(again).await.unwrap() == data);
         assert_eq!(local.backend.calls("get"), 1);
+    }
+
+    /// A request made after a delete of the key does not join the fill the delete overtook
+    /// (whose bytes are from before it): it starts a fill of its own, which may commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_after_a_delete_does_not_join_the_fill_it_overtook() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(8);
+        let data = pattern(300_000, 8);
+        local.backend.insert(&k, data.clone());
+        local.backend.hold(true);
+        let read = |rt: &ReadThrough<_>| {
+            let (rt, k) = (rt.clone(), k.clone());
+            tokio::spawn(async move { read_body(rt.get(&k).await.unwrap().unwrap()).await })
+        };
+        let before = read(&rt);
+        let backend = local.backend.clone();
+        eventually("the first fill to ask", || backend.calls("get") == 1).await;
+        local.disk.delete(&k).await.unwrap();
+        let after = read(&rt);
+        eventually("a second fill to ask", || backend.calls("get") == 2).await;
+        assert_eq!(
+            local.metrics.single_flight_waiters.get(),
+            0,
+            "nobody joined"
+        );
+        local.backend.hold(false);
+        assert!(before.await.unwrap().unwrap() == data);
+        assert!(after.await.unwrap().unwrap() == data);
+        let done = rt.clone();
+        eventually("the fills to end", || done.fills_in_flight() == 0).await;
+        assert!(
+            local.disk.contains(&k),
+            "the fill begun after the delete commits"
+        );
     }
 
     #[tokio::test]

@@ -199,6 +199,12 @@ impl DiskTier {
         })
     }
 
+    /// Whether anything happened to `key` (a commit, a delete, its entry leaving) after a fill
+    /// took `order`.
+    pub fn changed_since(&self, key: &Key, order: FillOrder) -> bool {
+        self.lock().changed_since(key, order)
+    }
+
     /// Whether the key's entry is waiting for the shared tier (so it is newer than the
     /// shared tier's copy).
     pub fn is_pinned(&self, key: &Key) -> bool {
