@@ -6,6 +6,11 @@
 //! [`StoreError::Unavailable`] while the breaker skips S3): what it means to a client is the
 //! front's decision (Gradle answers a miss).
 //!
+//! A local hit of a namespace whose policy is [`Freshness::Revalidate`] is first confirmed with
+//! the backend (see [`TieredStore::read`]); Gradle's namespace is immutable and its hits are
+//! served as they are. An object larger than its namespace's `max_object_size`, or than the disk
+//! tier can take, is streamed through from the backend instead of cached.
+//!
 //! Writes go to disk (the durable local copy) and, when small, to memory once the disk write
 //! committed.
 //! With S3, per the write policy:
@@ -24,8 +29,8 @@ use super::body::read_exact;
 use super::disk::{DiskTier, RangedObject};
 use super::entry_file::EntryHeader;
 use super::memory::{MemoryEntry, MemoryTier};
-use super::policy::Policies;
-use super::read_through::ReadThrough;
+use super::policy::{Freshness, Policies, WriteMode};
+use super::read_through::{Ask, ReadThrough, Through};
 use super::s3::S3Tier;
 use super::write_back::WriteBack;
 use super::{
@@ -92,11 +97,133 @@ impl<B: Backend> TieredStore<B> {
         self.remote.as_ref()
     }
 
-    /// A local miss: read through the backend when there is one.
-    async fn remote_get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        match &self.remote {
-            Some(remote) => remote.read.get(key).await,
-            None => Ok(None),
+    /// Whether a local hit of `key` must be confirmed with the backend before it is served:
+    /// in a revalidated namespace that the backend holds, unless the local entry is waiting
+    /// for upload (then it is newer than anything the backend has).
+    fn revalidates(&self, key: &Key) -> bool {
+        let policy = self.policies.of(key.namespace());
+        policy.freshness == Freshness::Revalidate
+            && policy.write != WriteMode::Local
+            && self.remote.is_some()
+            && !self.disk.is_pinned(key)
+    }
+
+    /// The local copy's metadata, memory first.
+    async fn local_meta(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
+        if let Some(entry) = self.memory.lookup(key).await {
+            return Ok(Some(entry.meta.clone()));
+        }
+        self.disk.head(key).await
+    }
+
+    fn revalidated(&self, result: &str) {
+        self.metrics
+            .revalidations
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// Memory, then disk (a small disk hit is promoted to memory). `None`: no local copy.
+    async fn local_get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
+        if let Some(object) = self.memory.get(key).await? {
+            self.lookup(Tier::Memory, true);
+            return Ok(Some(object));
+        }
+        self.lookup(Tier::Memory, false);
+        let Some(object) = self.disk.get(key).await? else {
+            self.lookup(Tier::Disk, false);
+            return Ok(None);
+        };
+        if !self.memory.accepts(object.meta.len) {
+            self.lookup(Tier::Disk, true);
+            return Ok(Some(object));
+        }
+        // A body failing here is corruption the disk tier found (and removed): a local miss.
+        let Ok(data) = read_exact(object.body, object.meta.len).await else {
+            self.lookup(Tier::Disk, false);
+            return Ok(None);
+        };
+        self.lookup(Tier::Disk, true);
+        self.memory
+            .insert(
+                key.clone(),
+                MemoryEntry::with_meta(data.clone(), object.meta.clone()),
+            )
+            .await;
+        Ok(Some(Object {
+            meta: object.meta,
+            body: bytes_stream(data),
+            tier: Tier::Disk,
+        }))
+    }
+
+    /// A read from the local tiers alone. A range of an entry that is on disk (and not in
+    /// memory) is read from its blocks alone; everything else is decided on the whole entry.
+    async fn local_read(
+        &self,
+        key: &Key,
+        options: &GetOptions,
+    ) -> Result<Option<Read>, StoreError> {
+        if let Some(range) = options.range {
+            if self.memory.lookup(key).await.is_none() {
+                if let Some(ranged) = self.disk.get_range(key, range).await? {
+                    self.lookup(Tier::Disk, true);
+                    let RangedObject { object, span } = ranged;
+                    // The range is decided; the preconditions still are the object's.
+                    return Ok(Some(
+                        match (Read::decide(object, &conditions_only(options)), span) {
+                            (Read::Found { object, .. }, Some(span)) => {
+                                Read::Found { object, span }
+                            }
+                            (Read::Found { object, .. }, None) => {
+                                Read::RangeNotSatisfiable(object.meta.len)
+                            }
+                            (other, _) => other,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(self
+            .local_get(key)
+            .await?
+            .map(|object| Read::decide(object, options)))
+    }
+
+    /// Confirms a local copy's metadata with a HEAD (a HEAD has no body to refill with, so
+    /// it is one small request per call, not single-flighted): the same ETag serves the local
+    /// metadata, another ETag the backend's, a 404 drops the local copy, a failure serves the
+    /// local metadata unconfirmed.
+    async fn revalidate_head(
+        &self,
+        remote: &Remote<B>,
+        key: &Key,
+        local: ObjectMeta,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let ticket = self.disk.begin_fill();
+        match remote.read.remote().head(key).await {
+            Ok(Some(meta)) if local.etag.is_some() && meta.etag == local.etag => {
+                self.revalidated("not_modified");
+                Ok(Some(local))
+            }
+            Ok(Some(meta)) => {
+                self.revalidated("changed");
+                Ok(Some(meta))
+            }
+            Ok(None) => {
+                self.revalidated("gone");
+                if self.disk.discard_unchanged(key, ticket.order()).await?
+                    || !self.disk.contains(key)
+                {
+                    self.memory.remove(key).await;
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.revalidated("error");
+                tracing::warn!(key = %key, error = %e, "S3 revalidation failed; serving the local copy unconfirmed");
+                Ok(Some(local))
+            }
         }
     }
 
@@ -165,39 +292,22 @@ impl<B: Backend> TieredStore<B> {
 
 impl<B: Backend> Store for TieredStore<B> {
     async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        if let Some(object) = self.memory.get(key).await? {
-            self.lookup(Tier::Memory, true);
-            return Ok(Some(object));
+        match self.read(key, &GetOptions::default()).await? {
+            Read::Found { object, .. } => Ok(Some(object)),
+            // Without a range or preconditions there is nothing else to answer.
+            Read::Missing
+            | Read::NotModified(_)
+            | Read::PreconditionFailed
+            | Read::RangeNotSatisfiable(_) => Ok(None),
         }
-        self.lookup(Tier::Memory, false);
-        let Some(object) = self.disk.get(key).await? else {
-            self.lookup(Tier::Disk, false);
-            return self.remote_get(key).await;
-        };
-        if !self.memory.accepts(object.meta.len) {
-            self.lookup(Tier::Disk, true);
-            return Ok(Some(object));
-        }
-        // A body failing here is corruption the disk tier found (and removed): a local miss.
-        let Ok(data) = read_exact(object.body, object.meta.len).await else {
-            self.lookup(Tier::Disk, false);
-            return self.remote_get(key).await;
-        };
-        self.lookup(Tier::Disk, true);
-        self.memory
-            .insert(
-                key.clone(),
-                MemoryEntry::with_meta(data.clone(), object.meta.clone()),
-            )
-            .await;
-        Ok(Some(Object {
-            meta: object.meta,
-            body: bytes_stream(data),
-            tier: Tier::Disk,
-        }))
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
+        if let Some(remote) = self.remote.as_ref().filter(|_| self.revalidates(key)) {
+            if let Some(local) = self.local_meta(key).await? {
+                return self.revalidate_head(remote, key, local).await;
+            }
+        }
         if let Some(meta) = self.memory.head(key).await? {
             return Ok(Some(meta));
         }
@@ -246,35 +356,60 @@ impl<B: Backend> Store for TieredStore<B> {
         Ok(self.disk.delete(key).await? || in_memory)
     }
 
-    /// A range of an entry that is on disk (and not in memory) is read from its blocks alone;
-    /// everything else is decided on the whole entry as [`Store::get`] finds it.
+    /// Local tiers first, then the backend. In a revalidated namespace a local copy is first
+    /// confirmed with a GET conditional on its ETag (single-flighted with any fill of the key):
+    /// 304 serves it, a changed object is served and refilled from that same GET, a 404 drops
+    /// it and answers a miss, and a failure (or an open breaker) serves it unconfirmed. The
+    /// range and preconditions are applied to whichever copy is served.
     async fn read(&self, key: &Key, options: &GetOptions) -> Result<Read, StoreError> {
-        if let Some(range) = options.range {
-            if self.memory.lookup(key).await.is_none() {
-                if let Some(ranged) = self.disk.get_range(key, range).await? {
-                    self.lookup(Tier::Disk, true);
-                    let RangedObject { object, span } = ranged;
-                    // The range is decided; the preconditions still are the object's.
-                    return Ok(
-                        match (Read::decide(object, &conditions_only(options)), span) {
-                            (Read::Found { object, .. }, Some(span)) => {
-                                Read::Found { object, span }
-                            }
-                            (Read::Found { object, .. }, None) => {
-                                Read::RangeNotSatisfiable(object.meta.len)
-                            }
-                            (other, _) => other,
-                        },
-                    );
+        let max_object_size = self.policies.of(key.namespace()).max_object_size;
+        // More than once only when the key changes under the read (a fill committing it
+        // between a local miss and the backend's answer, a copy revalidated meanwhile).
+        for _ in 0..READ_ATTEMPTS {
+            if let Some(remote) = self.remote.as_ref().filter(|_| self.revalidates(key)) {
+                if let Some(local) = self.local_meta(key).await? {
+                    let ask = Ask::Revalidate(local.etag.as_deref());
+                    match remote.read.read(key, options, ask, max_object_size).await {
+                        Ok(Through::Local) => self.revalidated("not_modified"),
+                        Ok(Through::Read(Read::Missing)) => {
+                            self.revalidated("gone");
+                            return Ok(Read::Missing);
+                        }
+                        Ok(Through::Read(read)) => {
+                            self.revalidated("changed");
+                            return Ok(read);
+                        }
+                        Err(e) => {
+                            self.revalidated("error");
+                            tracing::warn!(key = %key, error = %e, "S3 revalidation failed; serving the local copy unconfirmed");
+                        }
+                    }
                 }
             }
+            if let Some(read) = self.local_read(key, options).await? {
+                return Ok(read);
+            }
+            let Some(remote) = &self.remote else {
+                return Ok(Read::Missing);
+            };
+            match remote
+                .read
+                .read(key, options, Ask::Miss, max_object_size)
+                .await?
+            {
+                Through::Read(read) => return Ok(read),
+                // A fill committed the key since the local miss: read it locally.
+                Through::Local => continue,
+            }
         }
-        Ok(match self.get(key).await? {
-            Some(object) => Read::decide(object, options),
-            None => Read::Missing,
-        })
+        Err(StoreError::Remote(format!(
+            "read of {key}: the key changed under {READ_ATTEMPTS} attempts"
+        )))
     }
 }
+
+/// Times one read looks again when the key changes under it.
+const READ_ATTEMPTS: usize = 3;
 
 /// The options without their range.
 fn conditions_only(options: &GetOptions) -> GetOptions {
@@ -291,9 +426,10 @@ mod tests {
 
     use super::*;
     use crate::store::backend::fake::FakeBackend;
+    use crate::store::policy::NamespacePolicy;
     use crate::store::testing::{body, eventually, key, pattern, read_body, Local};
     use crate::store::write_back::WriteBackSettings;
-    use crate::store::ObjectAttrs;
+    use crate::store::{Namespace, ObjectAttrs};
 
     async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
         let read = ReadThrough::new(
@@ -495,6 +631,31 @@ mod tests {
         );
     }
 
+    /// A fill that started before a delete of the same key does not bring the key back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_never_brings_back_a_deleted_key() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await;
+        let k = key(1);
+        let data = pattern(500_000, 1);
+        local.backend.insert(&k, data.clone());
+        local.backend.hold(true);
+        let reader = {
+            let store = store.clone();
+            let k = k.clone();
+            tokio::spawn(async move { read_body(store.get(&k).await.unwrap().unwrap()).await })
+        };
+        let backend = local.backend.clone();
+        eventually("the fill to ask the backend", || backend.calls("get") == 1).await;
+        assert!(!store.delete(&k).await.unwrap(), "nothing local yet");
+        local.backend.hold(false);
+        assert!(reader.await.unwrap().unwrap() == data);
+        let read = store.remote().unwrap().read.clone();
+        eventually("the fill to end", || read.fills_in_flight() == 0).await;
+        assert!(!local.disk.contains(&k), "the fill brought the key back");
+        assert!(local.memory.lookup(&k).await.is_none());
+    }
+
     #[tokio::test]
     async fn backend_errors_reach_the_caller_and_local_hits_do_not_need_it() {
         let local = Local::new().await;
@@ -508,6 +669,7 @@ mod tests {
         // Local hits are served without the backend.
         assert!(store.get(&k).await.unwrap().is_some());
         assert!(store.head(&k).await.unwrap().is_some());
+        assert_eq!(local.backend.calls("get") + local.backend.calls("head"), 0);
         // A miss asks the backend, and its failure is an error, not a miss.
         assert!(matches!(
             store.get(&key(3)).await,
@@ -520,6 +682,305 @@ mod tests {
         local.backend.fail_next(0);
         assert!(store.get(&key(3)).await.unwrap().is_none());
         assert!(store.head(&key(3)).await.unwrap().is_none());
+    }
+
+    fn runner() -> Namespace {
+        Namespace::new("runner").unwrap()
+    }
+
+    fn object(name: &str) -> Key {
+        Key::object(runner(), name).unwrap()
+    }
+
+    /// The S3 front's kind of namespace: hits confirmed with the backend.
+    fn revalidated(max_object_size: Option<u64>) -> Policies {
+        Policies::default().with(
+            runner(),
+            NamespacePolicy {
+                write: WriteMode::Through,
+                freshness: Freshness::Revalidate,
+                max_object_size,
+                location: None,
+            },
+        )
+    }
+
+    fn revalidations(local: &Local, result: &str) -> u64 {
+        local
+            .metrics
+            .revalidations
+            .with_label_values(&[result])
+            .get()
+    }
+
+    /// Reads the whole object and waits for its fill (if any) to end.
+    async fn read_all(store: &TieredStore<FakeBackend>, k: &Key) -> Option<(Tier, Vec<u8>)> {
+        let object = store.get(k).await.unwrap()?;
+        let tier = object.tier;
+        let data = read_body(object).await.unwrap();
+        let read = store.remote().unwrap().read.clone();
+        eventually("the fill to end", || read.fills_in_flight() == 0).await;
+        Some((tier, data))
+    }
+
+    /// A local hit of a revalidated namespace costs one conditional GET: a 304 serves the local
+    /// bytes, a changed object is served and refilled from that same GET, a deleted one drops
+    /// the local copy, and a failing backend leaves the local copy served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revalidated_hits_are_confirmed_with_one_conditional_get() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await.with_policies(revalidated(None));
+        // One that memory holds, one only disk does.
+        let (small, large) = (object("small.zip"), object("cache.zip"));
+        local.backend.insert(&small, pattern(1000, 1));
+        local.backend.insert(&large, pattern(300_000, 2));
+        for k in [&small, &large] {
+            assert_eq!(read_all(&store, k).await.unwrap().0, Tier::S3);
+        }
+        assert!(local.memory.lookup(&small).await.is_some());
+        assert_eq!(local.backend.calls("get"), 2);
+
+        // Unchanged: 304, local bytes.
+        for (k, seed, tier) in [(&small, 1, Tier::Memory), (&large, 2, Tier::Disk)] {
+            let (served_from, data) = read_all(&store, k).await.unwrap();
+            assert_eq!(served_from, tier);
+            assert!(data == pattern(data.len(), seed));
+        }
+        assert_eq!(local.backend.calls("get"), 4, "one conditional GET per hit");
+        assert_eq!(
+            local.backend.served_spans().len(),
+            2,
+            "no body but the fills'"
+        );
+        assert_eq!(revalidations(&local, "not_modified"), 2);
+
+        // Overwritten through another node: the new bytes, from one GET that also refills.
+        local.backend.insert(&small, pattern(2000, 3));
+        local.backend.insert(&large, pattern(400_000, 4));
+        for (k, seed) in [(&small, 3), (&large, 4)] {
+            let (tier, data) = read_all(&store, k).await.unwrap();
+            assert_eq!(tier, Tier::S3);
+            assert!(data == pattern(data.len(), seed));
+            let copy = local.disk.head(k).await.unwrap().unwrap();
+            assert_eq!(copy.etag, local.backend.meta(k).unwrap().etag, "refilled");
+        }
+        assert_eq!(local.backend.calls("get"), 6);
+        assert_eq!(revalidations(&local, "changed"), 2);
+        let (tier, data) = read_all(&store, &small).await.unwrap();
+        assert_eq!(tier, Tier::Memory, "the refill replaced the memory copy");
+        assert!(data == pattern(2000, 3));
+
+        // Failing backend: the local copy, counted.
+        local.backend.fail_next(1);
+        let (tier, data) = read_all(&store, &large).await.unwrap();
+        assert_eq!(tier, Tier::Disk);
+        assert!(data == pattern(400_000, 4));
+        assert_eq!(revalidations(&local, "error"), 1);
+
+        // Deleted through another node: a miss, and the local copies are gone.
+        for k in [&small, &large] {
+            local.backend.delete(k).await.unwrap();
+            assert!(store.get(k).await.unwrap().is_none());
+            assert!(!local.disk.contains(k));
+            assert!(local.memory.lookup(k).await.is_none());
+        }
+        assert_eq!(revalidations(&local, "gone"), 2);
+    }
+
+    /// Concurrent reads of one stale key share one revalidation, and a ranged read gets its
+    /// range of the new object; a client's own preconditions are decided on the confirmed copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_revalidations_share_one_request_and_ranges_apply_after_it() {
+        let local = Local::new().await;
+        let store = tiered(&local, false).await.with_policies(revalidated(None));
+        let k = object("cache.zip");
+        local.backend.insert(&k, pattern(300_000, 1));
+        read_all(&store, &k).await.unwrap();
+        let newer = pattern(500_000, 2);
+        local.backend.insert(&k, newer.clone());
+        let before = local.backend.calls("get");
+        local.backend.hold(true);
+        let readers: Vec<_> = (0..3u64)
+            .map(|i| {
+                let store = store.clone();
+                let k = k.clone();
+                let range = format!("bytes={}-{}", i * 100_000, i * 100_000 + 999);
+                tokio::spawn(async move {
+                    found(store.read(&k, &options(&range, None)).await.unwrap()).await
+                })
+            })
+            .collect();
+        let metrics = local.metrics.clone();
+        eventually("two reads to join the first one's revalidation", || {
+            metrics.single_flight_waiters.get() == 2
+        })
+        .await;
+        local.backend.hold(false);
+        for (i, reader) in readers.into_iter().enumerate() {
+            let (span, data) = reader.await.unwrap();
+            let start = i * 100_000;
+            assert_eq!(span, start as u64..start as u64 + 1000);
+            assert!(data == newer[start..start + 1000]);
+        }
+        assert_eq!(
+            local.backend.calls("get"),
+            before + 1,
+            "one GET for three reads"
+        );
+        let read = store.remote().unwrap().read.clone();
+        eventually("the refill to end", || read.fills_in_flight() == 0).await;
+
+        // The client's If-None-Match is decided on the revalidated (now current) copy.
+        let etag = local.backend.meta(&k).unwrap().etag.unwrap();
+        assert!(matches!(
+            store.read(&k, &options("", Some(&etag))).await.unwrap(),
+            Read::NotModified(_)
+        ));
+        let (span, data) = found(store.read(&k, &options("bytes=-10", None)).await.unwrap()).await;
+        assert_eq!(span, 499_990..500_000);
+        assert!(data == newer[499_990..]);
+        assert_eq!(revalidations(&local, "not_modified"), 2);
+    }
+
+    /// A local copy without an ETag (a Gradle-style entry) cannot be confirmed: it is refilled.
+    /// An entry still waiting for upload is newer than the backend's: served without asking.
+    /// HEADs are confirmed too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_without_etag_are_refilled_and_pending_uploads_are_not_asked_about() {
+        let local = Local::new().await;
+        let store = tiered(&local, true).await.with_policies(revalidated(None));
+        let k = object("no-etag");
+        local
+            .disk
+            .put(&k, 100, body(&pattern(100, 1)), &PutOptions::default())
+            .await
+            .unwrap();
+        local.backend.insert(&k, pattern(200, 2));
+        let (tier, data) = read_all(&store, &k).await.unwrap();
+        assert_eq!((tier, data), (Tier::S3, pattern(200, 2)));
+        assert_eq!(
+            local.disk.head(&k).await.unwrap().unwrap().etag,
+            local.backend.meta(&k).unwrap().etag
+        );
+
+        // A write-back put: pinned until uploaded (the queue is not started here).
+        let pending = object("pending");
+        let data = pattern(300, 3);
+        store
+            .put(
+                &pending,
+                300,
+                body(&data),
+                &PutOptions::object(Default::default()),
+            )
+            .await
+            .unwrap();
+        let gets = local.backend.calls("get");
+        assert_eq!(read_all(&store, &pending).await.unwrap().1, data);
+        assert!(store.head(&pending).await.unwrap().is_some());
+        assert_eq!(local.backend.calls("get"), gets);
+        assert_eq!(local.backend.calls("head"), 0);
+
+        // HEAD: the backend's metadata once changed, a miss once gone.
+        local.backend.insert(&k, pattern(300, 4));
+        let head = store.head(&k).await.unwrap().unwrap();
+        assert_eq!(head.etag, local.backend.meta(&k).unwrap().etag);
+        assert_eq!(head.len, 300);
+        local.backend.delete(&k).await.unwrap();
+        assert!(store.head(&k).await.unwrap().is_none());
+        assert!(!local.disk.contains(&k));
+    }
+
+    /// An object above the namespace's largest cached size streams through from the backend
+    /// and is not cached; a range of it is a ranged GET; a stale local copy of it is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_too_large_to_cache_stream_through() {
+        let local = Local::new().await;
+        let store = tiered(&local, false)
+            .await
+            .with_policies(revalidated(Some(100_000)));
+        let k = object("big.zip");
+        let big = pattern(300_000, 1);
+        local.backend.insert(&k, big.clone());
+        let (tier, data) = read_all(&store, &k).await.unwrap();
+        assert_eq!(tier, Tier::S3);
+        assert!(data == big);
+        assert!(!local.disk.contains(&k), "not cached");
+        assert_eq!(
+            local.backend.served_spans(),
+            vec![0..300_000],
+            "the fill's own GET served it"
+        );
+        let (span, data) = found(
+            store
+                .read(&k, &options("bytes=1000-1999", None))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(span, 1000..2000);
+        assert!(data == big[1000..2000]);
+        assert_eq!(
+            local.backend.served_spans().last(),
+            Some(&(1000..2000)),
+            "a ranged GET, not a download of the whole"
+        );
+        assert!(matches!(
+            store
+                .read(&k, &options("bytes=400000-", None))
+                .await
+                .unwrap(),
+            Read::RangeNotSatisfiable(300_000)
+        ));
+        let through = |reason| {
+            local
+                .metrics
+                .stream_through
+                .with_label_values(&[reason])
+                .get()
+        };
+        assert_eq!(through("too_large"), 2);
+
+        // A small cached copy that the backend replaced with a too large object.
+        let small = object("grew.zip");
+        local.backend.insert(&small, pattern(1000, 2));
+        read_all(&store, &small).await.unwrap();
+        assert!(local.disk.contains(&small));
+        local.backend.insert(&small, big.clone());
+        assert!(read_all(&store, &small).await.unwrap().1 == big);
+        assert!(!local.disk.contains(&small), "the stale copy was dropped");
+        assert!(local.memory.lookup(&small).await.is_none());
+    }
+
+    /// An object the disk tier can never hold is served through, not failed (Gradle's
+    /// namespace too).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_larger_than_the_disk_tier_stream_through() {
+        let mut local = Local::new().await;
+        local.disk = DiskTier::open(crate::store::disk::DiskSettings {
+            dir: local.dir.path().join("small-disk"),
+            max_size: 200_000,
+            verify_before_serve: 1 << 20,
+            min_free: 0,
+        })
+        .await
+        .unwrap();
+        let store = tiered(&local, false).await;
+        let k = key(9);
+        let big = pattern(300_000, 9);
+        local.backend.insert(&k, big.clone());
+        let (tier, data) = read_all(&store, &k).await.unwrap();
+        assert_eq!(tier, Tier::S3);
+        assert!(data == big);
+        assert!(!local.disk.contains(&k));
+        assert_eq!(
+            local
+                .metrics
+                .stream_through
+                .with_label_values(&["no_room"])
+                .get(),
+            1
+        );
     }
 
     #[tokio::test]

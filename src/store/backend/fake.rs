@@ -49,6 +49,8 @@ struct State {
     fail_next: u32,
     /// Cut this many more bodies, each after this many bytes.
     cuts: Option<(u32, u64)>,
+    /// The span of every body handed out by a get, in order.
+    spans: Vec<std::ops::Range<u64>>,
 }
 
 #[derive(Clone)]
@@ -142,6 +144,12 @@ impl FakeBackend {
         self.inner.held.send_replace(held);
     }
 
+    /// The span of the object each get answered with a body, in order: whether a read was a
+    /// ranged GET or a whole download.
+    pub fn served_spans(&self) -> Vec<std::ops::Range<u64>> {
+        self.lock().spans.clone()
+    }
+
     /// The next `count` bodies fail after `after` bytes, as when a connection drops.
     pub fn cut_bodies(&self, count: u32, after: u64) {
         self.lock().cuts = (count > 0).then_some((count, after));
@@ -220,6 +228,7 @@ impl Backend for FakeBackend {
             },
         };
         let data = stored.data.slice(span.start as usize..span.end as usize);
+        self.lock().spans.push(span.clone());
         Ok(Fetch::Found(Fetched {
             meta: stored.meta,
             span,
