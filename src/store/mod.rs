@@ -16,6 +16,7 @@ pub mod disk;
 pub mod entry_file;
 pub mod key;
 mod key_locks;
+pub mod listing;
 pub mod memory;
 pub mod policy;
 pub mod read_through;

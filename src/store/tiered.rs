@@ -22,14 +22,16 @@
 //! A listing ([`TieredStore::list`]) is the backend's merged with what the queue still owes
 //! it, or the disk tier's own for a namespace with no backend.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::backend::{Backend, GetOptions, Upload};
+use super::backend::{Backend, GetOptions, ListRequest, Listed, Listing, Upload};
 use super::body::read_exact;
 use super::disk::spool::Spool;
 use super::disk::{Commit, DiskTier, RangedObject};
 use super::entry_file::EntryHeader;
 use super::key_locks::KeyLocks;
+use super::listing::Line;
 use super::memory::{MemoryEntry, MemoryTier};
 use super::policy::{Policies, WriteMode};
 use super::read_through::ReadThrough;
@@ -250,6 +252,201 @@ impl<B: Backend> TieredStore<B> {
         Ok(self.disk.delete(key).await? || in_memory)
     }
 
+    /// One page of a namespace's objects: the backend's listing merged with what the write-back
+    /// queue still owes it (objects written here and not uploaded yet are listed with their
+    /// local size, ETag and date; objects deleted here and not yet in the backend are not
+    /// listed), or the disk tier's own entries for a namespace that never reaches a backend.
+    ///
+    /// [`Listing::next`] is the page's last line (a name or a common prefix); passed back as
+    /// the continuation, the next page starts after it.
+    pub async fn list(&self, request: &ListRequest) -> Result<Listing, StoreError> {
+        if request.max_keys == 0 {
+            return Ok(Listing::default());
+        }
+        match (&self.remote, self.route(&request.namespace)) {
+            (Some(remote), Route::Through(_) | Route::Back(_)) => {
+                self.list_merged(remote, request).await
+            }
+            _ => self.list_local(request).await,
+        }
+    }
+
+    async fn list_local(&self, request: &ListRequest) -> Result<Listing, StoreError> {
+        let disk = self.disk.clone();
+        let req = request.clone();
+        let (lines, more) = tokio::task::spawn_blocking(move || disk.list_names(&req))
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut page = Listing::default();
+        for line in lines {
+            match line {
+                Line::Prefix(common) => page.common_prefixes.push(common),
+                Line::Name(name) => {
+                    let Some(key) = stored_key(&request.namespace, &name) else {
+                        continue;
+                    };
+                    // Removed since the names were read: not listed.
+                    if let Some(meta) = self.disk.head(&key).await? {
+                        page.objects.push(listed(name, &meta));
+                    }
+                }
+            }
+        }
+        let last = page_last(&page);
+        page.next = last.filter(|_| more);
+        Ok(page)
+    }
+
+    async fn list_merged(
+        &self,
+        remote: &Remote<B>,
+        request: &ListRequest,
+    ) -> Result<Listing, StoreError> {
+        let backend = remote.backend();
+        let delimiter = request.delimiter.as_deref().filter(|d| !d.is_empty());
+        let pending = match &remote.queue {
+            Some(queue) => queue.pending_under(&request.namespace, &request.prefix),
+            None => Vec::new(),
+        };
+        let line_of = |key: &Key| Line::of(key.name(), &request.prefix, delimiter);
+        // Everything up to `last` is listed (or was, on an earlier page).
+        let mut last: Option<String> = request
+            .continuation
+            .clone()
+            .or_else(|| request.start_after.clone());
+        let mut page = Listing::default();
+        let mut lines = 0usize;
+        let mut next_pending = 0usize;
+        let mut backend_token: Option<String> = None;
+        loop {
+            let backend_page = backend
+                .list(&ListRequest {
+                    namespace: request.namespace.clone(),
+                    prefix: request.prefix.clone(),
+                    delimiter: request.delimiter.clone(),
+                    continuation: backend_token.take(),
+                    start_after: last.clone(),
+                    max_keys: (request.max_keys + 1).min(1000),
+                })
+                .await?;
+            // This batch: the backend's lines, then what the queue says about them.
+            let mut batch: BTreeMap<String, Merged> = BTreeMap::new();
+            for object in backend_page.objects {
+                batch.insert(object.name.clone(), Merged::Backend(object));
+            }
+            for common in backend_page.common_prefixes {
+                batch.insert(common, Merged::Prefix { confirmed: false });
+            }
+            let more_in_backend = backend_page.next.is_some();
+            // The backend's next page starts after its last line: queued ops up to there
+            // belong to this batch.
+            let horizon = if more_in_backend {
+                batch.keys().next_back().cloned().or_else(|| last.clone())
+            } else {
+                None
+            };
+            while let Some((key, op)) = pending.get(next_pending) {
+                let line = line_of(key);
+                if horizon.as_deref().is_some_and(|h| line.key() > h) {
+                    break;
+                }
+                next_pending += 1;
+                match (line, op) {
+                    (Line::Prefix(common), Op::Put { .. }) => {
+                        batch.insert(common, Merged::Prefix { confirmed: true });
+                    }
+                    (Line::Name(name), Op::Put { .. }) => {
+                        batch.insert(name, Merged::Local(key.clone()));
+                    }
+                    (Line::Name(name), Op::Delete) => {
+                        batch.remove(&name);
+                    }
+                    // Whether anything else is left under it is decided below, if listed.
+                    (Line::Prefix(_), Op::Delete) => {}
+                }
+            }
+            for (line_key, merged) in batch {
+                if last.as_deref().is_some_and(|l| line_key.as_str() <= l) {
+                    continue;
+                }
+                let shown = match merged {
+                    Merged::Backend(object) => Some(Shown::Object(object)),
+                    Merged::Local(key) => self
+                        .disk
+                        .head(&key)
+                        .await?
+                        .map(|meta| Shown::Object(listed(key.name().to_string(), &meta))),
+                    Merged::Prefix { confirmed } => {
+                        let holds = confirmed
+                            || self
+                                .holds_undeleted(backend, &request.namespace, &line_key, &pending)
+                                .await?;
+                        holds.then(|| Shown::Prefix(line_key.clone()))
+                    }
+                };
+                let Some(shown) = shown else {
+                    continue;
+                };
+                if lines == request.max_keys {
+                    page.next = page_last(&page);
+                    return Ok(page);
+                }
+                lines += 1;
+                last = Some(line_key);
+                match shown {
+                    Shown::Object(object) => page.objects.push(object),
+                    Shown::Prefix(common) => page.common_prefixes.push(common),
+                }
+            }
+            match backend_page.next {
+                Some(token) => backend_token = Some(token),
+                None => return Ok(page),
+            }
+        }
+    }
+
+    /// Whether the backend holds a name under `common` that has no delete queued: a common
+    /// prefix of the backend's listing is shown only then.
+    async fn holds_undeleted(
+        &self,
+        backend: &B,
+        namespace: &Namespace,
+        common: &str,
+        pending: &[(Key, Op)],
+    ) -> Result<bool, StoreError> {
+        let deleted = |name: &str| {
+            pending
+                .binary_search_by(|(key, _)| key.name().cmp(name))
+                .is_ok_and(|at| pending[at].1 == Op::Delete)
+        };
+        if !pending
+            .iter()
+            .any(|(key, op)| *op == Op::Delete && key.name().starts_with(common))
+        {
+            return Ok(true);
+        }
+        let mut token = None;
+        loop {
+            let page = backend
+                .list(&ListRequest {
+                    namespace: namespace.clone(),
+                    prefix: common.to_string(),
+                    delimiter: None,
+                    continuation: token.take(),
+                    start_after: None,
+                    max_keys: 1000,
+                })
+                .await?;
+            if page.objects.iter().any(|o| !deleted(&o.name)) {
+                return Ok(true);
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(false),
+            }
+        }
+    }
+
     pub fn memory(&self) -> &MemoryTier {
         &self.memory
     }
@@ -372,6 +569,47 @@ impl<B: Backend> Store for TieredStore<B> {
             Some(object) => Read::decide(object, options),
             None => Read::Missing,
         })
+    }
+}
+
+/// A line of a merged listing, before it is decided.
+enum Merged {
+    /// The backend's object, as it lists it.
+    Backend(Listed),
+    /// Written here and not uploaded yet: listed as the local entry is.
+    Local(Key),
+    /// A common prefix; `confirmed` when a queued upload is under it (else it is shown only if
+    /// the backend has a name under it without a queued delete).
+    Prefix { confirmed: bool },
+}
+
+enum Shown {
+    Object(Listed),
+    Prefix(String),
+}
+
+fn listed(name: String, meta: &ObjectMeta) -> Listed {
+    Listed {
+        name,
+        len: meta.len,
+        etag: meta.etag.clone(),
+        modified: meta.modified,
+    }
+}
+
+/// The last line of a page (its objects and common prefixes are each in order).
+fn page_last(page: &Listing) -> Option<String> {
+    let object = page.objects.last().map(|o| o.name.as_str());
+    let common = page.common_prefixes.last().map(String::as_str);
+    object.max(common).map(str::to_string)
+}
+
+/// The key of a stored name (Gradle's names are validated as Gradle's).
+fn stored_key(namespace: &Namespace, name: &str) -> Option<Key> {
+    if *namespace == Namespace::gradle() {
+        Key::gradle(name).ok()
+    } else {
+        Key::object(namespace.clone(), name).ok()
     }
 }
 
@@ -814,5 +1052,149 @@ mod tests {
             0,
             "the put superseded the delete"
         );
+    }
+
+    fn list_request(
+        ns: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        max_keys: usize,
+    ) -> ListRequest {
+        ListRequest {
+            namespace: crate::store::Namespace::new(ns).unwrap(),
+            prefix: prefix.into(),
+            delimiter: delimiter.map(str::to_string),
+            continuation: None,
+            start_after: None,
+            max_keys,
+        }
+    }
+
+    /// Every page of a listing, followed through its continuations: (names, common prefixes,
+    /// pages).
+    async fn list_all(
+        store: &TieredStore<FakeBackend>,
+        request: ListRequest,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        let (mut names, mut prefixes, mut pages) = (Vec::new(), Vec::new(), 0);
+        let mut request = request;
+        loop {
+            let page = store.list(&request).await.unwrap();
+            pages += 1;
+            assert!(page.objects.len() + page.common_prefixes.len() <= request.max_keys);
+            names.extend(page.objects.iter().map(|o| o.name.clone()));
+            prefixes.extend(page.common_prefixes.clone());
+            match page.next {
+                Some(next) => request.continuation = Some(next),
+                None => return (names, prefixes, pages),
+            }
+            assert!(pages < 100, "the listing does not end");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_shows_queued_writes_and_hides_queued_deletes() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        for name in ["a/1", "a/2", "b", "c/x", "d", "f/1"] {
+            local.backend.insert(&in_ns("back", name), pattern(10, 1));
+        }
+        // Not uploaded yet (the queue is not started): new names, and one overwritten.
+        put(&store, &in_ns("back", "b"), &pattern(300, 2)).await;
+        let newer = store.head(&in_ns("back", "b")).await.unwrap().unwrap();
+        for name in ["a/3", "e", "new/x"] {
+            put(&store, &in_ns("back", name), &pattern(20, 3)).await;
+        }
+        // Not applied yet: the only object under c/, one of two under f/... and d.
+        for name in ["c/x", "d"] {
+            store.delete(&in_ns("back", name)).await.unwrap();
+        }
+
+        let whole = store
+            .list(&list_request("back", "", None, 1000))
+            .await
+            .unwrap();
+        let names: Vec<&str> = whole.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["a/1", "a/2", "a/3", "b", "e", "f/1", "new/x"]);
+        assert_eq!(whole.next, None);
+        let b = &whole.objects[3];
+        assert_eq!(b.len, 300, "the local write's size");
+        assert_eq!(b.etag, newer.etag);
+        assert_eq!(b.modified, newer.modified);
+
+        let rolled = store
+            .list(&list_request("back", "", Some("/"), 1000))
+            .await
+            .unwrap();
+        let names: Vec<&str> = rolled.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["b", "e"]);
+        assert_eq!(
+            rolled.common_prefixes,
+            ["a/", "f/", "new/"],
+            "c/ holds only a deleted name; new/ only a queued one"
+        );
+
+        // Pages of every size give the same lines, each once.
+        for max_keys in 1..=4 {
+            let (names, prefixes, pages) =
+                list_all(&store, list_request("back", "", Some("/"), max_keys)).await;
+            assert_eq!(names, ["b", "e"], "{max_keys}");
+            assert_eq!(prefixes, ["a/", "f/", "new/"], "{max_keys}");
+            assert_eq!(pages, 5_usize.div_ceil(max_keys), "{max_keys}");
+            let (names, _, _) = list_all(&store, list_request("back", "a/", None, max_keys)).await;
+            assert_eq!(names, ["a/1", "a/2", "a/3"], "{max_keys}");
+        }
+        let after = store
+            .list(&ListRequest {
+                start_after: Some("b".into()),
+                ..list_request("back", "", Some("/"), 1000)
+            })
+            .await
+            .unwrap();
+        assert_eq!(after.objects.len(), 1);
+        assert_eq!(after.common_prefixes, ["f/", "new/"]);
+
+        // Once the queue has run, the backend alone lists the same.
+        let queue = queue(&store);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        let (names, prefixes, _) = list_all(&store, list_request("back", "", Some("/"), 2)).await;
+        assert_eq!(names, ["b", "e"]);
+        assert_eq!(prefixes, ["a/", "f/", "new/"]);
+    }
+
+    #[tokio::test]
+    async fn a_local_namespace_lists_its_disk_entries() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let mut stored = Vec::new();
+        for name in ["x/1", "x/2", "y", "z/deep/1", "z/deep/2", "zz"] {
+            stored.push(put(&store, &in_ns("local", name), name.as_bytes()).await);
+        }
+        // Another namespace's entries are not listed.
+        put(&store, &in_ns("back", "y"), b"other").await;
+        store.delete(&in_ns("local", "zz")).await.unwrap();
+
+        let whole = store
+            .list(&list_request("local", "", None, 100))
+            .await
+            .unwrap();
+        let names: Vec<&str> = whole.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["x/1", "x/2", "y", "z/deep/1", "z/deep/2"]);
+        assert_eq!(whole.objects[2].len, 1);
+        assert_eq!(whole.objects[2].etag, stored[2].etag);
+        assert_eq!(local.backend.calls("list"), 0);
+
+        for max_keys in 1..=3 {
+            let (names, prefixes, _) =
+                list_all(&store, list_request("local", "", Some("/"), max_keys)).await;
+            assert_eq!(names, ["y"], "{max_keys}");
+            assert_eq!(prefixes, ["x/", "z/"], "{max_keys}");
+            let (_, prefixes, _) =
+                list_all(&store, list_request("local", "z/", Some("/"), max_keys)).await;
+            assert_eq!(prefixes, ["z/deep/"], "{max_keys}");
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The in-memory index of the disk tier: entry sizes, recency, pins and the space accounting.
 //! Every method runs under the tier's mutex and does only quick work (at most an unlink).
 
+use std::collections::BTreeSet;
 use std::io;
+use std::ops::Bound;
 use std::path::Path;
 
 use lru::LruCache;
@@ -20,6 +22,8 @@ struct EntryInfo {
 
 pub struct Index {
     lru: LruCache<Key, EntryInfo>,
+    /// The same keys in order, for listings.
+    names: BTreeSet<Key>,
     max_size: u64,
     used: u64,
     /// Space held by writes in progress for bytes they have received.
@@ -36,6 +40,7 @@ impl Index {
     fn new(max_size: u64) -> Index {
         Index {
             lru: LruCache::unbounded(),
+            names: BTreeSet::new(),
             max_size,
             used: 0,
             reserved: 0,
@@ -54,6 +59,20 @@ impl Index {
             pinned_bytes: self.pinned_bytes,
             pinned_entries: self.pinned_entries,
         }
+    }
+
+    /// The first name of `namespace` within `from` (in name order).
+    pub fn first_name(&self, namespace: &Namespace, from: Bound<&str>) -> Option<String> {
+        let from = match from {
+            Bound::Included(name) => Bound::Included(Key::position(namespace, name)),
+            Bound::Excluded(name) => Bound::Excluded(Key::position(namespace, name)),
+            Bound::Unbounded => Bound::Included(Key::position(namespace, "")),
+        };
+        self.names
+            .range((from, Bound::Unbounded))
+            .next()
+            .filter(|key| key.namespace() == namespace)
+            .map(|key| key.name().to_string())
     }
 
     pub fn contains(&self, key: &Key) -> bool {
@@ -162,6 +181,7 @@ impl Index {
             self.pinned_bytes += size;
             self.pinned_entries += 1;
         }
+        self.names.insert(key.clone());
         self.lru.put(key, EntryInfo { size, pinned });
     }
 
@@ -169,6 +189,7 @@ impl Index {
     pub fn forget(&mut self, key: &Key) -> bool {
         match self.lru.pop(key) {
             Some(info) => {
+                self.names.remove(key);
                 self.used -= info.size;
                 if info.pinned {
                     self.pinned_bytes -= info.size;

@@ -20,8 +20,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::backend::ByteRange;
+use super::backend::{ByteRange, ListRequest};
 use super::entry_file::EntryHeader;
+use super::listing::{walk, Line};
 use super::{ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
 use index::{Index, Reservation};
 use spool::{EntryMeta, EtagSource};
@@ -147,6 +148,24 @@ impl DiskTier {
     /// Whether the index holds the key (without touching its recency).
     pub fn contains(&self, key: &Key) -> bool {
         self.lock().contains(key)
+    }
+
+    /// One page of a listing of a namespace's entries, names only, and whether more follow
+    /// (see [`walk`]: the work is bounded by the page). The continuation (or `start_after`) is
+    /// the previous page's last line.
+    pub fn list_names(&self, request: &ListRequest) -> (Vec<Line>, bool) {
+        let index = self.lock();
+        let cursor = request
+            .continuation
+            .as_deref()
+            .or(request.start_after.as_deref());
+        walk(
+            |from| index.first_name(&request.namespace, from),
+            &request.prefix,
+            request.delimiter.as_deref(),
+            cursor,
+            request.max_keys,
+        )
     }
 
     /// Marks an entry as not evictable (it has not reached the shared tier yet).
