@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::backend::{Backend, GetOptions, ListRequest, Listed, Listing, Upload};
+use super::backend::{Backend, GetOptions, ListRequest, Listed, Listing, PartLayout, Upload};
 use super::body::read_exact;
 use super::disk::spool::Spool;
 use super::disk::{Commit, DiskTier, RangedObject};
@@ -36,7 +36,7 @@ use super::memory::{MemoryEntry, MemoryTier};
 use super::policy::{Policies, WriteMode};
 use super::read_through::ReadThrough;
 use super::s3::S3Tier;
-use super::write_back::{Op, WriteBack};
+use super::write_back::{Op, Slot, WriteBack};
 use super::{
     bytes_stream, ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store,
     StoreError, Tier,
@@ -201,41 +201,46 @@ impl<B: Backend> TieredStore<B> {
         &self,
         backend: &B,
         key: &Key,
-        len: u64,
-        body: ByteStream,
-        options: &PutOptions,
+        spool: Spool,
+        parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
-        let header = self.put_local(key, len, body, options, true).await?;
+        let header = self.commit_local(key, spool, true).await?;
         let uploaded = async {
             let loc = self
                 .disk
                 .locate(key)
                 .await?
                 .ok_or_else(|| StoreError::Remote("entry vanished before its upload".into()))?;
-            backend.put(&Upload::entry(&loc)).await.map(|_| ())
+            let upload = Upload {
+                parts,
+                ..Upload::entry(&loc)
+            };
+            backend.put(&upload).await.map(|_| ())
         }
         .await;
         self.disk.set_pinned(key, false);
         uploaded.map(|_| header.meta())
     }
 
-    /// Write-back: the slot first, so a full queue refuses the write before anything is
-    /// stored (the front reads the refused body to its end, so the client gets the answer).
-    /// The commit and its marker happen under the key's lock, ordered with deletes.
+    /// Write-back: the commit and its marker happen under the key's lock, ordered with
+    /// deletes. The caller took the slot before receiving the body, so that a full queue
+    /// refuses the write before anything is stored.
     async fn put_back(
         &self,
         queue: &WriteBack<B>,
+        slot: Slot<B>,
         key: &Key,
-        len: u64,
-        body: ByteStream,
-        options: &PutOptions,
+        spool: Spool,
+        parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
-        let slot = queue.reserve(key)?;
         let already_queued = !slot.is_new();
-        let spool = self.disk.receive(key, len, body, options).await?;
         let _ordered = self.key_locks.lock(key).await;
         let header = self.commit_local(key, spool, true).await?;
-        if let Err(e) = queue.enqueue(slot, key, Op::put(header.body_len)).await {
+        let op = Op::Put {
+            bytes: header.body_len,
+            parts,
+        };
+        if let Err(e) = queue.enqueue(slot, key, op).await {
             // Not acknowledged, so not owed to S3: let the entry be an ordinary one (unless an
             // earlier, acknowledged write of the key still waits for upload).
             if !already_queued {
@@ -244,6 +249,26 @@ impl<B: Backend> TieredStore<B> {
             return Err(e);
         }
         Ok(header.meta())
+    }
+
+    /// Stores an entry whose body is already received in `spool` (a multipart upload's
+    /// assembly), as [`Store::put`] would, except that an upload to the backend (now or from
+    /// the queue) splits the body as `parts` says, so the backend's ETag is the one the client
+    /// was given.
+    pub async fn put_spooled(
+        &self,
+        key: &Key,
+        spool: Spool,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        match self.route(key.namespace()) {
+            Route::Local => Ok(self.commit_local(key, spool, false).await?.meta()),
+            Route::Through(backend) => self.put_through(backend, key, spool, parts).await,
+            Route::Back(queue) => {
+                let slot = queue.reserve(key)?;
+                self.put_back(queue, slot, key, spool, parts).await
+            }
+        }
     }
 
     /// Removes the memory and disk copies; whether there was one.
@@ -517,8 +542,19 @@ impl<B: Backend> Store for TieredStore<B> {
     ) -> Result<ObjectMeta, StoreError> {
         match self.route(key.namespace()) {
             Route::Local => Ok(self.put_local(key, len, body, options, false).await?.meta()),
-            Route::Through(backend) => self.put_through(backend, key, len, body, options).await,
-            Route::Back(queue) => self.put_back(queue, key, len, body, options).await,
+            Route::Through(backend) => {
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_through(backend, key, spool, PartLayout::Auto)
+                    .await
+            }
+            Route::Back(queue) => {
+                // The slot first: a full queue refuses the write before anything is stored
+                // (the front reads the refused body to its end, so the client gets the answer).
+                let slot = queue.reserve(key)?;
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_back(queue, slot, key, spool, PartLayout::Auto)
+                    .await
+            }
         }
     }
 
@@ -1196,5 +1232,50 @@ mod tests {
                 list_all(&store, list_request("local", "z/", Some("/"), max_keys)).await;
             assert_eq!(prefixes, ["z/deep/"], "{max_keys}");
         }
+    }
+
+    /// An assembled entry is uploaded with its client's part boundaries, through or back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_entry_keeps_its_part_layout() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let data = pattern(3000, 5);
+        let parts = PartLayout::Sizes(vec![1500, 1000, 500]);
+        for ns in ["through", "back", "local"] {
+            let k = in_ns(ns, "assembled");
+            let spool = local
+                .disk
+                .receive(&k, 3000, body(&data), &PutOptions::default())
+                .await
+                .unwrap();
+            let stored = store.put_spooled(&k, spool, parts.clone()).await.unwrap();
+            assert_eq!(stored.len, 3000);
+        }
+        assert_eq!(
+            local.backend.parts(&in_ns("through", "assembled")).unwrap(),
+            vec![1500, 1000, 500]
+        );
+        let queue = queue(&store);
+        let back = in_ns("back", "assembled");
+        assert_eq!(
+            queue.pending(&back),
+            Some(Op::Put {
+                bytes: 3000,
+                parts: parts.clone()
+            })
+        );
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert_eq!(local.backend.parts(&back).unwrap(), vec![1500, 1000, 500]);
+        assert!(local
+            .backend
+            .meta(&back)
+            .unwrap()
+            .etag
+            .unwrap()
+            .ends_with("-3"));
+        assert!(local.backend.object(&in_ns("local", "assembled")).is_none());
     }
 }
