@@ -2,16 +2,17 @@
 //! shutdown, then drains in-flight requests within `listen.drain_timeout`.
 //!
 //! With `[s3]`, the S3 tier goes behind memory and disk: read-through for every namespace, and
-//! the write-back queue (restored from disk, entries re-pinned, before any listener is bound) or
-//! write-through for Gradle per `gradle.write`. SIGTERM stops the uploaders and leaves the queue
-//! on disk for the next start.
+//! each namespace's writes and deletes as its policy says (`gradle.write`, and each
+//! `[[s3_api.buckets]]`'s `write`): the write-back queue (restored from disk, entries re-pinned,
+//! before any listener is bound, whenever a namespace writes back), write-through, or local.
+//! SIGTERM stops the uploaders and leaves the queue on disk for the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, WritePolicy};
+use crate::config::{Config, FreshnessPolicy, WritePolicy};
 use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
 use crate::metrics::Metrics;
@@ -22,10 +23,12 @@ use crate::server::tls::TlsAcceptor;
 use crate::server::{self, ConnSettings, Shutdown, UploadLimits};
 use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
+use crate::store::policy::{BackendLocation, Freshness, NamespacePolicy, Policies, WriteMode};
 use crate::store::read_through::ReadThrough;
 use crate::store::s3::{self, S3Tier};
-use crate::store::tiered::{Remote, RemoteWrite, TieredStore};
+use crate::store::tiered::{Remote, TieredStore};
 use crate::store::write_back::{WriteBack, WriteBackSettings};
+use crate::store::Namespace;
 
 /// A started daemon: its bound addresses and the handle to stop it.
 pub struct Daemon {
@@ -65,8 +68,12 @@ impl Daemon {
             let client = s3::client::build(s3_config).await;
             let s3 = S3Tier::new(client, s3_config, metrics.clone());
             let read = ReadThrough::new(s3.clone(), disk.clone(), memory.clone(), metrics.clone());
-            let (write, queue) = match config.gradle.write {
-                WritePolicy::Back => {
+            let policies = policies(config);
+            let writes_back = std::iter::once(policies.of(&Namespace::gradle()))
+                .chain(policies.named().map(|(_, policy)| policy))
+                .any(|policy| policy.write == WriteMode::Back);
+            let queue = match writes_back {
+                true => {
                     let queue = WriteBack::load(
                         WriteBackSettings {
                             disk_dir: config.disk.dir.clone(),
@@ -84,9 +91,9 @@ impl Daemon {
                         anyhow::anyhow!("write-back queue in {}: {e}", config.disk.dir.display())
                     })?;
                     queue.start(shutdown.subscribe());
-                    (RemoteWrite::Back(queue.clone()), Some(queue))
+                    Some(queue)
                 }
-                WritePolicy::Through => (RemoteWrite::Through(s3.clone()), None),
+                false => None,
             };
             tracing::info!(
                 bucket = %s3_config.bucket,
@@ -95,8 +102,21 @@ impl Daemon {
                 queued = queue.as_ref().map_or(0, |q| q.len()),
                 "S3 tier configured"
             );
-            remote_status = Some(RemoteStatus { s3, queue });
-            store = store.with_remote(Remote { read, write });
+            remote_status = Some(RemoteStatus {
+                s3,
+                queue: queue.clone(),
+            });
+            store = store.with_remote(Remote { read, queue });
+        }
+        store = store.with_policies(policies(config));
+        for (namespace, policy) in store.policies().named() {
+            tracing::info!(
+                namespace = namespace.as_str(),
+                write = ?store.write_mode(namespace),
+                freshness = ?policy.freshness,
+                backend = ?policy.location,
+                "bucket configured"
+            );
         }
         let store = Arc::new(store);
 
@@ -222,6 +242,55 @@ impl Daemon {
             .await
             .is_ok()
     }
+}
+
+/// Every namespace's policy from the config: Gradle's from `[gradle]` (content-addressed, so
+/// immutable), each bucket's from its `[[s3_api.buckets]]` entry.
+pub fn policies(config: &Config) -> Policies {
+    let write_mode = |policy: WritePolicy| match policy {
+        WritePolicy::Back => WriteMode::Back,
+        WritePolicy::Through => WriteMode::Through,
+        WritePolicy::Local => WriteMode::Local,
+    };
+    let gradle = NamespacePolicy {
+        write: write_mode(config.gradle.write),
+        ..NamespacePolicy::default()
+    };
+    let mut policies = Policies::new(gradle.clone()).with(Namespace::gradle(), gradle);
+    for bucket in &config.s3_api.buckets {
+        // Validated with the config: a bucket's name is a namespace.
+        let Ok(namespace) = Namespace::new(&bucket.name) else {
+            continue;
+        };
+        let location = config.s3.as_ref().map(|s3| BackendLocation {
+            bucket: bucket
+                .backend_bucket
+                .clone()
+                .unwrap_or_else(|| s3.bucket.clone()),
+            // Today's layout, `<s3.prefix><namespace>/` (the S3 tier's rule: a non-empty prefix
+            // gets a '/' when it has none).
+            prefix: bucket.backend_prefix.clone().unwrap_or_else(|| {
+                let base = &s3.prefix;
+                let sep = if base.is_empty() || base.ends_with('/') {
+                    ""
+                } else {
+                    "/"
+                };
+                format!("{base}{sep}{}/", bucket.name)
+            }),
+        });
+        let policy = NamespacePolicy {
+            write: write_mode(bucket.write),
+            freshness: match bucket.freshness {
+                FreshnessPolicy::Revalidate => Freshness::Revalidate,
+                FreshnessPolicy::Immutable => Freshness::Immutable,
+            },
+            max_object_size: bucket.max_object_size.map(|size| size.as_u64()),
+            location,
+        };
+        policies = policies.with(namespace, policy);
+    }
+    policies
 }
 
 async fn bind(key: &str, addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {

@@ -180,6 +180,7 @@ impl Config {
             }
         }
         self.validate_tls()?;
+        self.validate_s3_api()?;
         if let Some(s3) = &self.s3 {
             if s3.bucket.is_empty() {
                 return Err(ConfigError::invalid(
@@ -358,6 +359,81 @@ impl Config {
                 "limits.max_refused_body",
                 "must be above 0: a refused body is read so its client sees the answer",
             ));
+        }
+        Ok(())
+    }
+
+    /// Each bucket must be a namespace the store can keep apart from its own directories and
+    /// from Gradle's, and must have S3 behind it if it sends anything there.
+    fn validate_s3_api(&self) -> Result<(), ConfigError> {
+        use crate::store::key::{KeyError, Namespace, RESERVED_NAMESPACES};
+        let mut names = std::collections::HashSet::new();
+        for (i, bucket) in self.s3_api.buckets.iter().enumerate() {
+            let key = format!("s3_api.buckets[{i}]");
+            match Namespace::new(&bucket.name) {
+                Ok(_) => {}
+                Err(KeyError::ReservedNamespace) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.name"),
+                        format!(
+                            "{:?} is reserved (the cache keeps its own data under {}); choose another name",
+                            bucket.name,
+                            RESERVED_NAMESPACES.join(", ")
+                        ),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.name"),
+                        format!(
+                            "{:?} is not a bucket name: 3 to 63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                            bucket.name
+                        ),
+                    ))
+                }
+            }
+            if !names.insert(bucket.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("bucket {:?} is listed twice", bucket.name),
+                ));
+            }
+            if self.s3.is_none() {
+                let needs_s3 = match bucket.write {
+                    WritePolicy::Back | WritePolicy::Through => Some("write"),
+                    WritePolicy::Local => None,
+                }
+                .or(bucket.backend_bucket.as_ref().map(|_| "backend_bucket"))
+                .or(bucket.backend_prefix.as_ref().map(|_| "backend_prefix"));
+                if let Some(field) = needs_s3 {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{field}"),
+                        "needs an [s3] backend; without one, set write = \"local\" and no backend_bucket or backend_prefix",
+                    ));
+                }
+            }
+            if bucket.backend_bucket.as_deref() == Some("") {
+                return Err(ConfigError::invalid(
+                    format!("{key}.backend_bucket"),
+                    "must not be empty (leave it out for s3.bucket)",
+                ));
+            }
+            if bucket
+                .backend_prefix
+                .as_deref()
+                .is_some_and(|p| p.starts_with('/'))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.backend_prefix"),
+                    "must not start with '/'",
+                ));
+            }
+            if bucket.max_object_size.is_some_and(|s| s.as_u64() == 0) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.max_object_size"),
+                    "must be above 0 (leave it out for no limit)",
+                ));
+            }
         }
         Ok(())
     }

@@ -273,3 +273,114 @@ fn tls_files_and_durations_come_from_the_environment() {
         .to_string();
     assert!(err.starts_with("BUILD_CACHE_PROXY_TLS_LISTENERS:"), "{err}");
 }
+
+const S3: &str = "[s3]\nbucket = \"shared\"\nprefix = \"ci\"\n";
+
+#[test]
+fn buckets_take_their_defaults_from_s3() {
+    let config = parse(&format!(
+        "{S3}[gradle]\nwrite = \"local\"\n[[s3_api.buckets]]\nname = \"runner-cache\"\n\
+         [[s3_api.buckets]]\nname = \"artifacts\"\nbackend_bucket = \"jars\"\nbackend_prefix = \"\"\n\
+         write = \"through\"\nfreshness = \"immutable\"\nmax_object_size = \"2GiB\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.gradle.write, WritePolicy::Local);
+    let [cache, jars] = &config.s3_api.buckets[..] else {
+        panic!("two buckets");
+    };
+    assert_eq!(cache.write, WritePolicy::Back);
+    assert_eq!(cache.freshness, FreshnessPolicy::Revalidate);
+    assert_eq!(cache.backend_bucket, None);
+    assert_eq!(jars.max_object_size.unwrap().as_u64(), 2 << 30);
+
+    use crate::store::policy::{BackendLocation, Freshness, WriteMode};
+    use crate::store::Namespace;
+    let policies = crate::daemon::policies(&config);
+    let cache = policies.of(&Namespace::new("runner-cache").unwrap());
+    assert_eq!(cache.write, WriteMode::Back);
+    assert_eq!(cache.freshness, Freshness::Revalidate);
+    assert_eq!(
+        cache.location,
+        Some(BackendLocation {
+            bucket: "shared".into(),
+            prefix: "ci/runner-cache/".into(),
+        }),
+        "today's layout: <s3.prefix><name>/"
+    );
+    let jars = policies.of(&Namespace::new("artifacts").unwrap());
+    assert_eq!(jars.write, WriteMode::Through);
+    assert_eq!(jars.freshness, Freshness::Immutable);
+    assert_eq!(jars.max_object_size, Some(2 << 30));
+    assert_eq!(
+        jars.location,
+        Some(BackendLocation {
+            bucket: "jars".into(),
+            prefix: String::new(),
+        })
+    );
+    let gradle = policies.of(&Namespace::gradle());
+    assert_eq!(gradle.write, WriteMode::Local);
+    assert_eq!(gradle.freshness, Freshness::Immutable);
+}
+
+#[test]
+fn reserved_bucket_names_are_refused_as_reserved() {
+    for name in ["tmp", "gradle", ".queue"] {
+        let err = parse(&format!("{S3}[[s3_api.buckets]]\nname = \"{name}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s3_api.buckets[0].name:"), "{err}");
+        assert!(err.contains("reserved"), "{name}: {err}");
+    }
+    for name in ["UPPER", "ab", "-lead", "a..b", ""] {
+        let err = parse(&format!("{S3}[[s3_api.buckets]]\nname = \"{name}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s3_api.buckets[0].name:"), "{err}");
+        assert!(err.contains("not a bucket name"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn bucket_contradictions_name_their_key() {
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    let twice = err(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\n[[s3_api.buckets]]\nname = \"abc\"\n"
+    ));
+    assert!(
+        twice.starts_with("s3_api.buckets[1].name:") && twice.contains("twice"),
+        "{twice}"
+    );
+    // Without [s3], only a local bucket makes sense.
+    for write in ["back", "through"] {
+        let e = err(&format!(
+            "[[s3_api.buckets]]\nname = \"abc\"\nwrite = \"{write}\"\n"
+        ));
+        assert!(e.starts_with("s3_api.buckets[0].write:"), "{e}");
+        assert!(e.contains("[s3]"), "{e}");
+    }
+    let e = err("[[s3_api.buckets]]\nname = \"abc\"\n");
+    assert!(
+        e.starts_with("s3_api.buckets[0].write:"),
+        "the default is back: {e}"
+    );
+    let e = err("[[s3_api.buckets]]\nname = \"abc\"\nwrite = \"local\"\nbackend_bucket = \"x\"\n");
+    assert!(e.starts_with("s3_api.buckets[0].backend_bucket:"), "{e}");
+    assert!(parse("[[s3_api.buckets]]\nname = \"abc\"\nwrite = \"local\"\n").is_ok());
+    let e = err(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\nbackend_prefix = \"/x\"\n"
+    ));
+    assert!(e.starts_with("s3_api.buckets[0].backend_prefix:"), "{e}");
+    let e = err(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\nmax_object_size = 0\n"
+    ));
+    assert!(e.starts_with("s3_api.buckets[0].max_object_size:"), "{e}");
+    let e = err(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\nwrite = \"sometimes\"\n"
+    ));
+    assert!(e.starts_with("s3_api.buckets[0].write:"), "{e}");
+    let e = err(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\nbucket = \"x\"\n"
+    ));
+    assert!(e.contains("bucket"), "unknown keys are refused: {e}");
+}

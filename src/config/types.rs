@@ -24,6 +24,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// The Gradle HTTP build cache front.
     pub gradle: GradleConfig,
+    /// The S3 front: the buckets it exposes, each a namespace of the store with its own policy.
+    pub s3_api: S3ApiConfig,
     /// TLS on the listeners; off while no certificate is configured.
     pub tls: TlsConfig,
     /// Logging.
@@ -254,7 +256,7 @@ pub enum Oversize {
     Reject,
 }
 
-/// When a write is acknowledged relative to the S3 upload.
+/// When a write (or delete) is acknowledged relative to S3 having it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WritePolicy {
@@ -262,6 +264,64 @@ pub enum WritePolicy {
     Back,
     /// Acknowledge only after S3 has the object.
     Through,
+    /// Keep it on this node; never send it to S3.
+    Local,
+}
+
+/// Whether a local copy of a bucket's object may be served without asking S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreshnessPolicy {
+    /// Confirm a local hit with a conditional request to S3 first (objects are overwritten,
+    /// possibly through another node).
+    Revalidate,
+    /// Serve a local hit as it is (objects under a key never change).
+    Immutable,
+}
+
+/// The S3 front.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3ApiConfig {
+    /// The buckets clients see (`[[s3_api.buckets]]`).
+    pub buckets: Vec<S3ApiBucket>,
+}
+
+/// One bucket of the S3 front.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3ApiBucket {
+    /// The bucket's name as clients address it; also its namespace in the cache. S3 bucket
+    /// naming; `gradle`, `tmp` and `.queue` are reserved.
+    pub name: String,
+    /// The S3 bucket behind it; default: `s3.bucket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_bucket: Option<String>,
+    /// Prepended to object keys in the backend bucket ("" keeps the keys as they are, so
+    /// objects already written straight to S3 are served unchanged); default:
+    /// `<s3.prefix><name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_prefix: Option<String>,
+    /// When writes and deletes are acknowledged: "back" (once durable locally, then applied to
+    /// S3 from the persistent queue), "through" (once S3 has them) or "local" (never sent to
+    /// S3). "back" and "through" need [s3].
+    #[serde(default = "default_bucket_write")]
+    pub write: WritePolicy,
+    /// "revalidate" (a local hit is confirmed with S3 first) or "immutable".
+    #[serde(default = "default_bucket_freshness")]
+    pub freshness: FreshnessPolicy,
+    /// Largest object kept in the local tiers; a larger one streams through from S3. Default:
+    /// as large as the disk tier can hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_object_size: Option<ByteSize>,
+}
+
+fn default_bucket_write() -> WritePolicy {
+    WritePolicy::Back
+}
+
+fn default_bucket_freshness() -> FreshnessPolicy {
+    FreshnessPolicy::Revalidate
 }
 
 /// The Gradle HTTP build cache front.
@@ -274,7 +334,7 @@ pub struct GradleConfig {
     pub oversize: Oversize,
     /// Access without credentials: "readwrite", "read" or "none".
     pub anonymous: Access,
-    /// Write policy towards S3: "back" or "through".
+    /// Write policy towards S3: "back", "through" or "local" (never sent to S3).
     pub write: WritePolicy,
     /// HTTP Basic users.
     pub users: Vec<GradleUser>,

@@ -9,9 +9,10 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_GRADLE_KEY_LEN: usize = 128;
 
 const GRADLE: &str = "gradle";
-/// Names no bucket's namespace may take: `tmp` is the disk tier's temp directory and `gradle`
-/// the Gradle front's namespace.
-pub const RESERVED_NAMESPACES: &[&str] = &[GRADLE, "tmp"];
+/// Names no bucket's namespace may take: `tmp` is the disk tier's temp directory, `.queue` the
+/// write-back queue's (no bucket name can start with a dot anyway; it is listed so that the
+/// refusal says why) and `gradle` the Gradle front's namespace.
+pub const RESERVED_NAMESPACES: &[&str] = &[GRADLE, "tmp", ".queue"];
 
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +47,9 @@ impl Namespace {
     /// disk tier keeps its own files beside the namespaces' directories, and `gradle` keys are
     /// validated as Gradle's.
     pub fn new(name: &str) -> Result<Self, KeyError> {
+        if RESERVED_NAMESPACES.contains(&name) {
+            return Err(KeyError::ReservedNamespace);
+        }
         let edge_ok =
             |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         let ok = (3..=63).contains(&name.len())
@@ -57,9 +61,6 @@ impl Namespace {
             && !name.contains("..");
         if !ok {
             return Err(KeyError::BadNamespace);
-        }
-        if RESERVED_NAMESPACES.contains(&name) {
-            return Err(KeyError::ReservedNamespace);
         }
         Ok(Namespace(name.to_string()))
     }
@@ -128,6 +129,16 @@ impl Key {
         })
     }
 
+    /// Where `name` would sort among the keys of `ns` (keys order by namespace, then name):
+    /// a bound for ordered scans of a namespace, never a key to store under, since `name` is
+    /// not validated.
+    pub(crate) fn position(ns: &Namespace, name: &str) -> Key {
+        Key {
+            ns: ns.clone(),
+            name: name.to_string(),
+        }
+    }
+
     pub fn namespace(&self) -> &Namespace {
         &self.ns
     }
@@ -176,6 +187,10 @@ mod tests {
         for name in ["tmp", "gradle", ".queue", "-ab", "ab-", ".git"] {
             assert!(Namespace::new(name).is_err(), "{name:?} accepted");
         }
+        for reserved in RESERVED_NAMESPACES {
+            assert_eq!(Namespace::new(reserved), Err(KeyError::ReservedNamespace));
+        }
+        assert!(RESERVED_NAMESPACES.contains(&crate::store::write_back::QUEUE_DIR));
         assert_eq!(Namespace::parse("gradle"), Ok(Namespace::gradle()));
         assert!(Namespace::parse("tmp").is_err());
         assert!(Namespace::parse("runner-cache").is_ok());

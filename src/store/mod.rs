@@ -15,6 +15,8 @@ pub mod body;
 pub mod disk;
 pub mod entry_file;
 pub mod key;
+mod key_locks;
+pub mod listing;
 pub mod memory;
 pub mod policy;
 pub mod read_through;

@@ -12,29 +12,39 @@
 //! tier can take, is streamed through from the backend instead of cached.
 //!
 //! Writes go to disk (the durable local copy) and, when small, to memory once the disk write
-//! committed.
-//! With S3, per the write policy:
+//! committed. With a backend, each namespace's write mode ([`super::policy::WriteMode`]) says
+//! what else happens:
 //! - back: the entry is committed pinned and queued ([`super::write_back`]); acknowledged once
 //!   the queue marker is durable;
 //! - through: the entry is committed, uploaded from its file, and acknowledged only once S3
-//!   has it. If the upload fails the write fails (the local copy stays, as a cache entry).
+//!   has it. If the upload fails the write fails (the local copy stays, as a cache entry);
+//! - local: the entry stays on this node, as without a backend.
 //!
-//! A delete removes the local copies only: S3 is the shared tier of every node, and entries
-//! leave it by the bucket's lifecycle rules, not by one node's decision.
+//! Deletes follow the same mode: through deletes in the backend, then locally; back queues the
+//! delete (durably, before it is acknowledged) and removes the local copies, and until the
+//! backend has applied it the key reads as missing; local removes the local copies only.
+//!
+//! A listing ([`TieredStore::list`]) is the backend's merged with what the queue still owes
+//! it, or the disk tier's own for a namespace with no backend.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::backend::{Backend, GetOptions, Upload};
+use super::backend::{Backend, GetOptions, ListRequest, Listed, Listing, PartLayout, Upload};
 use super::body::read_exact;
-use super::disk::{DiskTier, RangedObject};
+use super::disk::spool::Spool;
+use super::disk::{Commit, DiskTier, RangedObject};
 use super::entry_file::EntryHeader;
+use super::key_locks::KeyLocks;
+use super::listing::Line;
 use super::memory::{MemoryEntry, MemoryTier};
 use super::policy::{Freshness, Policies, WriteMode};
 use super::read_through::{Ask, ReadThrough, Through};
 use super::s3::S3Tier;
-use super::write_back::WriteBack;
+use super::write_back::{Op, Slot, WriteBack};
 use super::{
-    bytes_stream, ByteStream, Key, Object, ObjectMeta, PutOptions, Read, Store, StoreError, Tier,
+    bytes_stream, ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store,
+    StoreError, Tier,
 };
 use crate::metrics::Metrics;
 
@@ -46,23 +56,32 @@ pub struct TieredStore<B: Backend = S3Tier> {
     remote: Option<Remote<B>>,
     /// What each namespace asks of the store (see [`super::policy`]).
     policies: Arc<Policies>,
+    /// Orders a written-back key's commit and queue marker against a delete of the same key,
+    /// so the marker left on disk and the local copy always belong to the same, newest op.
+    key_locks: Arc<KeyLocks>,
     metrics: Arc<Metrics>,
 }
 
-/// The backend behind the local tiers, and how writes reach it.
+/// The backend behind the local tiers: read through it, and write back to it through the
+/// queue when a namespace asks for that.
 #[derive(Clone)]
 pub struct Remote<B: Backend = S3Tier> {
     pub read: ReadThrough<B>,
-    pub write: RemoteWrite<B>,
+    /// The write-back queue; the daemon builds one when any namespace writes back.
+    pub queue: Option<WriteBack<B>>,
 }
 
-/// The write policy towards the backend.
-#[derive(Clone)]
-pub enum RemoteWrite<B: Backend = S3Tier> {
-    /// Acknowledge when durable locally; upload from the persistent queue.
-    Back(WriteBack<B>),
-    /// Acknowledge only once the backend has the object.
-    Through(B),
+impl<B: Backend> Remote<B> {
+    pub fn backend(&self) -> &B {
+        self.read.remote()
+    }
+}
+
+/// How a write or delete reaches the backend.
+enum Route<'a, B: Backend> {
+    Local,
+    Through(&'a B),
+    Back(&'a WriteBack<B>),
 }
 
 impl<B: Backend> TieredStore<B> {
@@ -73,6 +92,7 @@ impl<B: Backend> TieredStore<B> {
             disk,
             remote: None,
             policies: Arc::new(Policies::default()),
+            key_locks: Arc::new(KeyLocks::default()),
             metrics,
         }
     }
@@ -95,6 +115,37 @@ impl<B: Backend> TieredStore<B> {
 
     pub fn remote(&self) -> Option<&Remote<B>> {
         self.remote.as_ref()
+    }
+
+    /// The write mode a namespace's writes and deletes actually get: local without a backend.
+    pub fn write_mode(&self, namespace: &Namespace) -> WriteMode {
+        match self.route(namespace) {
+            Route::Local => WriteMode::Local,
+            Route::Through(_) => WriteMode::Through,
+            Route::Back(_) => WriteMode::Back,
+        }
+    }
+
+    fn route(&self, namespace: &Namespace) -> Route<'_, B> {
+        let Some(remote) = &self.remote else {
+            return Route::Local;
+        };
+        match (self.policies.of(namespace).write, &remote.queue) {
+            (WriteMode::Local, _) => Route::Local,
+            (WriteMode::Back, Some(queue)) => Route::Back(queue),
+            // The daemon builds a queue whenever a namespace writes back; without one,
+            // write-through is the safe reading: nothing is acknowledged the backend lacks.
+            (WriteMode::Back, None) | (WriteMode::Through, _) => Route::Through(remote.backend()),
+        }
+    }
+
+    /// Whether `key` has a delete queued that the backend has not applied yet: until it has,
+    /// the backend's copy must not be served (nor filled back).
+    fn delete_pending(&self, key: &Key) -> bool {
+        self.remote
+            .as_ref()
+            .and_then(|r| r.queue.as_ref())
+            .is_some_and(|queue| queue.pending(key) == Some(Op::Delete))
     }
 
     /// Whether a local hit of `key` must be confirmed with the backend before it is served:
@@ -228,10 +279,6 @@ impl<B: Backend> TieredStore<B> {
     }
 
     /// Writes the durable local copy, and a small entry's memory copy once that committed.
-    /// The memory copy is read back from the committed file (from the page cache, verified
-    /// like any disk read) rather than kept while the body streams in: a copy kept on the way
-    /// would cost every upload in progress, stalled ones included, up to
-    /// `memory.max_entry_size`.
     async fn put_local(
         &self,
         key: &Key,
@@ -240,8 +287,29 @@ impl<B: Backend> TieredStore<B> {
         options: &PutOptions,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
-        let header = self.disk.put_entry(key, len, body, options, pinned).await?;
+        let spool = self.disk.receive(key, len, body, options).await?;
+        self.commit_local(key, spool, pinned).await
+    }
+
+    /// Commits a received body, then puts a small entry's memory copy in place of any older
+    /// one. The memory copy is read back from the committed file (from the page cache, verified
+    /// like any disk read) rather than kept while the body streams in: a copy kept on the way
+    /// would cost every upload in progress, stalled ones included, up to
+    /// `memory.max_entry_size`.
+    async fn commit_local(
+        &self,
+        key: &Key,
+        spool: Spool,
+        pinned: bool,
+    ) -> Result<EntryHeader, StoreError> {
+        let mode = if pinned {
+            Commit::Pinned
+        } else {
+            Commit::Cached
+        };
+        let (header, _) = spool.finish(mode).await?;
         self.memory.remove(key).await;
+        let len = header.body_len;
         if self.memory.accepts(len) {
             if let Ok(Some(object)) = self.disk.get(key).await {
                 // A body failing here (corruption found) only means no memory copy.
@@ -259,22 +327,275 @@ impl<B: Backend> TieredStore<B> {
         &self,
         backend: &B,
         key: &Key,
-        len: u64,
-        body: ByteStream,
-        options: &PutOptions,
+        spool: Spool,
+        parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
-        let header = self.put_local(key, len, body, options, true).await?;
+        let header = self.commit_local(key, spool, true).await?;
         let uploaded = async {
             let loc = self
                 .disk
                 .locate(key)
                 .await?
                 .ok_or_else(|| StoreError::Remote("entry vanished before its upload".into()))?;
-            backend.put(&Upload::entry(&loc)).await.map(|_| ())
+            let upload = Upload {
+                parts,
+                ..Upload::entry(&loc)
+            };
+            backend.put(&upload).await.map(|_| ())
         }
         .await;
         self.disk.set_pinned(key, false);
         uploaded.map(|_| header.meta())
+    }
+
+    /// Write-back: the commit and its marker happen under the key's lock, ordered with
+    /// deletes. The caller took the slot before receiving the body, so that a full queue
+    /// refuses the write before anything is stored.
+    async fn put_back(
+        &self,
+        queue: &WriteBack<B>,
+        slot: Slot<B>,
+        key: &Key,
+        spool: Spool,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        let already_queued = !slot.is_new();
+        let _ordered = self.key_locks.lock(key).await;
+        let header = self.commit_local(key, spool, true).await?;
+        let op = Op::Put {
+            bytes: header.body_len,
+            parts,
+        };
+        if let Err(e) = queue.enqueue(slot, key, op).await {
+            // Not acknowledged, so not owed to S3: let the entry be an ordinary one (unless an
+            // earlier, acknowledged write of the key still waits for upload).
+            if !already_queued {
+                self.disk.set_pinned(key, false);
+            }
+            return Err(e);
+        }
+        Ok(header.meta())
+    }
+
+    /// Stores an entry whose body is already received in `spool` (a multipart upload's
+    /// assembly), as [`Store::put`] would, except that an upload to the backend (now or from
+    /// the queue) splits the body as `parts` says, so the backend's ETag is the one the client
+    /// was given.
+    pub async fn put_spooled(
+        &self,
+        key: &Key,
+        spool: Spool,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        match self.route(key.namespace()) {
+            Route::Local => Ok(self.commit_local(key, spool, false).await?.meta()),
+            Route::Through(backend) => self.put_through(backend, key, spool, parts).await,
+            Route::Back(queue) => {
+                let slot = queue.reserve(key)?;
+                self.put_back(queue, slot, key, spool, parts).await
+            }
+        }
+    }
+
+    /// Removes the memory and disk copies; whether there was one.
+    async fn delete_local(&self, key: &Key) -> Result<bool, StoreError> {
+        let in_memory = self.memory.remove(key).await;
+        Ok(self.disk.delete(key).await? || in_memory)
+    }
+
+    /// One page of a namespace's objects: the backend's listing merged with what the write-back
+    /// queue still owes it (objects written here and not uploaded yet are listed with their
+    /// local size, ETag and date; objects deleted here and not yet in the backend are not
+    /// listed), or the disk tier's own entries for a namespace that never reaches a backend.
+    ///
+    /// [`Listing::next`] is the page's last line (a name or a common prefix); passed back as
+    /// the continuation, the next page starts after it.
+    pub async fn list(&self, request: &ListRequest) -> Result<Listing, StoreError> {
+        if request.max_keys == 0 {
+            return Ok(Listing::default());
+        }
+        match (&self.remote, self.route(&request.namespace)) {
+            (Some(remote), Route::Through(_) | Route::Back(_)) => {
+                self.list_merged(remote, request).await
+            }
+            _ => self.list_local(request).await,
+        }
+    }
+
+    async fn list_local(&self, request: &ListRequest) -> Result<Listing, StoreError> {
+        let disk = self.disk.clone();
+        let req = request.clone();
+        let (lines, more) = tokio::task::spawn_blocking(move || disk.list_names(&req))
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut page = Listing::default();
+        for line in lines {
+            match line {
+                Line::Prefix(common) => page.common_prefixes.push(common),
+                Line::Name(name) => {
+                    let Some(key) = stored_key(&request.namespace, &name) else {
+                        continue;
+                    };
+                    // Removed since the names were read: not listed.
+                    if let Some(meta) = self.disk.head(&key).await? {
+                        page.objects.push(listed(name, &meta));
+                    }
+                }
+            }
+        }
+        let last = page_last(&page);
+        page.next = last.filter(|_| more);
+        Ok(page)
+    }
+
+    async fn list_merged(
+        &self,
+        remote: &Remote<B>,
+        request: &ListRequest,
+    ) -> Result<Listing, StoreError> {
+        let backend = remote.backend();
+        let delimiter = request.delimiter.as_deref().filter(|d| !d.is_empty());
+        let pending = match &remote.queue {
+            Some(queue) => queue.pending_under(&request.namespace, &request.prefix),
+            None => Vec::new(),
+        };
+        let line_of = |key: &Key| Line::of(key.name(), &request.prefix, delimiter);
+        // Everything up to `last` is listed (or was, on an earlier page).
+        let mut last: Option<String> = request
+            .continuation
+            .clone()
+            .or_else(|| request.start_after.clone());
+        let mut page = Listing::default();
+        let mut lines = 0usize;
+        let mut next_pending = 0usize;
+        let mut backend_token: Option<String> = None;
+        loop {
+            let backend_page = backend
+                .list(&ListRequest {
+                    namespace: request.namespace.clone(),
+                    prefix: request.prefix.clone(),
+                    delimiter: request.delimiter.clone(),
+                    continuation: backend_token.take(),
+                    start_after: last.clone(),
+                    max_keys: (request.max_keys + 1).min(1000),
+                })
+                .await?;
+            // This batch: the backend's lines, then what the queue says about them.
+            let mut batch: BTreeMap<String, Merged> = BTreeMap::new();
+            for object in backend_page.objects {
+                batch.insert(object.name.clone(), Merged::Backend(object));
+            }
+            for common in backend_page.common_prefixes {
+                batch.insert(common, Merged::Prefix { confirmed: false });
+            }
+            let more_in_backend = backend_page.next.is_some();
+            // The backend's next page starts after its last line: queued ops up to there
+            // belong to this batch.
+            let horizon = if more_in_backend {
+                batch.keys().next_back().cloned().or_else(|| last.clone())
+            } else {
+                None
+            };
+            while let Some((key, op)) = pending.get(next_pending) {
+                let line = line_of(key);
+                if horizon.as_deref().is_some_and(|h| line.key() > h) {
+                    break;
+                }
+                next_pending += 1;
+                match (line, op) {
+                    (Line::Prefix(common), Op::Put { .. }) => {
+                        batch.insert(common, Merged::Prefix { confirmed: true });
+                    }
+                    (Line::Name(name), Op::Put { .. }) => {
+                        batch.insert(name, Merged::Local(key.clone()));
+                    }
+                    (Line::Name(name), Op::Delete) => {
+                        batch.remove(&name);
+                    }
+                    // Whether anything else is left under it is decided below, if listed.
+                    (Line::Prefix(_), Op::Delete) => {}
+                }
+            }
+            for (line_key, merged) in batch {
+                if last.as_deref().is_some_and(|l| line_key.as_str() <= l) {
+                    continue;
+                }
+                let shown = match merged {
+                    Merged::Backend(object) => Some(Shown::Object(object)),
+                    Merged::Local(key) => self
+                        .disk
+                        .head(&key)
+                        .await?
+                        .map(|meta| Shown::Object(listed(key.name().to_string(), &meta))),
+                    Merged::Prefix { confirmed } => {
+                        let holds = confirmed
+                            || self
+                                .holds_undeleted(backend, &request.namespace, &line_key, &pending)
+                                .await?;
+                        holds.then(|| Shown::Prefix(line_key.clone()))
+                    }
+                };
+                let Some(shown) = shown else {
+                    continue;
+                };
+                if lines == request.max_keys {
+                    page.next = page_last(&page);
+                    return Ok(page);
+                }
+                lines += 1;
+                last = Some(line_key);
+                match shown {
+                    Shown::Object(object) => page.objects.push(object),
+                    Shown::Prefix(common) => page.common_prefixes.push(common),
+                }
+            }
+            match backend_page.next {
+                Some(token) => backend_token = Some(token),
+                None => return Ok(page),
+            }
+        }
+    }
+
+    /// Whether the backend holds a name under `common` that has no delete queued: a common
+    /// prefix of the backend's listing is shown only then.
+    async fn holds_undeleted(
+        &self,
+        backend: &B,
+        namespace: &Namespace,
+        common: &str,
+        pending: &[(Key, Op)],
+    ) -> Result<bool, StoreError> {
+        let deleted = |name: &str| {
+            pending
+                .binary_search_by(|(key, _)| key.name().cmp(name))
+                .is_ok_and(|at| pending[at].1 == Op::Delete)
+        };
+        if !pending
+            .iter()
+            .any(|(key, op)| *op == Op::Delete && key.name().starts_with(common))
+        {
+            return Ok(true);
+        }
+        let mut token = None;
+        loop {
+            let page = backend
+                .list(&ListRequest {
+                    namespace: namespace.clone(),
+                    prefix: common.to_string(),
+                    delimiter: None,
+                    continuation: token.take(),
+                    start_after: None,
+                    max_keys: 1000,
+                })
+                .await?;
+            if page.objects.iter().any(|o| !deleted(&o.name)) {
+                return Ok(true);
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(false),
+            }
+        }
     }
 
     pub fn memory(&self) -> &MemoryTier {
@@ -315,7 +636,8 @@ impl<B: Backend> Store for TieredStore<B> {
             return Ok(Some(meta));
         }
         match &self.remote {
-            Some(remote) => remote.read.remote().head(key).await,
+            Some(_) if self.delete_pending(key) => Ok(None),
+            Some(remote) => remote.backend().head(key).await,
             None => Ok(None),
         }
     }
@@ -327,33 +649,42 @@ impl<B: Backend> Store for TieredStore<B> {
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
-        match self.remote.as_ref().map(|r| &r.write) {
-            None => Ok(self.put_local(key, len, body, options, false).await?.meta()),
-            Some(RemoteWrite::Through(backend)) => {
-                self.put_through(backend, key, len, body, options).await
+        match self.route(key.namespace()) {
+            Route::Local => Ok(self.put_local(key, len, body, options, false).await?.meta()),
+            Route::Through(backend) => {
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_through(backend, key, spool, PartLayout::Auto)
+                    .await
             }
-            Some(RemoteWrite::Back(queue)) => {
-                // The slot first: a full queue refuses the write before anything is stored.
-                // (The front reads the refused body to its end, so the client gets the answer.)
+            Route::Back(queue) => {
+                // The slot first: a full queue refuses the write before anything is stored
+                // (the front reads the refused body to its end, so the client gets the answer).
                 let slot = queue.reserve(key)?;
-                let already_queued = !slot.is_new();
-                let header = self.put_local(key, len, body, options, true).await?;
-                if let Err(e) = queue.enqueue(slot, key, header.body_len).await {
-                    // Not acknowledged, so not owed to S3: let the entry be an ordinary one
-                    // (unless an earlier, acknowledged write of the key still waits for upload).
-                    if !already_queued {
-                        self.disk.set_pinned(key, false);
-                    }
-                    return Err(e);
-                }
-                Ok(header.meta())
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_back(queue, slot, key, spool, PartLayout::Auto)
+                    .await
             }
         }
     }
 
+    /// Per the namespace's write mode (see the module's documentation). `Ok(false)`: there was
+    /// no local copy (the backend's answer to a delete does not say whether it had one).
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        let in_memory = self.memory.remove(key).await;
-        Ok(self.disk.delete(key).await? || in_memory)
+        match self.route(key.namespace()) {
+            Route::Local => self.delete_local(key).await,
+            Route::Through(backend) => {
+                backend.delete(key).await?;
+                self.delete_local(key).await
+            }
+            Route::Back(queue) => {
+                let _ordered = self.key_locks.lock(key).await;
+                let slot = queue.reserve(key)?;
+                // The marker first: a crash after it removes the local copy at the next start;
+                // a crash before it leaves everything as it was, unacknowledged.
+                queue.enqueue(slot, key, Op::Delete).await?;
+                self.delete_local(key).await
+            }
+        }
     }
 
     /// Local tiers first, then the backend. In a revalidated namespace a local copy is first
@@ -392,6 +723,10 @@ impl<B: Backend> Store for TieredStore<B> {
             let Some(remote) = &self.remote else {
                 return Ok(Read::Missing);
             };
+            // Deleted here, and the backend not told yet: its copy must not come back.
+            if self.delete_pending(key) {
+                return Ok(Read::Missing);
+            }
             match remote
                 .read
                 .read(key, options, Ask::Miss, max_object_size)
@@ -411,6 +746,47 @@ impl<B: Backend> Store for TieredStore<B> {
 /// Times one read looks again when the key changes under it.
 const READ_ATTEMPTS: usize = 3;
 
+/// A line of a merged listing, before it is decided.
+enum Merged {
+    /// The backend's object, as it lists it.
+    Backend(Listed),
+    /// Written here and not uploaded yet: listed as the local entry is.
+    Local(Key),
+    /// A common prefix; `confirmed` when a queued upload is under it (else it is shown only if
+    /// the backend has a name under it without a queued delete).
+    Prefix { confirmed: bool },
+}
+
+enum Shown {
+    Object(Listed),
+    Prefix(String),
+}
+
+fn listed(name: String, meta: &ObjectMeta) -> Listed {
+    Listed {
+        name,
+        len: meta.len,
+        etag: meta.etag.clone(),
+        modified: meta.modified,
+    }
+}
+
+/// The last line of a page (its objects and common prefixes are each in order).
+fn page_last(page: &Listing) -> Option<String> {
+    let object = page.objects.last().map(|o| o.name.as_str());
+    let common = page.common_prefixes.last().map(String::as_str);
+    object.max(common).map(str::to_string)
+}
+
+/// The key of a stored name (Gradle's names are validated as Gradle's).
+fn stored_key(namespace: &Namespace, name: &str) -> Option<Key> {
+    if *namespace == Namespace::gradle() {
+        Key::gradle(name).ok()
+    } else {
+        Key::object(namespace.clone(), name).ok()
+    }
+}
+
 /// The options without their range.
 fn conditions_only(options: &GetOptions) -> GetOptions {
     GetOptions {
@@ -426,43 +802,64 @@ mod tests {
 
     use super::*;
     use crate::store::backend::fake::FakeBackend;
-    use crate::store::policy::NamespacePolicy;
+    use crate::store::policy::{NamespacePolicy, Policies, WriteMode};
     use crate::store::testing::{body, eventually, key, pattern, read_body, Local};
     use crate::store::write_back::WriteBackSettings;
     use crate::store::{Namespace, ObjectAttrs};
 
-    async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
+    /// The tiers over the fake backend, with a write-back queue (not started) beside them.
+    async fn with_policies(local: &Local, policies: Policies) -> TieredStore<FakeBackend> {
         let read = ReadThrough::new(
             local.backend.clone(),
             local.disk.clone(),
             local.memory.clone(),
             local.metrics.clone(),
         );
-        let write = if write_back {
-            let queue = WriteBack::load(
-                WriteBackSettings {
-                    disk_dir: local.dir.path().join("data"),
-                    max_entries: 10,
-                    concurrency: 1,
-                    max_backoff: Duration::from_millis(100),
-                    jitter: || 0.5,
-                },
-                local.disk.clone(),
-                local.backend.clone(),
-                local.metrics.clone(),
-            )
-            .await
-            .unwrap();
-            RemoteWrite::Back(queue)
-        } else {
-            RemoteWrite::Through(local.backend.clone())
-        };
+        let queue = WriteBack::load(
+            WriteBackSettings {
+                disk_dir: local.dir.path().join("data"),
+                max_entries: 10,
+                concurrency: 1,
+                max_backoff: Duration::from_millis(100),
+                jitter: || 0.5,
+            },
+            local.disk.clone(),
+            local.backend.clone(),
+            local.metrics.clone(),
+        )
+        .await
+        .unwrap();
         TieredStore::new(
             local.memory.clone(),
             local.disk.clone(),
             local.metrics.clone(),
         )
-        .with_remote(Remote { read, write })
+        .with_remote(Remote {
+            read,
+            queue: Some(queue),
+        })
+        .with_policies(policies)
+    }
+
+    /// Every namespace writing back (Gradle's policy), or through.
+    async fn tiered(local: &Local, write_back: bool) -> TieredStore<FakeBackend> {
+        let write = if write_back {
+            WriteMode::Back
+        } else {
+            WriteMode::Through
+        };
+        with_policies(
+            local,
+            Policies::new(NamespacePolicy {
+                write,
+                ..NamespacePolicy::default()
+            }),
+        )
+        .await
+    }
+
+    fn queue(store: &TieredStore<FakeBackend>) -> WriteBack<FakeBackend> {
+        store.remote().unwrap().queue.clone().unwrap()
     }
 
     fn options(range: &str, if_none_match: Option<&str>) -> GetOptions {
@@ -619,9 +1016,7 @@ mod tests {
             "the fill replaced the write"
         );
 
-        let Some(RemoteWrite::Back(queue)) = store.remote().map(|r| r.write.clone()) else {
-            unreachable!("built with write-back");
-        };
+        let queue = queue(&store);
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         queue.start(stop);
         eventually("the upload", || queue.is_empty()).await;
@@ -635,7 +1030,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fill_never_brings_back_a_deleted_key() {
         let local = Local::new().await;
-        let store = tiered(&local, false).await;
+        // Written back, so that the delete is local at once (queued for the backend, which
+        // is held here) while the fill runs.
+        let store = tiered(&local, true).await;
         let k = key(1);
         let data = pattern(500_000, 1);
         local.backend.insert(&k, data.clone());
@@ -694,10 +1091,14 @@ mod tests {
 
     /// The S3 front's kind of namespace: hits confirmed with the backend.
     fn revalidated(max_object_size: Option<u64>) -> Policies {
+        revalidated_with(WriteMode::Through, max_object_size)
+    }
+
+    fn revalidated_with(write: WriteMode, max_object_size: Option<u64>) -> Policies {
         Policies::default().with(
             runner(),
             NamespacePolicy {
-                write: WriteMode::Through,
+                write,
                 freshness: Freshness::Revalidate,
                 max_object_size,
                 location: None,
@@ -848,7 +1249,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn copies_without_etag_are_refilled_and_pending_uploads_are_not_asked_about() {
         let local = Local::new().await;
-        let store = tiered(&local, true).await.with_policies(revalidated(None));
+        let store = tiered(&local, true)
+            .await
+            .with_policies(revalidated_with(WriteMode::Back, None));
         let k = object("no-etag");
         local
             .disk
@@ -1008,5 +1411,342 @@ mod tests {
             "the local copy stays, as a cache entry"
         );
         assert_eq!(local.disk.usage().pinned_entries, 0);
+    }
+
+    fn in_ns(namespace: &str, name: &str) -> Key {
+        Key::object(crate::store::Namespace::new(namespace).unwrap(), name).unwrap()
+    }
+
+    /// Gradle (the default) writes back; one bucket each writes back, through, or locally.
+    fn mixed() -> Policies {
+        let with = |write| NamespacePolicy {
+            write,
+            ..NamespacePolicy::default()
+        };
+        let ns = |n| crate::store::Namespace::new(n).unwrap();
+        Policies::new(with(WriteMode::Back))
+            .with(ns("back"), with(WriteMode::Back))
+            .with(ns("through"), with(WriteMode::Through))
+            .with(ns("local"), with(WriteMode::Local))
+    }
+
+    async fn put(store: &TieredStore<FakeBackend>, k: &Key, data: &[u8]) -> ObjectMeta {
+        store
+            .put(k, data.len() as u64, body(data), &PutOptions::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_namespace_writes_as_its_policy_says() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let queue = queue(&store);
+        let (gradle, back, through, own) = (
+            key(1),
+            in_ns("back", "a"),
+            in_ns("through", "a"),
+            in_ns("local", "a"),
+        );
+        for k in [&gradle, &back, &through, &own] {
+            put(&store, k, &pattern(1000, 1)).await;
+            assert!(local.disk.contains(k), "{k}");
+        }
+        assert_eq!(store.write_mode(gradle.namespace()), WriteMode::Back);
+        assert_eq!(store.write_mode(own.namespace()), WriteMode::Local);
+        assert_eq!(queue.pending(&gradle), Some(Op::put(1000)));
+        assert_eq!(queue.pending(&back), Some(Op::put(1000)));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(local.backend.calls("put"), 1, "only write-through uploaded");
+        assert!(local.backend.object(&through).is_some());
+        assert!(local.backend.object(&own).is_none());
+        assert_eq!(local.disk.usage().pinned_entries, 2, "the queued ones");
+
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&back).is_some());
+        assert!(local.backend.object(&gradle).is_some());
+        assert!(local.backend.object(&own).is_none(), "local stays local");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deletes_reach_the_backend_as_the_namespace_says() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let queue = queue(&store);
+        let (back, through, own) = (
+            in_ns("back", "k"),
+            in_ns("through", "k"),
+            in_ns("local", "k"),
+        );
+        for k in [&back, &through, &own] {
+            local.backend.insert(k, pattern(10, 7));
+            put(&store, k, &pattern(100, 1)).await;
+        }
+        let queued_uploads = queue.len();
+
+        // Through: the backend first, then the local copies.
+        assert!(store.delete(&through).await.unwrap());
+        assert!(local.backend.object(&through).is_none());
+        assert!(store.get(&through).await.unwrap().is_none());
+
+        // Local: the backend is never asked.
+        assert!(store.delete(&own).await.unwrap());
+        assert_eq!(local.backend.calls("delete"), 1);
+        assert!(local.backend.object(&own).is_some());
+
+        // Back: queued durably; until applied, the key reads as missing without a fill.
+        assert!(store.delete(&back).await.unwrap());
+        assert_eq!(queue.pending(&back), Some(Op::Delete));
+        assert_eq!(
+            queue.len(),
+            queued_uploads,
+            "the delete replaced the upload"
+        );
+        assert!(local.backend.object(&back).is_some(), "not applied yet");
+        let gets = local.backend.calls("get");
+        assert!(store.get(&back).await.unwrap().is_none());
+        assert!(store.head(&back).await.unwrap().is_none());
+        assert!(matches!(
+            store.read(&back, &GetOptions::default()).await.unwrap(),
+            Read::Missing
+        ));
+        assert_eq!(local.backend.calls("get"), gets, "no fill of a deleted key");
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+
+        // A restart finds the delete in its marker.
+        let restarted = with_policies(&local, mixed()).await;
+        let queue = self::queue(&restarted);
+        assert_eq!(queue.pending(&back), Some(Op::Delete));
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&back).is_none());
+        assert_eq!(
+            local.backend.calls("put"),
+            1,
+            "only write-through's upload ran"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_after_a_delete_brings_the_object_back() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let k = in_ns("back", "cache.zip");
+        put(&store, &k, &pattern(100, 1)).await;
+        store.delete(&k).await.unwrap();
+        let newer = pattern(200, 2);
+        let stored = put(&store, &k, &newer).await;
+        assert_eq!(stored.len, 200);
+        assert!(
+            read_body(store.get(&k).await.unwrap().unwrap())
+                .await
+                .unwrap()
+                == newer
+        );
+        let queue = queue(&store);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&k).unwrap() == newer);
+        assert_eq!(
+            local.backend.calls("delete"),
+            0,
+            "the put superseded the delete"
+        );
+    }
+
+    fn list_request(
+        ns: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        max_keys: usize,
+    ) -> ListRequest {
+        ListRequest {
+            namespace: crate::store::Namespace::new(ns).unwrap(),
+            prefix: prefix.into(),
+            delimiter: delimiter.map(str::to_string),
+            continuation: None,
+            start_after: None,
+            max_keys,
+        }
+    }
+
+    /// Every page of a listing, followed through its continuations: (names, common prefixes,
+    /// pages).
+    async fn list_all(
+        store: &TieredStore<FakeBackend>,
+        request: ListRequest,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        let (mut names, mut prefixes, mut pages) = (Vec::new(), Vec::new(), 0);
+        let mut request = request;
+        loop {
+            let page = store.list(&request).await.unwrap();
+            pages += 1;
+            assert!(page.objects.len() + page.common_prefixes.len() <= request.max_keys);
+            names.extend(page.objects.iter().map(|o| o.name.clone()));
+            prefixes.extend(page.common_prefixes.clone());
+            match page.next {
+                Some(next) => request.continuation = Some(next),
+                None => return (names, prefixes, pages),
+            }
+            assert!(pages < 100, "the listing does not end");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_shows_queued_writes_and_hides_queued_deletes() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        for name in ["a/1", "a/2", "b", "c/x", "d", "f/1"] {
+            local.backend.insert(&in_ns("back", name), pattern(10, 1));
+        }
+        // Not uploaded yet (the queue is not started): new names, and one overwritten.
+        put(&store, &in_ns("back", "b"), &pattern(300, 2)).await;
+        let newer = store.head(&in_ns("back", "b")).await.unwrap().unwrap();
+        for name in ["a/3", "e", "new/x"] {
+            put(&store, &in_ns("back", name), &pattern(20, 3)).await;
+        }
+        // Not applied yet: the only object under c/, one of two under f/... and d.
+        for name in ["c/x", "d"] {
+            store.delete(&in_ns("back", name)).await.unwrap();
+        }
+
+        let whole = store
+            .list(&list_request("back", "", None, 1000))
+            .await
+            .unwrap();
+        let names: Vec<&str> = whole.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["a/1", "a/2", "a/3", "b", "e", "f/1", "new/x"]);
+        assert_eq!(whole.next, None);
+        let b = &whole.objects[3];
+        assert_eq!(b.len, 300, "the local write's size");
+        assert_eq!(b.etag, newer.etag);
+        assert_eq!(b.modified, newer.modified);
+
+        let rolled = store
+            .list(&list_request("back", "", Some("/"), 1000))
+            .await
+            .unwrap();
+        let names: Vec<&str> = rolled.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["b", "e"]);
+        assert_eq!(
+            rolled.common_prefixes,
+            ["a/", "f/", "new/"],
+            "c/ holds only a deleted name; new/ only a queued one"
+        );
+
+        // Pages of every size give the same lines, each once.
+        for max_keys in 1..=4 {
+            let (names, prefixes, pages) =
+                list_all(&store, list_request("back", "", Some("/"), max_keys)).await;
+            assert_eq!(names, ["b", "e"], "{max_keys}");
+            assert_eq!(prefixes, ["a/", "f/", "new/"], "{max_keys}");
+            assert_eq!(pages, 5_usize.div_ceil(max_keys), "{max_keys}");
+            let (names, _, _) = list_all(&store, list_request("back", "a/", None, max_keys)).await;
+            assert_eq!(names, ["a/1", "a/2", "a/3"], "{max_keys}");
+        }
+        let after = store
+            .list(&ListRequest {
+                start_after: Some("b".into()),
+                ..list_request("back", "", Some("/"), 1000)
+            })
+            .await
+            .unwrap();
+        assert_eq!(after.objects.len(), 1);
+        assert_eq!(after.common_prefixes, ["f/", "new/"]);
+
+        // Once the queue has run, the backend alone lists the same.
+        let queue = queue(&store);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        let (names, prefixes, _) = list_all(&store, list_request("back", "", Some("/"), 2)).await;
+        assert_eq!(names, ["b", "e"]);
+        assert_eq!(prefixes, ["a/", "f/", "new/"]);
+    }
+
+    #[tokio::test]
+    async fn a_local_namespace_lists_its_disk_entries() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let mut stored = Vec::new();
+        for name in ["x/1", "x/2", "y", "z/deep/1", "z/deep/2", "zz"] {
+            stored.push(put(&store, &in_ns("local", name), name.as_bytes()).await);
+        }
+        // Another namespace's entries are not listed.
+        put(&store, &in_ns("back", "y"), b"other").await;
+        store.delete(&in_ns("local", "zz")).await.unwrap();
+
+        let whole = store
+            .list(&list_request("local", "", None, 100))
+            .await
+            .unwrap();
+        let names: Vec<&str> = whole.objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["x/1", "x/2", "y", "z/deep/1", "z/deep/2"]);
+        assert_eq!(whole.objects[2].len, 1);
+        assert_eq!(whole.objects[2].etag, stored[2].etag);
+        assert_eq!(local.backend.calls("list"), 0);
+
+        for max_keys in 1..=3 {
+            let (names, prefixes, _) =
+                list_all(&store, list_request("local", "", Some("/"), max_keys)).await;
+            assert_eq!(names, ["y"], "{max_keys}");
+            assert_eq!(prefixes, ["x/", "z/"], "{max_keys}");
+            let (_, prefixes, _) =
+                list_all(&store, list_request("local", "z/", Some("/"), max_keys)).await;
+            assert_eq!(prefixes, ["z/deep/"], "{max_keys}");
+        }
+    }
+
+    /// An assembled entry is uploaded with its client's part boundaries, through or back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spooled_entry_keeps_its_part_layout() {
+        let local = Local::new().await;
+        let store = with_policies(&local, mixed()).await;
+        let data = pattern(3000, 5);
+        let parts = PartLayout::Sizes(vec![1500, 1000, 500]);
+        for ns in ["through", "back", "local"] {
+            let k = in_ns(ns, "assembled");
+            let spool = local
+                .disk
+                .receive(&k, 3000, body(&data), &PutOptions::default())
+                .await
+                .unwrap();
+            let stored = store.put_spooled(&k, spool, parts.clone()).await.unwrap();
+            assert_eq!(stored.len, 3000);
+        }
+        assert_eq!(
+            local.backend.parts(&in_ns("through", "assembled")).unwrap(),
+            vec![1500, 1000, 500]
+        );
+        let queue = queue(&store);
+        let back = in_ns("back", "assembled");
+        assert_eq!(
+            queue.pending(&back),
+            Some(Op::Put {
+                bytes: 3000,
+                parts: parts.clone()
+            })
+        );
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert_eq!(local.backend.parts(&back).unwrap(), vec![1500, 1000, 500]);
+        assert!(local
+            .backend
+            .meta(&back)
+            .unwrap()
+            .etag
+            .unwrap()
+            .ends_with("-3"));
+        assert!(local.backend.object(&in_ns("local", "assembled")).is_none());
     }
 }

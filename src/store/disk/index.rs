@@ -17,8 +17,9 @@
 //! such fill, nobody can ask. So tombstones cost memory only for the removals made during the
 //! oldest running fill.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
+use std::ops::Bound;
 use std::path::Path;
 
 use lru::LruCache;
@@ -45,6 +46,8 @@ pub struct FillOrder(u64);
 
 pub struct Index {
     lru: LruCache<Key, EntryInfo>,
+    /// The same keys in order, for listings.
+    names: BTreeSet<Key>,
     max_size: u64,
     used: u64,
     /// Space held by writes in progress for bytes they have received.
@@ -69,6 +72,7 @@ impl Index {
     fn new(max_size: u64) -> Index {
         Index {
             lru: LruCache::unbounded(),
+            names: BTreeSet::new(),
             max_size,
             used: 0,
             reserved: 0,
@@ -152,6 +156,20 @@ impl Index {
             pinned_bytes: self.pinned_bytes,
             pinned_entries: self.pinned_entries,
         }
+    }
+
+    /// The first name of `namespace` within `from` (in name order).
+    pub fn first_name(&self, namespace: &Namespace, from: Bound<&str>) -> Option<String> {
+        let from = match from {
+            Bound::Included(name) => Bound::Included(Key::position(namespace, name)),
+            Bound::Excluded(name) => Bound::Excluded(Key::position(namespace, name)),
+            Bound::Unbounded => Bound::Included(Key::position(namespace, "")),
+        };
+        self.names
+            .range((from, Bound::Unbounded))
+            .next()
+            .filter(|key| key.namespace() == namespace)
+            .map(|key| key.name().to_string())
     }
 
     pub fn contains(&self, key: &Key) -> bool {
@@ -268,6 +286,7 @@ impl Index {
             self.pinned_bytes += size;
             self.pinned_entries += 1;
         }
+        self.names.insert(key.clone());
         self.lru.put(
             key,
             EntryInfo {
@@ -284,6 +303,7 @@ impl Index {
     pub fn forget(&mut self, key: &Key) -> bool {
         match self.lru.pop(key) {
             Some(info) => {
+                self.names.remove(key);
                 self.used -= info.size;
                 if info.pinned {
                     self.pinned_bytes -= info.size;

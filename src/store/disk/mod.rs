@@ -20,8 +20,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::backend::ByteRange;
+use super::backend::{ByteRange, ListRequest};
 use super::entry_file::EntryHeader;
+use super::listing::{walk, Line};
 use super::{ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
 pub use index::FillOrder;
 use index::{Index, Reservation};
@@ -230,6 +231,24 @@ impl DiskTier {
         .await?
     }
 
+    /// One page of a listing of a namespace's entries, names only, and whether more follow
+    /// (see [`walk`]: the work is bounded by the page). The continuation (or `start_after`) is
+    /// the previous page's last line.
+    pub fn list_names(&self, request: &ListRequest) -> (Vec<Line>, bool) {
+        let index = self.lock();
+        let cursor = request
+            .continuation
+            .as_deref()
+            .or(request.start_after.as_deref());
+        walk(
+            |from| index.first_name(&request.namespace, from),
+            &request.prefix,
+            request.delimiter.as_deref(),
+            cursor,
+            request.max_keys,
+        )
+    }
+
     /// Marks an entry as not evictable (it has not reached the shared tier yet).
     pub fn set_pinned(&self, key: &Key, pinned: bool) -> bool {
         self.lock().set_pinned(key, pinned)
@@ -248,6 +267,27 @@ impl DiskTier {
         options: &PutOptions,
         pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
+        let spool = self.receive(key, len, body, options).await?;
+        // `finish` refuses a body shorter than declared.
+        let mode = if pinned {
+            Commit::Pinned
+        } else {
+            Commit::Cached
+        };
+        let (header, _) = spool.finish(mode).await?;
+        Ok(header)
+    }
+
+    /// The first half of [`DiskTier::put_entry`]: the body, received whole into a spool that
+    /// the caller commits with [`Spool::finish`] (so it can order the commit with other work
+    /// on the key).
+    pub async fn receive(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<spool::Spool, StoreError> {
         let meta = EntryMeta {
             attrs: options.attrs.clone(),
             etag: if options.etag {
@@ -283,14 +323,7 @@ impl DiskTier {
             }
             spool.write(concat(batch, batched)).await?;
         }
-        // `finish` refuses a body shorter than declared.
-        let mode = if pinned {
-            Commit::Pinned
-        } else {
-            Commit::Cached
-        };
-        let (header, _) = spool.finish(mode).await?;
-        Ok(header)
+        Ok(spool)
     }
 
     /// Renames a finished temp file into place and records it, all under the index lock so that

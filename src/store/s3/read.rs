@@ -180,6 +180,12 @@ impl S3Tier {
             .prefix(format!("{base}{}", request.prefix))
             .set_delimiter(request.delimiter.clone().filter(|d| !d.is_empty()))
             .set_continuation_token(request.continuation.clone())
+            .set_start_after(
+                request
+                    .start_after
+                    .as_ref()
+                    .map(|name| format!("{base}{name}")),
+            )
             .max_keys(request.max_keys.min(i32::MAX as usize) as i32)
             .send();
         let out = match self.read_call("list", call).await? {

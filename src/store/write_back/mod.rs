@@ -1,5 +1,5 @@
-//! Write-back: a write is acknowledged once it is durable on local disk, and uploaded to S3
-//! afterwards from a bounded queue that survives restarts, crashes included.
+//! Write-back: a write (or a delete) is acknowledged once it is durable on local disk, and
+//! applied to S3 afterwards from a bounded queue that survives restarts, crashes included.
 //!
 //! # The protocol
 //!
@@ -17,9 +17,20 @@
 //!    entry is gone belongs to a write that was never acknowledged (the crash came between
 //!    commit and marker) or was deleted since; it is dropped.
 //!
-//! A key written again while its upload runs gets a new generation (bumped in `reserve`, before
-//! the new body can land); an upload only retires the generation it started with, so the newer
-//! body is uploaded too and stays pinned until it is.
+//! # Puts and deletes
+//!
+//! Each queued key owes the backend one [`Op`]: upload its entry ([`Op::Put`], with the part
+//! layout the object's ETag depends on) or remove the object ([`Op::Delete`]). A key has one
+//! item and one marker, so the newest op replaces any older one still waiting: a put queued and
+//! then deleted never reaches the backend, and an older upload can never bring a deleted key
+//! back. A delete is made durable the same way as a put (its marker is fsynced before the
+//! delete is acknowledged); at start-up a delete marker removes any local copy left behind by a
+//! crash between the marker and the local removal.
+//!
+//! A key written or deleted again while its op runs gets a new generation (bumped in
+//! `reserve`, before the new body can land); a finished op only retires the generation it
+//! started with, so the newer op runs after it: a delete queued while the key's upload is in
+//! flight runs once the upload ended, and the bucket ends without the object.
 //!
 //! SIGTERM simply stops the uploaders: the markers stay, and the next start drains them.
 //!
@@ -30,7 +41,7 @@ mod marker;
 mod uploader;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,10 +50,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::backend::Backend;
+use super::backend::{Backend, PartLayout};
 use super::disk::DiskTier;
 use super::s3::S3Tier;
-use super::{Key, StoreError};
+use super::{Key, Namespace, StoreError};
 use crate::metrics::Metrics;
 use marker::{load_markers, marker_path, marker_text, write_durably};
 pub use uploader::backoff;
@@ -85,9 +96,37 @@ struct Inner<B> {
     wake: Notify,
 }
 
+/// What a queued key owes the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Upload the key's entry (`bytes` of body) from the disk tier, split as `parts` says.
+    Put { bytes: u64, parts: PartLayout },
+    /// Remove the object from the backend.
+    Delete,
+}
+
+impl Op {
+    /// An upload of `bytes` with the backend's own part layout.
+    pub fn put(bytes: u64) -> Op {
+        Op::Put {
+            bytes,
+            parts: PartLayout::Auto,
+        }
+    }
+
+    /// Body bytes the op holds on disk until it is done.
+    fn bytes(&self) -> u64 {
+        match self {
+            Op::Put { bytes, .. } => *bytes,
+            Op::Delete => 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    items: HashMap<Key, Item>,
+    /// Ordered, so a listing can walk one namespace's pending ops by name.
+    items: BTreeMap<Key, Item>,
     /// Due times; entries whose `seq` no longer matches their item's are stale and skipped.
     due: BinaryHeap<Reverse<(Instant, u64, Key)>>,
     /// Slots taken by writes in progress for keys not in `items` yet.
@@ -99,7 +138,7 @@ struct State {
 struct Item {
     generation: u64,
     enqueued: SystemTime,
-    bytes: u64,
+    op: Op,
     attempts: u32,
     in_flight: bool,
     /// The `seq` of this item's live entry in `due`, if it has one.
@@ -108,16 +147,16 @@ struct Item {
 
 impl State {
     /// Queues a key that is not queued yet, due now.
-    fn add(&mut self, key: Key, enqueued: SystemTime, bytes: u64, now: Instant) {
+    fn add(&mut self, key: Key, enqueued: SystemTime, op: Op, now: Instant) {
         self.seq += 1;
-        self.bytes += bytes;
+        self.bytes += op.bytes();
         self.due.push(Reverse((now, self.seq, key.clone())));
         self.items.insert(
             key,
             Item {
                 generation: 0,
                 enqueued,
-                bytes,
+                op,
                 attempts: 0,
                 in_flight: false,
                 scheduled: Some(self.seq),
@@ -166,8 +205,19 @@ impl<B: Backend> WriteBack<B> {
         };
         let mut state = State::default();
         let now = Instant::now();
-        for (key, enqueued, bytes) in loaded {
-            state.add(key, enqueued, bytes, now);
+        let mut deletes = Vec::new();
+        for (key, enqueued, op) in loaded {
+            if op == Op::Delete {
+                deletes.push(key.clone());
+            }
+            state.add(key, enqueued, op, now);
+        }
+        // A crash between a delete's marker and its local removal left the copy behind: the
+        // delete was acknowledged only after both, but the marker alone is what must count.
+        for key in &deletes {
+            super::Store::delete(&disk, key)
+                .await
+                .map_err(io::Error::other)?;
         }
         let wb = WriteBack {
             inner: Arc::new(Inner {
@@ -200,8 +250,8 @@ impl<B: Backend> WriteBack<B> {
         self.len() == 0
     }
 
-    /// Takes a slot for a coming write of `key`, or refuses it when the queue is full. A key
-    /// already queued needs no new slot, but its upload in progress (if any) is now stale.
+    /// Takes a slot for a coming write or delete of `key`, or refuses it when the queue is full.
+    /// A key already queued needs no new slot, but its op in progress (if any) is now stale.
     pub fn reserve(&self, key: &Key) -> Result<Slot<B>, StoreError> {
         let mut state = self.inner.lock();
         if let Some(item) = state.items.get_mut(key) {
@@ -221,16 +271,16 @@ impl<B: Backend> WriteBack<B> {
         })
     }
 
-    /// Records a committed (pinned) entry for upload. Durable when this returns.
-    pub async fn enqueue(
-        &self,
-        mut slot: Slot<B>,
-        key: &Key,
-        bytes: u64,
-    ) -> Result<(), StoreError> {
+    /// Records what `key` owes the backend: the upload of its committed (pinned) entry, or its
+    /// removal. Replaces whatever the key had queued. Durable when this returns.
+    ///
+    /// Callers order their ops on one key themselves (the tiered store holds a per-key lock
+    /// from a write's commit, or a delete's start, to the end of this call), so the marker
+    /// left on disk is always the newest op's.
+    pub async fn enqueue(&self, mut slot: Slot<B>, key: &Key, op: Op) -> Result<(), StoreError> {
         let enqueued = SystemTime::now();
         let path = marker_path(&self.inner.dir, key);
-        let text = marker_text(key, enqueued, bytes);
+        let text = marker_text(key, enqueued, &op);
         tokio::task::spawn_blocking(move || write_durably(&path, text.as_bytes()))
             .await
             .map_err(io::Error::other)??;
@@ -241,14 +291,15 @@ impl<B: Backend> WriteBack<B> {
         }
         let now = Instant::now();
         if !state.items.contains_key(key) {
-            state.add(key.clone(), enqueued, bytes, now);
+            state.add(key.clone(), enqueued, op, now);
         } else {
             state.seq += 1;
             let seq = state.seq;
+            let bytes = op.bytes();
             let item = state.items.get_mut(key).expect("checked above");
-            let old = std::mem::replace(&mut item.bytes, bytes);
-            // An item in flight is rescheduled when its upload ends (its generation moved
-            // on in `reserve`); one waiting for a retry goes now, the body is new.
+            let old = std::mem::replace(&mut item.op, op).bytes();
+            // An item in flight is rescheduled when its op ends (its generation moved on in
+            // `reserve`); one waiting for a retry goes now, the op is new.
             let schedule = !item.in_flight;
             if schedule {
                 item.scheduled = Some(seq);
@@ -263,6 +314,23 @@ impl<B: Backend> WriteBack<B> {
         drop(state);
         inner.wake.notify_one();
         Ok(())
+    }
+
+    /// What `key` still owes the backend, if anything.
+    pub fn pending(&self, key: &Key) -> Option<Op> {
+        self.inner.lock().items.get(key).map(|item| item.op.clone())
+    }
+
+    /// The ops queued for names of `namespace` starting with `prefix`, in name order: what a
+    /// listing must merge with the backend's.
+    pub fn pending_under(&self, namespace: &Namespace, prefix: &str) -> Vec<(Key, Op)> {
+        let state = self.inner.lock();
+        state
+            .items
+            .range(Key::position(namespace, prefix)..)
+            .take_while(|(key, _)| key.namespace() == namespace && key.name().starts_with(prefix))
+            .map(|(key, item)| (key.clone(), item.op.clone()))
+            .collect()
     }
 
     /// Updates the oldest-entry age gauge (at scrape time: it changes with the clock).
@@ -296,7 +364,7 @@ impl<B: Backend> Inner<B> {
     }
 
     /// Takes the next due item, or says how long to wait for one.
-    fn take_due(&self) -> Result<(Key, u64), Option<Instant>> {
+    fn take_due(&self) -> Result<(Key, u64, Op), Option<Instant>> {
         let mut state = self.lock();
         let now = Instant::now();
         while let Some(Reverse((at, seq, key))) = state.due.peek().cloned() {
@@ -315,12 +383,12 @@ impl<B: Backend> Inner<B> {
             let item = state.items.get_mut(&key).expect("checked live above");
             item.in_flight = true;
             item.scheduled = None;
-            return Ok((key, item.generation));
+            return Ok((key, item.generation, item.op.clone()));
         }
         Err(None)
     }
 
-    /// Retires or reschedules an item after an upload attempt. Runs on a blocking thread: it
+    /// Retires or reschedules an item after an attempt at its op. Runs on a blocking thread: it
     /// unlinks the marker under the queue lock, so no newer marker for the key can be lost.
     fn finish(&self, key: &Key, generation: u64, uploaded: bool) {
         let mut state = self.lock();
@@ -330,19 +398,21 @@ impl<B: Backend> Inner<B> {
         item.in_flight = false;
         let now = Instant::now();
         let retry_at = if uploaded && item.generation == generation {
-            let bytes = item.bytes;
+            let op = item.op.clone();
             state.items.remove(key);
-            state.bytes -= bytes;
+            state.bytes -= op.bytes();
             match std::fs::remove_file(marker_path(&self.dir, key)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // The upload is done; a marker left behind only means one more upload later.
                 Err(e) => tracing::warn!(key = %key, error = %e, "cannot remove upload marker"),
             }
-            self.disk.set_pinned(key, false);
+            if matches!(op, Op::Put { .. }) {
+                self.disk.set_pinned(key, false);
+            }
             None
         } else if uploaded {
-            // Written again during the upload: upload the new body.
+            // Written or deleted again during the op: run the new one.
             item.attempts = 0;
             Some(now)
         } else {
@@ -404,7 +474,21 @@ mod tests {
             )
             .await
             .unwrap();
-        queue.enqueue(slot, key, header.body_len).await.unwrap();
+        queue
+            .enqueue(slot, key, Op::put(header.body_len))
+            .await
+            .unwrap();
+    }
+
+    /// A delete as the tiered store queues it: marker first, then the local copy goes.
+    async fn delete(local: &Local, queue: &WriteBack<FakeBackend>, key: &Key) {
+        let slot = queue.reserve(key).unwrap();
+        queue.enqueue(slot, key, Op::Delete).await.unwrap();
+        crate::store::Store::delete(&local.disk, key).await.unwrap();
+    }
+
+    fn object_key(name: &str) -> Key {
+        Key::object(Namespace::new("bucket").unwrap(), name).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,5 +559,131 @@ mod tests {
         let q = second.clone();
         eventually("the queue to drain", || q.is_empty()).await;
         assert!(local.backend.object(&key(3)).unwrap() == pattern(100, 3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_queued_during_an_upload_runs_after_it() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let (stop_tx, stop) = watch::channel(false);
+        queue.start(stop);
+        let k = object_key("cache.zip");
+        local.backend.hold(true);
+        write(&local, &queue, &k, &pattern(1000, 1)).await;
+        let backend = local.backend.clone();
+        eventually("the upload to start", || backend.calls("put") == 1).await;
+        delete(&local, &queue, &k).await;
+        assert_eq!(queue.pending(&k), Some(Op::Delete));
+        local.backend.hold(false);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert_eq!(local.backend.calls("delete"), 1);
+        assert!(
+            local.backend.object(&k).is_none(),
+            "the upload left the object"
+        );
+        assert!(!local.disk.contains(&k));
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_queued_then_deleted_never_reaches_the_backend() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let k = object_key("a/b");
+        local.backend.insert(&k, pattern(10, 9));
+        // Not started yet: both ops are queued before any runs.
+        write(&local, &queue, &k, &pattern(1000, 1)).await;
+        delete(&local, &queue, &k).await;
+        assert_eq!(queue.len(), 1, "one item per key");
+        let (stop_tx, stop) = watch::channel(false);
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert_eq!(local.backend.calls("put"), 0);
+        assert!(
+            local.backend.object(&k).is_none(),
+            "the older object is deleted"
+        );
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_after_a_delete_is_uploaded_with_its_part_layout() {
+        let local = Local::new().await;
+        let queue = queue(&local, Duration::from_millis(100)).await;
+        let (stop_tx, stop) = watch::channel(false);
+        let k = object_key("jar");
+        local.backend.insert(&k, pattern(10, 9));
+        delete(&local, &queue, &k).await;
+        let data = pattern(3000, 2);
+        let slot = queue.reserve(&k).unwrap();
+        local
+            .disk
+            .put_entry(
+                &k,
+                3000,
+                body(&data),
+                &crate::store::PutOptions::default(),
+                true,
+            )
+            .await
+            .unwrap();
+        let parts = PartLayout::Sizes(vec![1000, 1000, 1000]);
+        queue
+            .enqueue(
+                slot,
+                &k,
+                Op::Put {
+                    bytes: 3000,
+                    parts: parts.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        queue.start(stop);
+        let q = queue.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&k).unwrap() == data);
+        assert_eq!(local.backend.parts(&k).unwrap(), vec![1000, 1000, 1000]);
+        assert!(local
+            .backend
+            .meta(&k)
+            .unwrap()
+            .etag
+            .unwrap()
+            .ends_with("-3"));
+        assert_eq!(local.disk.usage().pinned_entries, 0);
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test]
+    async fn a_queued_delete_survives_a_restart_and_removes_a_leftover_copy() {
+        let local = Local::new().await;
+        let first = queue(&local, Duration::from_millis(100)).await;
+        let (gone, kept) = (object_key("gone"), object_key("kept"));
+        local.backend.insert(&gone, pattern(10, 1));
+        write(&local, &first, &kept, &pattern(100, 3)).await;
+        // The crash came after the delete's marker and before its local removal.
+        write(&local, &first, &gone, &pattern(100, 4)).await;
+        let slot = first.reserve(&gone).unwrap();
+        first.enqueue(slot, &gone, Op::Delete).await.unwrap();
+        assert!(local.disk.contains(&gone));
+
+        let second = queue(&local, Duration::from_millis(100)).await;
+        assert_eq!(second.pending(&gone), Some(Op::Delete));
+        assert_eq!(second.pending(&kept), Some(Op::put(100)));
+        assert!(!local.disk.contains(&gone), "the leftover copy is removed");
+        assert_eq!(
+            second.pending_under(&Namespace::new("bucket").unwrap(), ""),
+            vec![(gone.clone(), Op::Delete), (kept.clone(), Op::put(100))]
+        );
+        let (_stop_tx, stop) = watch::channel(false);
+        second.start(stop);
+        let q = second.clone();
+        eventually("the queue to drain", || q.is_empty()).await;
+        assert!(local.backend.object(&gone).is_none());
+        assert!(local.backend.object(&kept).unwrap() == pattern(100, 3));
     }
 }

@@ -1,27 +1,44 @@
-//! The uploader tasks: each takes the next due key, uploads its entry file, and reports the
-//! outcome to the queue, which retires the key or schedules its retry.
+//! The uploader tasks: each takes the next due key, applies its op (uploads its entry file, or
+//! deletes the object), and reports the outcome to the queue, which retires the key or
+//! schedules its retry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Inner;
-use crate::store::backend::{Backend, Upload};
+use super::{Inner, Op};
+use crate::store::backend::{Backend, PartLayout, Upload};
 use crate::store::{Key, StoreError};
 
 /// First retry delay; doubled per failed attempt up to `s3.retry_max_backoff`.
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 impl<B: Backend> Inner<B> {
-    /// Uploads the entry's current file. `Ok`: the backend has it (or there is nothing left to
-    /// upload because the entry was deleted).
-    async fn upload(&self, key: &Key) -> Result<(), StoreError> {
+    /// Applies `op` to the backend. A put uploads the entry's current file; `Ok` means the
+    /// backend has it (or there is nothing left to upload: the entry is gone).
+    async fn apply(&self, key: &Key, op: &Op) -> Result<(), StoreError> {
+        let parts = match op {
+            Op::Delete => return self.remote.delete(key).await,
+            Op::Put { parts, .. } => parts,
+        };
         let Some(loc) = self.disk.locate(key).await? else {
             tracing::info!(key = %key, "queued entry no longer on disk; nothing to upload");
             return Ok(());
         };
-        self.remote.put(&Upload::entry(&loc)).await.map(|_| ())
+        let mut upload = Upload::entry(&loc);
+        match parts {
+            PartLayout::Sizes(sizes) if sizes.iter().sum::<u64>() == upload.len => {
+                upload.parts = parts.clone();
+            }
+            PartLayout::Sizes(_) => {
+                // Never retried into eternity: the object's ETag will differ from the one its
+                // client was given, but the bytes are the client's.
+                tracing::warn!(key = %key, "queued part layout does not match the entry; uploading with the default layout");
+            }
+            PartLayout::Auto => {}
+        }
+        self.remote.put(&upload).await.map(|_| ())
     }
 }
 
@@ -36,15 +53,19 @@ pub(super) async fn uploader<B: Backend>(inner: Arc<Inner<B>>, mut stop: watch::
         tokio::pin!(notified);
         notified.as_mut().enable();
         match inner.take_due() {
-            Ok((key, generation)) => {
+            Ok((key, generation, op)) => {
                 let uploaded = tokio::select! {
-                    result = inner.upload(&key) => result,
+                    result = inner.apply(&key, &op) => result,
                     // Shutdown: abandon the attempt; the marker keeps the entry queued.
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 if let Err(e) = &uploaded {
                     inner.metrics.upload_failures.inc();
-                    tracing::warn!(key = %key, error = %e, "write-back upload failed; will retry");
+                    let what = match op {
+                        Op::Put { .. } => "upload",
+                        Op::Delete => "delete",
+                    };
+                    tracing::warn!(key = %key, error = %e, op = what, "write-back op failed; will retry");
                 }
                 let done = inner.clone();
                 let ok = uploaded.is_ok();
