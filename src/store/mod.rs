@@ -16,6 +16,7 @@ pub mod disk;
 pub mod entry_file;
 pub mod key;
 pub mod memory;
+pub mod multipart;
 pub mod read_through;
 pub mod s3;
 #[cfg(test)]

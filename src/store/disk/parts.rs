@@ -27,7 +27,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::Fuse;
@@ -296,7 +296,7 @@ impl DiskTier {
         let header = EntryHeader {
             body_len,
             crc32c: whole_crc,
-            modified: meta.modified,
+            modified: whole_millis(meta.modified),
             etag: Some(meta.etag),
             ..EntryHeader::unsealed(key, meta.attrs)
         };
@@ -579,6 +579,13 @@ fn copy_part(
         stats.through_process += n as u64;
     }
     Ok(())
+}
+
+/// `t` at the resolution the entry header keeps, so that the header returned by an assembly is
+/// the one every later read finds.
+fn whole_millis(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + std::time::Duration::from_millis(since.as_millis() as u64)
 }
 
 fn short_part() -> io::Error {
