@@ -271,8 +271,6 @@ impl Multipart {
             }
             Err(e) => {
                 uploads.remove(&upload_id);
-                drop(uploads);
-                let _ = std::fs::remove_dir_all(self.inner.upload_dir(&upload_id));
                 Err(e.into())
             }
         }
@@ -628,10 +626,18 @@ fn parse_part_file_name(name: &str) -> Option<u32> {
     (1..=MAX_PART_NUMBER).contains(&number).then_some(number)
 }
 
-/// Creates an upload's directory with its manifest, durably.
+/// Creates an upload's directory with its manifest, durably; on failure, removes what it made.
 fn write_manifest(parent: &Path, dir: &Path, manifest: &[u8]) -> io::Result<()> {
-    use std::io::Write;
     std::fs::create_dir(dir)?;
+    let written = write_manifest_in(parent, dir, manifest);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    written
+}
+
+fn write_manifest_in(parent: &Path, dir: &Path, manifest: &[u8]) -> io::Result<()> {
+    use std::io::Write;
     let temp = dir.join(MANIFEST_TEMP);
     let mut file = std::fs::File::create(&temp)?;
     file.write_all(manifest)?;

@@ -656,3 +656,58 @@ async fn the_sweeper_task_runs_until_stopped() {
     crate::store::testing::eventually("the sweep", || s.uploads.usage().uploads == 0).await;
     stop.send(true).unwrap();
 }
+
+/// Flips one byte of a stored part's body on disk.
+fn damage_part(s: &Setup, id: &str, part_number: u32) {
+    let path = s
+        .disk
+        .multipart_dir()
+        .join(id)
+        .join(part_file_name(part_number));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn damaged_part_bytes_never_reach_a_reader() {
+    let s = Setup::new(1 << 30, small_parts()).await;
+    // Off the grid: the re-read that computes the table finds the damage; the upload stays
+    // open.
+    let k = key("off-grid");
+    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let listed = s
+        .put_parts(
+            &k,
+            &id,
+            &[(1, &pattern(300_000, 1)), (2, &pattern(5000, 2))],
+        )
+        .await;
+    damage_part(&s, &id, 2);
+    let damaged = s.uploads.complete(&k, &id, &listed, Commit::Cached).await;
+    assert!(
+        matches!(&damaged, Err(MultipartError::Store(StoreError::Io(e))) if e.kind() == io::ErrorKind::InvalidData),
+        "{damaged:?}"
+    );
+    assert!(!s.disk.contains(&k));
+    assert_eq!(s.uploads.list_parts(&k, &id).unwrap().len(), 2);
+
+    // On the grid nothing is re-read: the entry's checksum, combined from the parts', does not
+    // match its body, so the first read drops it.
+    let k = key("on-grid");
+    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let listed = s
+        .put_parts(
+            &k,
+            &id,
+            &[(1, &pattern(BLOCK as usize, 1)), (2, &pattern(5000, 2))],
+        )
+        .await;
+    damage_part(&s, &id, 1);
+    s.uploads
+        .complete(&k, &id, &listed, Commit::Cached)
+        .await
+        .unwrap();
+    assert!(s.disk.get(&k).await.unwrap().is_none());
+    assert!(!s.disk.contains(&k));
+}
