@@ -18,6 +18,7 @@ pub mod key;
 mod key_locks;
 pub mod listing;
 pub mod memory;
+pub mod multipart;
 pub mod policy;
 pub mod read_through;
 pub mod s3;

@@ -8,6 +8,7 @@
 //! other parts of the daemon (the write-back queue) and are left alone by the rebuild.
 
 mod index;
+pub mod parts;
 mod read;
 pub use read::RangedObject;
 pub mod spool;
