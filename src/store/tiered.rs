@@ -38,6 +38,7 @@ use super::entry_file::EntryHeader;
 use super::key_locks::KeyLocks;
 use super::listing::Line;
 use super::memory::{MemoryEntry, MemoryTier};
+use super::multipart::{Multipart, MultipartError};
 use super::policy::{Freshness, Policies, WriteMode};
 use super::read_through::{Ask, ReadThrough, Through};
 use super::s3::S3Tier;
@@ -395,6 +396,64 @@ impl<B: Backend> TieredStore<B> {
                 self.put_back(queue, slot, key, spool, parts).await
             }
         }
+    }
+
+    /// Completes a multipart upload of `key` into one entry (see [`Multipart::complete`]),
+    /// written as the namespace's write mode says: kept local, uploaded now, or queued; an
+    /// upload to the backend keeps the client's part boundaries, so the backend's ETag is the
+    /// one the client is given. Write-through that fails leaves the entry as a cache entry,
+    /// and the upload completed (S3 would have kept it open for a retry of the completion).
+    pub async fn complete_multipart(
+        &self,
+        uploads: &Multipart,
+        key: &Key,
+        upload_id: &str,
+        listed: &[(u32, String)],
+    ) -> Result<ObjectMeta, MultipartError> {
+        let completed = match self.route(key.namespace()) {
+            Route::Local => {
+                uploads
+                    .complete(key, upload_id, listed, Commit::Cached)
+                    .await?
+            }
+            Route::Through(backend) => {
+                let completed = uploads
+                    .complete(key, upload_id, listed, Commit::Pinned)
+                    .await?;
+                self.memory.remove(key).await;
+                let upload = Upload {
+                    parts: completed.layout.clone(),
+                    ..Upload::entry(&completed.location)
+                };
+                let uploaded = backend.put(&upload).await;
+                self.disk.set_pinned(key, false);
+                uploaded?;
+                return Ok(completed.meta);
+            }
+            Route::Back(queue) => {
+                let slot = queue.reserve(key)?;
+                let already_queued = !slot.is_new();
+                let _ordered = self.key_locks.lock(key).await;
+                let completed = uploads
+                    .complete(key, upload_id, listed, Commit::Pinned)
+                    .await?;
+                let op = Op::Put {
+                    bytes: completed.meta.len,
+                    parts: completed.layout.clone(),
+                };
+                if let Err(e) = queue.enqueue(slot, key, op).await {
+                    // Not acknowledged, so not owed to the backend (unless an earlier write of
+                    // the key still waits for upload).
+                    if !already_queued {
+                        self.disk.set_pinned(key, false);
+                    }
+                    return Err(e.into());
+                }
+                completed
+            }
+        };
+        self.memory.remove(key).await;
+        Ok(completed.meta)
     }
 
     /// Removes the memory and disk copies; whether there was one.
@@ -941,6 +1000,69 @@ mod tests {
         // missing key in both rounds: misses are not cached).
         assert_eq!(local.backend.calls("get"), 4, "two fills and two misses");
         assert!(local.memory.lookup(&small).await.is_some());
+    }
+
+    /// A completed multipart upload is written as the namespace says, and what reaches the
+    /// backend has the client's part boundaries and so the ETag the client was given.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multipart_completions_keep_the_clients_parts_on_the_way_to_the_backend() {
+        use crate::store::multipart::{Multipart, MultipartSettings};
+        for write in [WriteMode::Through, WriteMode::Back] {
+            let local = Local::new().await;
+            let store = with_policies(
+                &local,
+                Policies::new(NamespacePolicy {
+                    write,
+                    ..NamespacePolicy::default()
+                }),
+            )
+            .await;
+            let uploads = Multipart::open(
+                local.disk.clone(),
+                MultipartSettings {
+                    min_part_size: 1000,
+                    ..MultipartSettings::default()
+                },
+            )
+            .await
+            .unwrap();
+            let k = key(9);
+            let id = uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+            let (first, second) = (pattern(300_000, 1), pattern(1234, 2));
+            let mut listed = Vec::new();
+            for (n, data) in [(1, &first), (2, &second)] {
+                let etag = uploads
+                    .put_part(&k, &id, n, data.len() as u64, body(data))
+                    .await
+                    .unwrap();
+                listed.push((n, etag));
+            }
+            let meta = store
+                .complete_multipart(&uploads, &k, &id, &listed)
+                .await
+                .unwrap();
+            assert!(meta.etag.as_deref().unwrap().ends_with("-2"), "{write:?}");
+            if write == WriteMode::Back {
+                let queue = queue(&store);
+                let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+                queue.start(stop);
+                eventually("the upload", || queue.is_empty()).await;
+            }
+            assert_eq!(
+                local.backend.parts(&k),
+                Some(vec![300_000, 1234]),
+                "{write:?}"
+            );
+            assert_eq!(local.backend.meta(&k).unwrap().etag, meta.etag, "{write:?}");
+            let whole: Vec<u8> = first.iter().chain(&second).copied().collect();
+            assert!(
+                read_body(store.get(&k).await.unwrap().unwrap())
+                    .await
+                    .unwrap()
+                    == whole
+            );
+            assert!(!local.disk.is_pinned(&k), "{write:?}");
+        }
     }
 
     /// An object's attributes and its ETag (the MD5 of its body) are read back the same from
