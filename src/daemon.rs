@@ -66,9 +66,10 @@ impl Daemon {
         let mut remote_status = None;
         if let Some(s3_config) = &config.s3 {
             let client = s3::client::build(s3_config).await;
-            let s3 = S3Tier::new(client, s3_config, metrics.clone());
-            let read = ReadThrough::new(s3.clone(), disk.clone(), memory.clone(), metrics.clone());
             let policies = policies(config);
+            // The locations first: every clone below (read-through, queue) shares them.
+            let s3 = S3Tier::new(client, s3_config, metrics.clone()).with_policies(&policies);
+            let read = ReadThrough::new(s3.clone(), disk.clone(), memory.clone(), metrics.clone());
             let writes_back = std::iter::once(policies.of(&Namespace::gradle()))
                 .chain(policies.named().map(|(_, policy)| policy))
                 .any(|policy| policy.write == WriteMode::Back);

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub s3_bytes_sent: IntCounter,
     pub s3_up: IntGauge,
     pub single_flight_waiters: IntGauge,
+    pub revalidations: IntCounterVec,
+    pub stream_through: IntCounterVec,
     pub upload_queue_entries: IntGauge,
     pub upload_queue_bytes: IntGauge,
     pub upload_queue_oldest_seconds: IntGauge,
@@ -193,6 +195,26 @@ impl Metrics {
                 "Requests currently waiting on another request's S3 read of the same key.",
             ))
             .unwrap(),
+            revalidations: IntCounterVec::new(
+                opts(
+                    "revalidations_total",
+                    "Local hits of revalidated namespaces confirmed against S3 before serving, by \
+                     result: not_modified (local copy served), changed (the new object served and \
+                     refilled), gone (local copy dropped, a miss), error (S3 failed or skipped: \
+                     the local copy served unconfirmed).",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            stream_through: IntCounterVec::new(
+                opts(
+                    "stream_through_total",
+                    "Reads served straight from S3 without caching, by reason: too_large (above \
+                     the namespace's max object size), no_room (the disk tier refused it).",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             upload_queue_entries: IntGauge::with_opts(opts(
                 "upload_queue_entries",
                 "Entries waiting for write-back to S3.",
@@ -286,6 +308,12 @@ impl Metrics {
                 m.lookups.with_label_values(&[tier.as_str(), result]);
             }
         }
+        for result in ["not_modified", "changed", "gone", "error"] {
+            m.revalidations.with_label_values(&[result]);
+        }
+        for reason in ["too_large", "no_room"] {
+            m.stream_through.with_label_values(&[reason]);
+        }
         for front in ["gradle", "admin"] {
             m.bytes_received.with_label_values(&[front]);
             m.bytes_sent.with_label_values(&[front]);
@@ -329,6 +357,8 @@ impl Metrics {
             Box::new(self.s3_bytes_sent.clone()),
             Box::new(self.s3_up.clone()),
             Box::new(self.single_flight_waiters.clone()),
+            Box::new(self.revalidations.clone()),
+            Box::new(self.stream_through.clone()),
             Box::new(self.upload_queue_entries.clone()),
             Box::new(self.upload_queue_bytes.clone()),
             Box::new(self.upload_queue_oldest_seconds.clone()),

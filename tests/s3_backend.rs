@@ -206,6 +206,7 @@ async fn the_s3_tier_keeps_the_backend_contract() {
                 prefix: String::new(),
                 delimiter: Some("/".into()),
                 continuation: continuation.take(),
+                start_after: None,
                 max_keys: 2,
             })
             .await
@@ -220,6 +221,19 @@ async fn the_s3_tier_keeps_the_backend_contract() {
     }
     assert_eq!(objects, ["b", "c"]);
     assert_eq!(prefixes, ["a/", "dir/"]);
+    let after_b = tier
+        .list(&ListRequest {
+            namespace: Namespace::new("objects").unwrap(),
+            prefix: String::new(),
+            delimiter: None,
+            continuation: None,
+            start_after: Some("b".into()),
+            max_keys: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(after_b.objects.first().map(|o| o.name.as_str()), Some("c"));
+    assert!(after_b.objects.iter().all(|o| o.name.as_str() > "b"));
 
     // Deletes, of present and missing objects alike.
     tier.delete(&small).await.unwrap();

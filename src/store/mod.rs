@@ -16,7 +16,9 @@ pub mod disk;
 pub mod entry_file;
 pub mod key;
 mod key_locks;
+pub mod listing;
 pub mod memory;
+pub mod multipart;
 pub mod policy;
 pub mod read_through;
 pub mod s3;
@@ -219,27 +221,38 @@ impl Read {
     /// Decides a read of `object`: its preconditions first (412 before 304, as S3 does), then
     /// its range, whose bytes are taken from the object's stream as they pass.
     pub fn decide(object: Object, options: &GetOptions) -> Read {
-        let meta = &object.meta;
+        let Object { meta, body, tier } = object;
+        let len = meta.len;
+        Read::decide_with(meta, tier, options, |span| match span == (0..len) {
+            true => body,
+            false => skip_to(body, span),
+        })
+    }
+
+    /// [`Read::decide`] for a body that can be opened at any offset: `open(span)` is called
+    /// only when bytes are to be served, and must yield exactly `span`'s bytes.
+    pub fn decide_with(
+        meta: ObjectMeta,
+        tier: Tier,
+        options: &GetOptions,
+        open: impl FnOnce(Range<u64>) -> ByteStream,
+    ) -> Read {
         match options
             .conditions
             .evaluate(meta.etag.as_deref(), meta.modified)
         {
             Verdict::Serve => {}
-            Verdict::NotModified => return Read::NotModified(object.meta),
+            Verdict::NotModified => return Read::NotModified(meta),
             Verdict::PreconditionFailed => return Read::PreconditionFailed,
         }
-        let len = meta.len;
-        let Some(range) = options.range else {
-            return Read::Found {
-                object,
-                span: 0..len,
-            };
+        let span = match options.range {
+            None => 0..meta.len,
+            Some(range) => match range.resolve(meta.len) {
+                Some(span) => span,
+                None => return Read::RangeNotSatisfiable(meta.len),
+            },
         };
-        let Some(span) = range.resolve(len) else {
-            return Read::RangeNotSatisfiable(len);
-        };
-        let Object { meta, body, tier } = object;
-        let body = skip_to(body, span.clone());
+        let body = open(span.clone());
         Read::Found {
             object: Object { meta, body, tier },
             span,

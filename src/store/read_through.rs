@@ -23,6 +23,20 @@
 //!   short of the end until then, so a failed fill ends every response with an error, never a
 //!   complete-looking body. They are released as soon as the body is verified, without waiting
 //!   for the commit's fsync.
+//! - **Revalidation is a fill too.** A local copy of a revalidated namespace is confirmed with
+//!   a GET conditional on its ETag (`If-None-Match`), run as a fill of the key: concurrent
+//!   revalidations of one key share one request, a 304 ends it with nothing written, and a 200's
+//!   body *is* the refill (no second GET). It may replace the stale entry it started from
+//!   ([`Commit::Fill`]); a 404 drops the local copy (unless the key changed meanwhile).
+//! - **Too large to cache: streamed through.** An object above the namespace's largest cached
+//!   size, or one the disk tier refuses, ends the fill without a spool. One reader of the whole
+//!   object takes the fill's body as it is; every other reader makes its own GET of exactly
+//!   what it wants (a range stays a ranged GET), conditional on the same ETag.
+//! - **A fill that has ended, or that a write or delete of its key overtook, is not joined.**
+//!   Its outcome is for the requests that were waiting on it; a request that finds it so
+//!   starts afresh (or finds the committed entry).
+//! - **A range of a running fill is read at its offset** in the spool, once the fill has
+//!   written that far, not by reading the spool from its start.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,12 +48,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions};
+use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions, Verdict};
 use super::disk::spool::{EntryMeta, EtagSource};
-use super::disk::{Commit, DiskTier};
+use super::disk::{Commit, DiskTier, FillOrder, FillTicket};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
-use super::{ByteStream, Key, Object, ObjectMeta, Store, StoreError, Tier};
+use super::{ByteStream, Key, Object, ObjectMeta, Read, Store, StoreError, Tier};
 use crate::metrics::Metrics;
 
 /// The fill writes S3's body to disk in batches of this size (and readers read at most this
@@ -74,6 +88,8 @@ struct Inner<B> {
 struct Fill {
     id: u64,
     progress: watch::Receiver<Progress>,
+    /// Its place in the disk tier's change order.
+    order: FillOrder,
 }
 
 /// What a fill has achieved so far; published through a `watch`.
@@ -102,12 +118,52 @@ struct Source {
 enum End {
     /// Verified and committed to the disk tier.
     Complete,
-    /// S3 has no such object.
+    /// S3 has no such object (a local copy, if any, was dropped).
     Missing,
+    /// A revalidation: S3's object still has the local copy's ETag.
+    NotModified(Arc<str>),
+    /// Not cached: read the object from S3 directly (see [`ThroughBody`]).
+    StreamThrough(ThroughBody),
     /// S3 was skipped (circuit breaker open).
     Unavailable,
     Failed(Arc<str>),
 }
+
+/// An object that is not cached: its metadata, why, and the fill's body for one reader that
+/// wants all of it (the others make their own GETs).
+#[derive(Clone)]
+struct ThroughBody {
+    meta: ObjectMeta,
+    reason: &'static str,
+    body: Arc<Mutex<Option<ByteStream>>>,
+}
+
+/// Why the backend is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask<'a> {
+    /// The key has no local copy.
+    Miss,
+    /// A local copy with this ETag (`None`: it has none, so it counts as changed) is to be
+    /// confirmed before it is served.
+    Revalidate(Option<&'a str>),
+}
+
+/// What the backend said.
+#[derive(Debug)]
+pub enum Through {
+    /// The backend's object (filled as it streams, or streamed through), the read's range and
+    /// preconditions applied; `Read::Missing` when the backend has no such object (and a local
+    /// copy, if any, was dropped).
+    Read(Read),
+    /// Serve the local copy: the backend confirmed it (304), or a fill committed the key
+    /// between the caller's local miss and now.
+    Local,
+}
+
+/// How many times a read starts over when the fill it joined ended without an answer for it
+/// (e.g. it confirmed a different ETag than the reader's): enough for a race, finite for a key
+/// that changes under every attempt.
+const ATTEMPTS: usize = 3;
 
 impl<B: Backend> ReadThrough<B> {
     pub fn new(
@@ -138,54 +194,180 @@ impl<B: Backend> ReadThrough<B> {
         self.inner.lock().len()
     }
 
-    /// Reads `key` through S3 after a local miss. Returns once S3 answered (or failed): the
-    /// body then streams as the fill progresses.
+    /// Reads `key` through S3 after a local miss (whole, any size the disk takes). `Ok(None)`
+    /// is a miss.
     pub async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        let (mut progress, joined) = match self.join_or_start(key) {
-            Some(joined) => joined,
-            // A fill for this key committed between the caller's miss and now.
-            None => return self.inner.disk.get(key).await,
-        };
-        let waiter = joined.then(|| WaiterGuard::new(self.inner.metrics.clone()));
-        let current = match progress
-            .wait_for(|p| p.source.is_some() || p.end.is_some())
-            .await
+        match self
+            .read(key, &GetOptions::default(), Ask::Miss, None)
+            .await?
         {
-            Ok(p) => p.clone(),
-            Err(_) => return Err(StoreError::Remote("S3 fill task ended unexpectedly".into())),
-        };
-        let lookup = |hit| self.inner.metrics.record_lookup(Tier::S3, hit);
-        match (current.source, current.end) {
-            (Some(source), _) => {
-                lookup(true);
-                let meta = source.meta.clone();
-                Ok(Some(Object {
-                    meta,
-                    body: tail(progress, source, waiter),
-                    tier: Tier::S3,
-                }))
-            }
-            (None, Some(End::Missing)) => {
-                lookup(false);
-                Ok(None)
-            }
-            (None, Some(End::Unavailable)) => Err(StoreError::Unavailable),
-            (None, Some(End::Failed(why))) => Err(StoreError::Remote(why.to_string())),
-            (None, Some(End::Complete)) | (None, None) => {
-                unreachable!("a fill completes only after it has a source; waited for one of them")
-            }
+            Through::Read(Read::Found { object, .. }) => Ok(Some(object)),
+            Through::Read(_) => Ok(None),
+            // A fill committed between the caller's miss and now.
+            Through::Local => self.inner.disk.get(key).await,
         }
     }
 
-    /// Joins the fill running for `key`, or starts one. `None`: the key is on disk now.
-    fn join_or_start(&self, key: &Key) -> Option<(watch::Receiver<Progress>, bool)> {
+    /// Asks S3 for `key` (after a miss, or to confirm a local copy) and reads it with
+    /// `options`: returns once S3 answered (or failed); a body then streams as the fill
+    /// progresses. Objects above `max_object_size` (and any the disk tier refuses) are streamed
+    /// through without being cached.
+    pub async fn read(
+        &self,
+        key: &Key,
+        options: &GetOptions,
+        ask: Ask<'_>,
+        max_object_size: Option<u64>,
+    ) -> Result<Through, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let (mut progress, joined) = match self.join_or_start(key, ask, max_object_size) {
+                Some(joined) => joined,
+                None => return Ok(Through::Local),
+            };
+            let waiter = joined.then(|| WaiterGuard::new(self.inner.metrics.clone()));
+            let current = match progress
+                .wait_for(|p| p.source.is_some() || p.end.is_some())
+                .await
+            {
+                Ok(p) => p.clone(),
+                Err(_) => return Err(StoreError::Remote("S3 fill task ended unexpectedly".into())),
+            };
+            let lookup = |hit| self.inner.metrics.record_lookup(Tier::S3, hit);
+            return match (current.source, current.end) {
+                (Some(source), _) => {
+                    lookup(true);
+                    // A range is read from the spool at its own offset (waiting for the fill
+                    // to get there), not by reading the spool from its start.
+                    let meta = source.meta.clone();
+                    let open = |span| tail(progress, source, span, waiter);
+                    Ok(Through::Read(Read::decide_with(
+                        meta,
+                        Tier::S3,
+                        options,
+                        open,
+                    )))
+                }
+                (None, Some(End::Missing)) => {
+                    lookup(false);
+                    Ok(Through::Read(Read::Missing))
+                }
+                (None, Some(End::NotModified(etag))) => match ask {
+                    Ask::Revalidate(Some(mine)) if *mine == *etag => Ok(Through::Local),
+                    // It confirmed another copy than ours (or we had none): ask again.
+                    _ => continue,
+                },
+                (None, Some(End::StreamThrough(through))) => {
+                    lookup(true);
+                    self.stream_through(key, options, through).await
+                }
+                (None, Some(End::Unavailable)) => Err(StoreError::Unavailable),
+                (None, Some(End::Failed(why))) => Err(StoreError::Remote(why.to_string())),
+                (None, Some(End::Complete)) | (None, None) => {
+                    unreachable!(
+                        "a fill completes only after it has a source; waited for one of them"
+                    )
+                }
+            };
+        }
+        Err(StoreError::Remote(format!(
+            "S3 read of {key}: the object changed under {ATTEMPTS} attempts"
+        )))
+    }
+
+    /// Serves an object that is not cached straight from S3: the fill's own body to a reader
+    /// of the whole object if it is still there, else a GET of exactly the range wanted, only
+    /// if the object is still the one the fill saw.
+    async fn stream_through(
+        &self,
+        key: &Key,
+        options: &GetOptions,
+        through: ThroughBody,
+    ) -> Result<Through, StoreError> {
+        let ThroughBody { meta, reason, body } = through;
+        let read = |read| Ok(Through::Read(read));
+        match options
+            .conditions
+            .evaluate(meta.etag.as_deref(), meta.modified)
+        {
+            Verdict::Serve => {}
+            Verdict::NotModified => return read(Read::NotModified(meta)),
+            Verdict::PreconditionFailed => return read(Read::PreconditionFailed),
+        }
+        let span = match options.range {
+            None => 0..meta.len,
+            Some(range) => match range.resolve(meta.len) {
+                Some(span) => span,
+                None => return read(Read::RangeNotSatisfiable(meta.len)),
+            },
+        };
+        self.inner
+            .metrics
+            .stream_through
+            .with_label_values(&[reason])
+            .inc();
+        if options.range.is_none() {
+            let taken = body.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(body) = taken {
+                let object = Object {
+                    meta,
+                    body,
+                    tier: Tier::S3,
+                };
+                return read(Read::Found { object, span });
+            }
+        }
+        let own = GetOptions {
+            range: options.range,
+            conditions: meta
+                .etag
+                .as_deref()
+                .map(Conditions::if_match)
+                .unwrap_or_default(),
+        };
+        match self.inner.remote.get(key, &own).await? {
+            Fetch::Found(fetched) => read(Read::Found {
+                object: Object {
+                    meta: fetched.meta,
+                    body: fetched.body,
+                    tier: Tier::S3,
+                },
+                span: fetched.span,
+            }),
+            Fetch::Missing => read(Read::Missing),
+            Fetch::PreconditionFailed => Err(StoreError::Remote(format!(
+                "S3 object {key} changed while it was being read"
+            ))),
+            Fetch::NotModified | Fetch::RangeNotSatisfiable => Err(StoreError::Remote(format!(
+                "S3 answered a read of {key} at {span:?} without its bytes"
+            ))),
+        }
+    }
+
+    /// Joins the fill running for `key`, or starts one. `None`: after a miss, the key is on
+    /// disk now. A fill that has ended is not joined: its answer was for its own readers.
+    fn join_or_start(
+        &self,
+        key: &Key,
+        ask: Ask<'_>,
+        max_object_size: Option<u64>,
+    ) -> Option<(watch::Receiver<Progress>, bool)> {
         let mut fills = self.inner.lock();
         if let Some(fill) = fills.get(key) {
-            return Some((fill.progress.clone(), true));
+            // Nor is one that a write or delete of the key overtook (it will not commit): a
+            // request made after a delete must not be served the deleted object's bytes.
+            let live = fill.progress.borrow().end.is_none()
+                && !self.inner.disk.changed_since(key, fill.order);
+            if live {
+                return Some((fill.progress.clone(), true));
+            }
         }
-        if self.inner.disk.contains(key) {
-            return None;
-        }
+        // The ticket orders the fill after every change made so far: a write or delete of
+        // the key from now on keeps the fill from committing. A miss fills only a key that is
+        // still absent; a revalidation may replace the copy it confirms.
+        let (ticket, if_none_match) = match ask {
+            Ask::Miss => (self.inner.disk.begin_fill_if_absent(key)?, None),
+            Ask::Revalidate(etag) => (self.inner.disk.begin_fill(), etag.map(str::to_string)),
+        };
         let (tx, rx) = watch::channel(Progress::default());
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         fills.insert(
@@ -193,15 +375,34 @@ impl<B: Backend> ReadThrough<B> {
             Fill {
                 id,
                 progress: rx.clone(),
+                order: ticket.order(),
             },
         );
         drop(fills);
+        let job = FillJob {
+            key: key.clone(),
+            id,
+            ticket,
+            if_none_match,
+            max_object_size,
+        };
         // Spawned, not awaited: the fill belongs to no request, so no request's cancellation
         // can stop it. At most one task per distinct key being missed, so this is bounded by
         // the requests in flight.
-        tokio::spawn(run_fill(self.inner.clone(), key.clone(), id, tx));
+        tokio::spawn(run_fill(self.inner.clone(), job, tx));
         Some((rx, false))
     }
+}
+
+/// One fill, as started.
+struct FillJob {
+    key: Key,
+    id: u64,
+    ticket: FillTicket,
+    /// A revalidation's local ETag: S3 answers 304 if its object still has it.
+    if_none_match: Option<String>,
+    /// Larger objects are streamed through, not cached.
+    max_object_size: Option<u64>,
 }
 
 impl<B> Inner<B> {
@@ -211,13 +412,9 @@ impl<B> Inner<B> {
     }
 }
 
-async fn run_fill<B: Backend>(
-    inner: Arc<Inner<B>>,
-    key: Key,
-    id: u64,
-    tx: watch::Sender<Progress>,
-) {
-    let end = fill(&inner, &key, &tx).await;
+async fn run_fill<B: Backend>(inner: Arc<Inner<B>>, job: FillJob, tx: watch::Sender<Progress>) {
+    let end = fill(&inner, &job, &tx).await;
+    let key = &job.key;
     if let End::Failed(why) = &end {
         // Before S3 answered, the failure goes to every waiting request as an error, and their
         // front reports it; after, the readers only see their body end, so it is logged here.
@@ -227,18 +424,32 @@ async fn run_fill<B: Backend>(
     }
     tx.send_modify(|p| p.end = Some(end));
     let mut fills = inner.lock();
-    if fills.get(&key).is_some_and(|f| f.id == id) {
-        fills.remove(&key);
+    if fills.get(key).is_some_and(|f| f.id == job.id) {
+        fills.remove(key);
     }
 }
 
-async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progress>) -> End {
+async fn fill<B: Backend>(inner: &Inner<B>, job: &FillJob, tx: &watch::Sender<Progress>) -> End {
+    let (key, ticket) = (&job.key, &job.ticket);
     let failed = |e: &dyn std::fmt::Display| End::Failed(e.to_string().into());
-    let fetched = match inner.remote.get(key, &GetOptions::default()).await {
+    let options = GetOptions {
+        range: None,
+        conditions: Conditions {
+            if_none_match: job.if_none_match.clone(),
+            ..Conditions::default()
+        },
+    };
+    let fetched = match inner.remote.get(key, &options).await {
         Ok(Fetch::Found(fetched)) => fetched,
-        Ok(Fetch::Missing) => return End::Missing,
+        Ok(Fetch::Missing) => {
+            drop_local_copy(inner, key, ticket).await;
+            return End::Missing;
+        }
+        Ok(Fetch::NotModified) if job.if_none_match.is_some() => {
+            return End::NotModified(job.if_none_match.as_deref().unwrap_or_default().into())
+        }
         Ok(Fetch::NotModified | Fetch::PreconditionFailed | Fetch::RangeNotSatisfiable) => {
-            return failed(&"S3 answered a plain GET without the object")
+            return failed(&"S3 answered a whole-object GET without the object")
         }
         Err(StoreError::Unavailable) => return End::Unavailable,
         Err(e) => return failed(&e),
@@ -254,9 +465,31 @@ async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progre
             .map_or(EtagSource::None, EtagSource::Known),
         modified: Some(meta.modified),
     };
-    let mut spool = match inner.disk.spool_with(key, meta.len, entry_meta).await {
+    let too_large = job.max_object_size.is_some_and(|max| meta.len > max);
+    let spool = match too_large {
+        true => Err("too_large"),
+        false => match inner.disk.spool_with(key, meta.len, entry_meta).await {
+            Ok(spool) => Ok(spool),
+            Err(e) => {
+                if !matches!(e, StoreError::Full { .. }) {
+                    tracing::warn!(key = %key, error = %e, "disk tier cannot take an S3 object; serving it uncached");
+                }
+                Err("no_room")
+            }
+        },
+    };
+    let mut spool = match spool {
         Ok(spool) => spool,
-        Err(e) => return failed(&e),
+        Err(reason) => {
+            // Whatever is local is older than this object: drop it rather than confirm it
+            // again on every read.
+            drop_local_copy(inner, key, ticket).await;
+            return End::StreamThrough(ThroughBody {
+                meta,
+                reason,
+                body: Arc::new(Mutex::new(Some(fetched.body))),
+            });
+        }
     };
     tx.send_modify(|p| {
         p.source = Some(Source {
@@ -331,26 +564,44 @@ async fn fill<B: Backend>(inner: &Inner<B>, key: &Key, tx: &watch::Sender<Progre
         }
     }
     tx.send_modify(|p| p.verified = true);
-    let header = match spool.finish(Commit::Fill).await {
+    let header = match spool.finish(Commit::Fill(ticket.order())).await {
         Ok((header, true)) => header,
-        // A client wrote the key while we filled it: theirs is newer, ours is dropped (the
-        // readers of this fill got S3's bytes, which were current when they asked).
+        // A client wrote or deleted the key while we filled it: that is newer, ours is dropped
+        // (the readers of this fill got S3's bytes, which were current when they asked).
         Ok((_, false)) => {
-            tracing::info!(key = %key, "a client wrote the key during its fill; fill not cached");
+            tracing::info!(key = %key, "the key was written or deleted during its fill; fill not cached");
             return End::Complete;
         }
         Err(e) => return failed(&e),
     };
-    if let Some(data) = keep {
-        inner
-            .memory
-            .insert(
-                key.clone(),
-                MemoryEntry::with_meta(data.freeze(), header.meta()),
-            )
-            .await;
+    match keep {
+        Some(data) => {
+            inner
+                .memory
+                .insert(
+                    key.clone(),
+                    MemoryEntry::with_meta(data.freeze(), header.meta()),
+                )
+                .await
+        }
+        // A refill too large for memory replaces a small stale copy there.
+        None => {
+            inner.memory.remove(key).await;
+        }
     }
     End::Complete
+}
+
+/// Drops the key's local copies after S3 said its object is gone or newer, unless the key
+/// changed since the fill began (a client's write is newer than S3's answer).
+async fn drop_local_copy<B>(inner: &Inner<B>, key: &Key, ticket: &FillTicket) {
+    match inner.disk.discard_unchanged(key, ticket.order()).await {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(key = %key, error = %e, "could not drop a stale local copy"),
+    }
+    if !inner.disk.contains(key) {
+        inner.memory.remove(key).await;
+    }
 }
 
 /// Asks S3 for the rest of a body that was cut off after `from` bytes: a ranged GET that only
@@ -409,24 +660,28 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// A reader of a fill: reads the spool file up to what is written, ends only once the fill
-/// completed, and fails if the fill fails.
+/// A reader of a fill: reads `span` of the body from the spool file as it is written, and
+/// fails if the fill fails. A span that includes the body's end ends only once the fill
+/// verified the whole body.
 struct Tail {
     progress: watch::Receiver<Progress>,
     source: Source,
     pos: u64,
+    end: u64,
     _waiter: Option<WaiterGuard>,
 }
 
 fn tail(
     progress: watch::Receiver<Progress>,
     source: Source,
+    span: std::ops::Range<u64>,
     waiter: Option<WaiterGuard>,
 ) -> ByteStream {
     let state = Tail {
         progress,
         source,
-        pos: 0,
+        pos: span.start,
+        end: span.end,
         _waiter: waiter,
     };
     Box::pin(futures_util::stream::unfold(
@@ -446,6 +701,11 @@ impl Tail {
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         let len = self.source.meta.len;
         loop {
+            // A span short of the body's end is done once its bytes are: its response carries
+            // no claim about the whole (which is still verified before it is cached).
+            if self.end < len && self.pos >= self.end {
+                return Ok(None);
+            }
             let (written, verified, end) = {
                 let p = self.progress.borrow_and_update();
                 (p.written, p.verified, p.end.clone())
@@ -456,7 +716,8 @@ impl Tail {
                 written
             } else {
                 written.min(len.saturating_sub(1))
-            };
+            }
+            .min(self.end);
             if self.pos < readable {
                 let n = (readable - self.pos).min(BATCH as u64) as usize;
                 let chunk = self.read(n).await?;
@@ -475,9 +736,9 @@ impl Tail {
                 Some(End::Failed(why)) => {
                     return Err(io::Error::other(format!("S3 read failed: {why}")))
                 }
-                Some(End::Missing | End::Unavailable) => {
-                    return Err(io::Error::other("S3 read failed"))
-                }
+                Some(
+                    End::Missing | End::Unavailable | End::NotModified(_) | End::StreamThrough(_),
+                ) => return Err(io::Error::other("S3 read failed")),
                 None => {
                     if self.progress.changed().await.is_err() {
                         return Err(io::Error::other("S3 fill task ended unexpectedly"));
@@ -554,6 +815,42 @@ mod tests {
         assert_eq!(again.tier, Tier::Disk, "read from disk once committed");
         assert!(read_body(again).await.unwrap() == data);
         assert_eq!(local.backend.calls("get"), 1);
+    }
+
+    /// A request made after a delete of the key does not join the fill the delete overtook
+    /// (whose bytes are from before it): it starts a fill of its own, which may commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_after_a_delete_does_not_join_the_fill_it_overtook() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(8);
+        let data = pattern(300_000, 8);
+        local.backend.insert(&k, data.clone());
+        local.backend.hold(true);
+        let read = |rt: &ReadThrough<_>| {
+            let (rt, k) = (rt.clone(), k.clone());
+            tokio::spawn(async move { read_body(rt.get(&k).await.unwrap().unwrap()).await })
+        };
+        let before = read(&rt);
+        let backend = local.backend.clone();
+        eventually("the first fill to ask", || backend.calls("get") == 1).await;
+        local.disk.delete(&k).await.unwrap();
+        let after = read(&rt);
+        eventually("a second fill to ask", || backend.calls("get") == 2).await;
+        assert_eq!(
+            local.metrics.single_flight_waiters.get(),
+            0,
+            "nobody joined"
+        );
+        local.backend.hold(false);
+        assert!(before.await.unwrap().unwrap() == data);
+        assert!(after.await.unwrap().unwrap() == data);
+        let done = rt.clone();
+        eventually("the fills to end", || done.fills_in_flight() == 0).await;
+        assert!(
+            local.disk.contains(&k),
+            "the fill begun after the delete commits"
+        );
     }
 
     #[tokio::test]

@@ -49,6 +49,8 @@ struct State {
     fail_next: u32,
     /// Cut this many more bodies, each after this many bytes.
     cuts: Option<(u32, u64)>,
+    /// The span of every body handed out by a get, in order.
+    spans: Vec<std::ops::Range<u64>>,
 }
 
 #[derive(Clone)]
@@ -142,6 +144,12 @@ impl FakeBackend {
         self.inner.held.send_replace(held);
     }
 
+    /// The span of the object each get answered with a body, in order: whether a read was a
+    /// ranged GET or a whole download.
+    pub fn served_spans(&self) -> Vec<std::ops::Range<u64>> {
+        self.lock().spans.clone()
+    }
+
     /// The next `count` bodies fail after `after` bytes, as when a connection drops.
     pub fn cut_bodies(&self, count: u32, after: u64) {
         self.lock().cuts = (count > 0).then_some((count, after));
@@ -220,6 +228,7 @@ impl Backend for FakeBackend {
             },
         };
         let data = stored.data.slice(span.start as usize..span.end as usize);
+        self.lock().spans.push(span.clone());
         Ok(Fetch::Found(Fetched {
             meta: stored.meta,
             span,
@@ -290,7 +299,12 @@ impl Backend for FakeBackend {
         let ns = request.namespace.as_str().to_string();
         let start = (ns.clone(), request.prefix.clone());
         let delimiter = request.delimiter.as_deref().filter(|d| !d.is_empty());
-        let token = request.continuation.as_deref();
+        // A continuation is the last name or common prefix of the previous page: like
+        // `start_after`, everything up to it (rolled up, so a prefix's names too) is skipped.
+        let cursor = request
+            .continuation
+            .as_deref()
+            .or(request.start_after.as_deref());
         let mut page = Listing::default();
         let mut emitted = 0usize;
         let mut last: Option<String> = None;
@@ -298,19 +312,14 @@ impl Backend for FakeBackend {
             if *object_ns != ns || !name.starts_with(&request.prefix) {
                 break;
             }
-            if let Some(token) = token {
-                // Past the previous page: its last name, and everything rolled into its last
-                // common prefix.
-                let rolled_up = delimiter.is_some_and(|d| token.ends_with(d));
-                if name.as_str() <= token || (rolled_up && name.starts_with(token)) {
-                    continue;
-                }
-            }
             let rest = &name[request.prefix.len()..];
             let common = delimiter.and_then(|d| {
                 rest.find(d)
                     .map(|at| format!("{}{}", request.prefix, &rest[..at + d.len()]))
             });
+            if cursor.is_some_and(|c| common.as_deref().unwrap_or(name) <= c) {
+                continue;
+            }
             if common.is_some() && common == last {
                 continue;
             }
@@ -526,6 +535,7 @@ mod tests {
             prefix: prefix.into(),
             delimiter: delimiter.map(str::to_string),
             continuation,
+            start_after: None,
             max_keys,
         };
         let names = |page: &Listing| {
@@ -567,6 +577,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(names(&under_c), ["c/y"]);
+        let after = backend
+            .list(&ListRequest {
+                start_after: Some("a/".into()),
+                ..request("", Some("/"), None, 100)
+            })
+            .await
+            .unwrap();
+        assert_eq!(names(&after), ["b", "d"]);
+        assert_eq!(
+            after.common_prefixes,
+            ["c/"],
+            "a/ and what it rolls up are skipped"
+        );
         assert_eq!(under_c.common_prefixes, ["c/x/"]);
         assert_eq!(under_c.objects[0].len, 1);
         assert_eq!(

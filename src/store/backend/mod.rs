@@ -266,6 +266,8 @@ pub struct ListRequest {
     pub delimiter: Option<String>,
     /// Where the previous page stopped ([`Listing::next`]).
     pub continuation: Option<String>,
+    /// Only names (and common prefixes) after this one; ignored with a continuation.
+    pub start_after: Option<String>,
     /// Most names and common prefixes in one page (S3 caps it at 1000).
     pub max_keys: usize,
 }

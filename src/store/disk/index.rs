@@ -1,7 +1,25 @@
-//! The in-memory index of the disk tier: entry sizes, recency, pins and the space accounting.
-//! Every method runs under the tier's mutex and does only quick work (at most an unlink).
+//! The in-memory index of the disk tier: entry sizes, recency, pins, the space accounting, and
+//! the order of changes to each key. Every method runs under the tier's mutex and does only
+//! quick work (at most an unlink).
+//!
+//! # Change order
+//!
+//! A fill copies an object from the backend into the disk tier; it must not commit over anything
+//! that happened to the key after it asked the backend: a client's write (newer than the bytes
+//! the fill got) or a delete (the fill would bring the key back). So every change to a key (a
+//! commit, a delete, an entry leaving the index) takes the next number of one clock, and a fill
+//! takes a [`FillOrder`] from the same clock when it starts. At its commit the fill compares:
+//! if the key's last change is newer, the fill is dropped; otherwise it may replace what is
+//! there (a stale copy being refilled).
+//!
+//! A key with an entry keeps its last change in the entry. A key without one keeps it in a
+//! tombstone, but only while a fill that started before that change is still running: with no
+//! such fill, nobody can ask. So tombstones cost memory only for the removals made during the
+//! oldest running fill.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
+use std::ops::Bound;
 use std::path::Path;
 
 use lru::LruCache;
@@ -16,10 +34,20 @@ struct EntryInfo {
     size: u64,
     /// Not evictable: the entry has not reached the shared tier yet.
     pinned: bool,
+    /// When the entry was committed, on the change clock (0: found at start-up).
+    changed: u64,
 }
+
+/// Where a fill stands on the change clock: it may commit only over changes older than this.
+/// Taken with [`Index::begin_fill`]; valid while the fill is registered (see
+/// [`super::FillTicket`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FillOrder(u64);
 
 pub struct Index {
     lru: LruCache<Key, EntryInfo>,
+    /// The same keys in order, for listings.
+    names: BTreeSet<Key>,
     max_size: u64,
     used: u64,
     /// Space held by writes in progress for bytes they have received.
@@ -30,12 +58,21 @@ pub struct Index {
     evictions: u64,
     pinned_bytes: u64,
     pinned_entries: u64,
+    /// The change clock: the number of the last change to any key.
+    clock: u64,
+    /// The running fills' orders, with how many fills hold each.
+    fills: BTreeMap<u64, usize>,
+    /// The last change of keys without an entry, while a fill older than it may run.
+    tombstones: HashMap<Key, u64>,
+    /// The same tombstones in the order they were made, for pruning from the oldest.
+    tombstone_order: VecDeque<(u64, Key)>,
 }
 
 impl Index {
     fn new(max_size: u64) -> Index {
         Index {
             lru: LruCache::unbounded(),
+            names: BTreeSet::new(),
             max_size,
             used: 0,
             reserved: 0,
@@ -43,7 +80,72 @@ impl Index {
             evictions: 0,
             pinned_bytes: 0,
             pinned_entries: 0,
+            clock: 0,
+            fills: BTreeMap::new(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
         }
+    }
+
+    /// Registers a fill of some key starting now; pair with [`Index::end_fill`].
+    pub fn begin_fill(&mut self) -> FillOrder {
+        *self.fills.entry(self.clock).or_default() += 1;
+        FillOrder(self.clock)
+    }
+
+    /// Unregisters a fill, and drops the tombstones no running fill can ask about any more.
+    pub fn end_fill(&mut self, order: FillOrder) {
+        if let Some(count) = self.fills.get_mut(&order.0) {
+            *count -= 1;
+            if *count == 0 {
+                self.fills.remove(&order.0);
+            }
+        }
+        let oldest = self.fills.keys().next().copied().unwrap_or(u64::MAX);
+        while let Some((changed, _)) = self.tombstone_order.front() {
+            if *changed > oldest {
+                break;
+            }
+            let (changed, key) = self.tombstone_order.pop_front().expect("just seen");
+            if self.tombstones.get(&key) == Some(&changed) {
+                self.tombstones.remove(&key);
+            }
+        }
+    }
+
+    /// Whether anything happened to `key` after a fill took `order`.
+    pub fn changed_since(&self, key: &Key, order: FillOrder) -> bool {
+        let last = match self.lru.peek(key) {
+            Some(info) => info.changed,
+            None => self.tombstones.get(key).copied().unwrap_or(0),
+        };
+        last > order.0
+    }
+
+    /// The key's entry was removed, or the key deleted, at change `changed`: remember it if a
+    /// running fill is older.
+    fn remember_removal(&mut self, key: &Key, changed: u64) {
+        let oldest = self.fills.keys().next().copied().unwrap_or(u64::MAX);
+        if changed > oldest {
+            self.tombstones.insert(key.clone(), changed);
+            self.tombstone_order.push_back((changed, key.clone()));
+        }
+    }
+
+    /// A client deleted the key: drops its entry (if any) and records the delete as a change,
+    /// so that no fill started before it commits. Returns whether there was an entry.
+    pub fn delete(&mut self, key: &Key) -> bool {
+        let known = self.lru.contains(key);
+        self.forget(key);
+        self.clock += 1;
+        self.remember_removal(key, self.clock);
+        known
+    }
+
+    /// Tombstones held now (tests check that they do not outlive the fills).
+    #[cfg(test)]
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     pub fn usage(&self) -> DiskUsage {
@@ -54,6 +156,20 @@ impl Index {
             pinned_bytes: self.pinned_bytes,
             pinned_entries: self.pinned_entries,
         }
+    }
+
+    /// The first name of `namespace` within `from` (in name order).
+    pub fn first_name(&self, namespace: &Namespace, from: Bound<&str>) -> Option<String> {
+        let from = match from {
+            Bound::Included(name) => Bound::Included(Key::position(namespace, name)),
+            Bound::Excluded(name) => Bound::Excluded(Key::position(namespace, name)),
+            Bound::Unbounded => Bound::Included(Key::position(namespace, "")),
+        };
+        self.names
+            .range((from, Bound::Unbounded))
+            .next()
+            .filter(|key| key.namespace() == namespace)
+            .map(|key| key.name().to_string())
     }
 
     pub fn contains(&self, key: &Key) -> bool {
@@ -147,33 +263,53 @@ impl Index {
         self.promised -= promised;
     }
 
-    /// Records a file renamed into place, converting its reservation into used space.
+    /// Whether the key's entry is pinned (waiting for the shared tier).
+    pub fn is_pinned(&self, key: &Key) -> bool {
+        self.lru.peek(key).is_some_and(|info| info.pinned)
+    }
+
+    /// Records a file renamed into place, converting its reservation into used space. The
+    /// commit is the key's newest change.
     pub fn commit(&mut self, key: &Key, bytes: u64, pinned: bool) {
         self.reserved -= bytes;
         // A replaced entry that was still waiting for upload stays pinned: its successor is
         // what the upload will read now.
         let was_pinned = self.forget(key);
-        self.insert(key.clone(), bytes, pinned || was_pinned);
+        self.clock += 1;
+        self.tombstones.remove(key);
+        self.insert(key.clone(), bytes, pinned || was_pinned, self.clock);
     }
 
-    fn insert(&mut self, key: Key, size: u64, pinned: bool) {
+    fn insert(&mut self, key: Key, size: u64, pinned: bool, changed: u64) {
         self.used += size;
         if pinned {
             self.pinned_bytes += size;
             self.pinned_entries += 1;
         }
-        self.lru.put(key, EntryInfo { size, pinned });
+        self.names.insert(key.clone());
+        self.lru.put(
+            key,
+            EntryInfo {
+                size,
+                pinned,
+                changed,
+            },
+        );
     }
 
-    /// Drops a key from the index; returns whether it was pinned.
+    /// Drops a key from the index; returns whether it was pinned. An entry newer than a
+    /// running fill leaves a tombstone with its change, so that the fill still sees it (an
+    /// evicted client write must not let an older fill in).
     pub fn forget(&mut self, key: &Key) -> bool {
         match self.lru.pop(key) {
             Some(info) => {
+                self.names.remove(key);
                 self.used -= info.size;
                 if info.pinned {
                     self.pinned_bytes -= info.size;
                     self.pinned_entries -= 1;
                 }
+                self.remember_removal(key, info.changed);
                 info.pinned
             }
             None => false,
@@ -292,7 +428,7 @@ pub fn rebuild(dir: &Path, max_size: u64) -> io::Result<Index> {
     found.sort_by_key(|(modified, _, _)| *modified);
     let mut index = Index::new(max_size);
     for (_, key, size) in found {
-        index.insert(key, size, false);
+        index.insert(key, size, false, 0);
     }
     Ok(index)
 }

@@ -8,6 +8,7 @@
 //! other parts of the daemon (the write-back queue) and are left alone by the rebuild.
 
 mod index;
+pub mod parts;
 mod read;
 pub use read::RangedObject;
 pub mod spool;
@@ -20,9 +21,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::backend::ByteRange;
+use super::backend::{ByteRange, ListRequest};
 use super::entry_file::EntryHeader;
+use super::listing::{walk, Line};
 use super::{ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
+pub use index::FillOrder;
 use index::{Index, Reservation};
 use spool::{EntryMeta, EtagSource};
 
@@ -81,10 +84,34 @@ pub enum Commit {
     /// A client's write that must stay until the shared tier has it: never evicted until
     /// unpinned.
     Pinned,
-    /// A copy filled from the shared tier: committed only if the key has no entry by then. A
-    /// fill started before a client's write of the same key must never replace that write
-    /// (which, waiting for upload, would then send the fill's stale bytes to S3).
-    Fill,
+    /// A copy filled from the shared tier, by a fill that took this order when it started
+    /// ([`DiskTier::begin_fill`]): committed only if nothing happened to the key since. A fill
+    /// started before a client's write of the same key must never replace that write (which,
+    /// waiting for upload, would then send the fill's stale bytes to S3), nor bring back a key
+    /// deleted during it. It may replace an older entry (a stale copy being refilled), except
+    /// one still waiting for upload: that one is newer than anything the backend has.
+    Fill(FillOrder),
+}
+
+/// A fill registered with the disk tier's change order: while it lives, the tier remembers
+/// the changes a commit of the fill must not override (see [`Commit::Fill`]). Dropping it
+/// ends the registration.
+pub struct FillTicket {
+    disk: DiskTier,
+    order: FillOrder,
+}
+
+impl FillTicket {
+    /// What the fill's [`Commit::Fill`] carries.
+    pub fn order(&self) -> FillOrder {
+        self.order
+    }
+}
+
+impl Drop for FillTicket {
+    fn drop(&mut self) {
+        self.disk.lock().end_fill(self.order);
+    }
 }
 
 /// Where a committed entry's body lies on disk (for uploads that read the file directly).
@@ -147,6 +174,80 @@ impl DiskTier {
     /// Whether the index holds the key (without touching its recency).
     pub fn contains(&self, key: &Key) -> bool {
         self.lock().contains(key)
+    }
+
+    /// Registers a fill starting now: take it before asking the backend, so that every change
+    /// made after the backend's answer is newer than the fill.
+    pub fn begin_fill(&self) -> FillTicket {
+        let order = self.lock().begin_fill();
+        FillTicket {
+            disk: self.clone(),
+            order,
+        }
+    }
+
+    /// [`DiskTier::begin_fill`] if the key has no entry, in one step: a write committed just
+    /// before is seen here, one committed just after is newer than the fill.
+    pub fn begin_fill_if_absent(&self, key: &Key) -> Option<FillTicket> {
+        let mut index = self.lock();
+        if index.contains(key) {
+            return None;
+        }
+        let order = index.begin_fill();
+        drop(index);
+        Some(FillTicket {
+            disk: self.clone(),
+            order,
+        })
+    }
+
+    /// Whether anything happened to `key` (a commit, a delete, its entry leaving) after a fill
+    /// took `order`.
+    pub fn changed_since(&self, key: &Key, order: FillOrder) -> bool {
+        self.lock().changed_since(key, order)
+    }
+
+    /// Whether the key's entry is waiting for the shared tier (so it is newer than the
+    /// shared tier's copy).
+    pub fn is_pinned(&self, key: &Key) -> bool {
+        self.lock().is_pinned(key)
+    }
+
+    /// Removes the key's entry if nothing happened to the key since `order` (the backend says
+    /// the object is gone, and no client wrote it meanwhile). Returns whether it was removed.
+    pub async fn discard_unchanged(&self, key: &Key, order: FillOrder) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.blocking(move |disk| -> Result<bool, StoreError> {
+            let mut index = disk.lock();
+            if !index.contains(&key) || index.changed_since(&key, order) || index.is_pinned(&key) {
+                return Ok(false);
+            }
+            index.forget(&key);
+            match std::fs::remove_file(disk.path_for(&key)) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?
+    }
+
+    /// One page of a listing of a namespace's entries, names only, and whether more follow
+    /// (see [`walk`]: the work is bounded by the page). The continuation (or `start_after`) is
+    /// the previous page's last line.
+    pub fn list_names(&self, request: &ListRequest) -> (Vec<Line>, bool) {
+        let index = self.lock();
+        let cursor = request
+            .continuation
+            .as_deref()
+            .or(request.start_after.as_deref());
+        walk(
+            |from| index.first_name(&request.namespace, from),
+            &request.prefix,
+            request.delimiter.as_deref(),
+            cursor,
+            request.max_keys,
+        )
     }
 
     /// Marks an entry as not evictable (it has not reached the shared tier yet).
@@ -228,8 +329,8 @@ impl DiskTier {
 
     /// Renames a finished temp file into place and records it, all under the index lock so that
     /// eviction and concurrent writers of the same key see one consistent order. With
-    /// [`Commit::Fill`], a key that has an entry by now is left as it is (the temp file is
-    /// removed): returns whether the entry was committed.
+    /// [`Commit::Fill`], a key changed since the fill began (or pinned) is left as it is (the
+    /// temp file is removed): returns whether the entry was committed.
     fn commit(
         &self,
         key: &Key,
@@ -241,7 +342,11 @@ impl DiskTier {
         let parent = path.parent().expect("entry paths have a parent");
         std::fs::create_dir_all(parent)?;
         let mut index = self.lock();
-        if mode == Commit::Fill && index.contains(key) {
+        let overtaken = match mode {
+            Commit::Fill(order) => index.changed_since(key, order) || index.is_pinned(key),
+            Commit::Cached | Commit::Pinned => false,
+        };
+        if overtaken {
             // Unlock before `reservation` and `temp` are dropped: the release takes the lock.
             drop(index);
             return Ok(false);
@@ -364,7 +469,7 @@ impl Store for DiskTier {
         self.blocking(move |disk| -> Result<bool, StoreError> {
             let path = disk.path_for(&key);
             let mut index = disk.lock();
-            let known = index.forget(&key);
+            let known = index.delete(&key);
             match std::fs::remove_file(&path) {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(known),

@@ -240,7 +240,7 @@ pub const RESERVE_STEP: u64 = 1024 * 1024;
 /// CRC32C per block of body, computed as the body is written, and the whole body's CRC32C
 /// combined from them (one pass over the bytes, not two).
 #[derive(Debug, Default)]
-struct BlockCrcs {
+pub(super) struct BlockCrcs {
     done: Vec<u32>,
     /// The CRC32C of the completed blocks, in order.
     whole: u32,
@@ -249,7 +249,7 @@ struct BlockCrcs {
 }
 
 impl BlockCrcs {
-    fn append(&mut self, mut data: &[u8]) {
+    pub(super) fn append(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let take = ((BLOCK - self.filled) as usize).min(data.len());
             self.current = crc32c::crc32c_append(self.current, &data[..take]);
@@ -264,7 +264,7 @@ impl BlockCrcs {
     }
 
     /// The CRC32C of everything appended so far.
-    fn crc32c(&self) -> u32 {
+    pub(super) fn crc32c(&self) -> u32 {
         if self.filled == 0 {
             self.whole
         } else {
@@ -273,11 +273,19 @@ impl BlockCrcs {
     }
 
     /// The table as stored after the body.
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(self) -> Vec<u8> {
+        self.into_crcs()
+            .iter()
+            .flat_map(|crc| crc.to_le_bytes())
+            .collect()
+    }
+
+    /// One CRC32C per block, the last block possibly shorter.
+    pub(super) fn into_crcs(mut self) -> Vec<u32> {
         if self.filled > 0 {
             self.done.push(self.current);
         }
-        self.done.iter().flat_map(|crc| crc.to_le_bytes()).collect()
+        self.done
     }
 }
 

@@ -462,6 +462,7 @@ async fn a_fill_does_not_replace_a_write_that_committed_during_it() {
         .unwrap();
     let older = pattern(100_000, 1);
     let newer = pattern(100_000, 2);
+    let ticket = disk.begin_fill_if_absent(&key(1)).unwrap();
     let mut fill = disk.spool(&key(1), older.len() as u64).await.unwrap();
     fill.write(Bytes::from(older.clone())).await.unwrap();
     disk.put(
@@ -472,7 +473,7 @@ async fn a_fill_does_not_replace_a_write_that_committed_during_it() {
     )
     .await
     .unwrap();
-    let (_, committed) = fill.finish(Commit::Fill).await.unwrap();
+    let (_, committed) = fill.finish(Commit::Fill(ticket.order())).await.unwrap();
     assert!(!committed);
     assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), newer);
     assert_eq!(disk.usage().entries, 1);
@@ -480,6 +481,111 @@ async fn a_fill_does_not_replace_a_write_that_committed_during_it() {
         std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
         0
     );
+    assert!(
+        disk.begin_fill_if_absent(&key(1)).is_none(),
+        "a key with an entry is read, not filled"
+    );
+}
+
+/// Spools `data` as a fill of `k` that began with `ticket`; returns whether it committed.
+async fn fill(disk: &DiskTier, k: &Key, data: &[u8], ticket: &FillTicket) -> bool {
+    let mut spool = disk.spool(k, data.len() as u64).await.unwrap();
+    spool.write(Bytes::copy_from_slice(data)).await.unwrap();
+    spool.finish(Commit::Fill(ticket.order())).await.unwrap().1
+}
+
+#[tokio::test]
+async fn a_fill_does_not_bring_back_a_key_deleted_during_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let data = pattern(100_000, 1);
+    // A key that had no entry, deleted (from the backend, through this node) during its fill.
+    let ticket = disk.begin_fill_if_absent(&key(1)).unwrap();
+    assert!(!disk.delete(&key(1)).await.unwrap());
+    assert!(!fill(&disk, &key(1), &data, &ticket).await);
+    assert!(!disk.contains(&key(1)));
+    // A stale entry being refilled, deleted during the refill.
+    disk.put(&key(2), 10, body(&[1; 10]), &PutOptions::default())
+        .await
+        .unwrap();
+    let refill = disk.begin_fill();
+    assert!(disk.delete(&key(2)).await.unwrap());
+    assert!(!fill(&disk, &key(2), &data, &refill).await);
+    assert!(!disk.contains(&key(2)));
+    // Deletes before a fill began do not stop it.
+    let later = disk.begin_fill_if_absent(&key(1)).unwrap();
+    assert!(fill(&disk, &key(1), &data, &later).await);
+    assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), data);
+    // The tombstones last as long as the fills that could ask about them (key 1's made way
+    // for its entry).
+    assert_eq!(disk.lock().tombstones(), 1);
+    drop((ticket, refill, later));
+    assert_eq!(disk.lock().tombstones(), 0);
+    disk.delete(&key(1)).await.unwrap();
+    assert_eq!(disk.lock().tombstones(), 0, "no fill running: nothing kept");
+}
+
+#[tokio::test]
+async fn a_refill_replaces_the_stale_entry_it_started_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let (stale, fresh) = (pattern(50_000, 1), pattern(70_000, 2));
+    disk.put(
+        &key(1),
+        stale.len() as u64,
+        body(&stale),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ticket = disk.begin_fill();
+    assert!(fill(&disk, &key(1), &fresh, &ticket).await);
+    assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), fresh);
+    assert_eq!(disk.usage().entries, 1);
+
+    // An entry still waiting for upload is newer than the backend's copy: never refilled.
+    disk.put_entry(&key(2), 10, body(&[2; 10]), &PutOptions::default(), true)
+        .await
+        .unwrap();
+    let ticket = disk.begin_fill();
+    assert!(!fill(&disk, &key(2), &fresh, &ticket).await);
+    assert_eq!(
+        read_all(&disk, &key(2)).await.unwrap().unwrap(),
+        vec![2; 10]
+    );
+}
+
+#[tokio::test]
+async fn an_evicted_write_still_stops_an_older_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one 600 kB entry at a time.
+    let disk = DiskTier::open(settings(dir.path(), 1_000_000))
+        .await
+        .unwrap();
+    let ticket = disk.begin_fill_if_absent(&key(1)).unwrap();
+    let big = pattern(600_000, 1);
+    disk.put(
+        &key(1),
+        big.len() as u64,
+        body(&big),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    disk.put(
+        &key(2),
+        big.len() as u64,
+        body(&big),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(!disk.contains(&key(1)), "evicted by the second write");
+    assert!(!fill(&disk, &key(1), &pattern(100, 3), &ticket).await);
 }
 
 #[tokio::test]

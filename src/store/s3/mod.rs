@@ -8,6 +8,10 @@
 //! An entry of namespace `ns` and name `name` is the object `<s3.prefix><ns>/<name>` in
 //! `s3.bucket` (a non-empty prefix always ends in `/`). Gradle entries are therefore
 //! `<prefix>gradle/<hex key>`, e.g. `ci-cache/gradle/0123abcd…` with `prefix = "ci-cache"`.
+//! A namespace given a location of its own ([`S3Tier::with_locations`], from its policy's
+//! `location`) is instead the object `<location.prefix><name>` in `location.bucket`, for every
+//! operation (get, head, put, delete, list), so a bucket's existing objects are served under
+//! their own keys.
 //! Objects this daemon uploads carry the body's CRC32C as user metadata `x-amz-meta-crc32c`
 //! (8 lowercase hex digits); a read-through verifies it when present, and always verifies the
 //! length. Objects written by anything else are served with the length check alone.
@@ -26,11 +30,13 @@ pub mod client;
 mod read;
 mod upload;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::{Backend, Fetch, GetOptions, ListRequest, Listing, Upload};
-use super::{Key, ObjectMeta, StoreError};
+use super::policy::{BackendLocation, Policies};
+use super::{Key, Namespace, ObjectMeta, StoreError};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 use breaker::Breaker;
@@ -55,6 +61,8 @@ const UPLOAD_FLOOR_RATE: u64 = 1024 * 1024;
 #[derive(Clone)]
 pub struct S3Tier {
     inner: Arc<Inner>,
+    /// Namespaces whose objects live elsewhere than `<bucket>/<prefix><namespace>/`.
+    locations: Arc<HashMap<Namespace, BackendLocation>>,
 }
 
 struct Inner {
@@ -128,21 +136,63 @@ impl S3Tier {
                 breaker,
                 metrics,
             }),
+            locations: Arc::new(HashMap::new()),
         }
     }
 
+    /// The tier with some namespaces' objects in a bucket and under a prefix of their own
+    /// (`<location.bucket>/<location.prefix><name>`), so that objects already in a bucket
+    /// under their own keys are served as they are. Other namespaces keep the default layout.
+    pub fn with_locations(
+        mut self,
+        locations: impl IntoIterator<Item = (Namespace, BackendLocation)>,
+    ) -> S3Tier {
+        let locations = locations
+            .into_iter()
+            .map(|(namespace, location)| {
+                let prefix = normalize_prefix(&location.prefix);
+                (namespace, BackendLocation { prefix, ..location })
+            })
+            .collect();
+        self.locations = Arc::new(locations);
+        self
+    }
+
+    /// [`S3Tier::with_locations`] for the namespaces whose policy names a location.
+    pub fn with_policies(self, policies: &Policies) -> S3Tier {
+        let locations = policies
+            .named()
+            .filter_map(|(ns, policy)| Some((ns.clone(), policy.location.clone()?)))
+            .collect::<Vec<_>>();
+        self.with_locations(locations)
+    }
+
+    /// The default bucket (namespaces without a location of their own).
     pub fn bucket(&self) -> &str {
         &self.inner.bucket
     }
 
-    /// The object key of an entry: `<prefix><namespace>/<name>`.
+    /// Where a namespace's objects are: the bucket, and the prefix of their object keys.
+    pub fn namespace_location(&self, namespace: &Namespace) -> (&str, String) {
+        match self.locations.get(namespace) {
+            Some(location) => (&location.bucket, location.prefix.clone()),
+            None => (
+                &self.inner.bucket,
+                format!("{}{}/", self.inner.prefix, namespace.as_str()),
+            ),
+        }
+    }
+
+    /// The bucket and object key of an entry: by default `<s3.prefix><namespace>/<name>` in
+    /// `s3.bucket`, or `<prefix><name>` in the namespace's own location.
+    pub fn object_location(&self, key: &Key) -> (&str, String) {
+        let (bucket, prefix) = self.namespace_location(key.namespace());
+        (bucket, format!("{prefix}{}", key.name()))
+    }
+
+    /// The object key of an entry (in the bucket [`S3Tier::object_location`] names).
     pub fn object_key(&self, key: &Key) -> String {
-        format!(
-            "{}{}/{}",
-            self.inner.prefix,
-            key.namespace().as_str(),
-            key.name()
-        )
+        self.object_location(key).1
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -296,6 +346,75 @@ fn status_of<E>(e: &SdkError<E>) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tier over a client that is never called: the mapping of keys is all that is tested.
+    fn offline_tier(config: &S3Config) -> S3Tier {
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .build(),
+        );
+        S3Tier::new(client, config, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn namespaces_map_to_their_own_bucket_and_prefix_or_the_default_layout() {
+        let config = S3Config {
+            bucket: "shared".into(),
+            prefix: "ci".into(),
+            ..S3Config::default()
+        };
+        let runner = Namespace::new("runner-cache").unwrap();
+        let artifacts = Namespace::new("artifacts").unwrap();
+        let plain = Namespace::new("plain").unwrap();
+        let located = |bucket: &str, prefix: &str| super::super::policy::NamespacePolicy {
+            location: Some(BackendLocation {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            }),
+            ..Default::default()
+        };
+        let policies = Policies::default()
+            .with(runner.clone(), located("gitlab-cache", "runner"))
+            .with(artifacts.clone(), located("jars", ""))
+            .with(plain.clone(), Default::default());
+        let tier = offline_tier(&config).with_policies(&policies);
+        let object = |ns: &Namespace, name: &str| {
+            let (bucket, key) = tier.object_location(&Key::object(ns.clone(), name).unwrap());
+            (bucket.to_string(), key)
+        };
+        // The runner's own keys, unchanged under the configured prefix of its own bucket.
+        assert_eq!(
+            object(&runner, "project/42/build-jar/main-protected"),
+            (
+                "gitlab-cache".into(),
+                "runner/project/42/build-jar/main-protected".into()
+            )
+        );
+        assert_eq!(
+            object(&artifacts, "app/1.0/app.jar"),
+            ("jars".into(), "app/1.0/app.jar".into())
+        );
+        // Without a location: the default bucket, under `<prefix><namespace>/`.
+        assert_eq!(
+            object(&plain, "x/y"),
+            ("shared".into(), "ci/plain/x/y".into())
+        );
+        let gradle = Key::gradle(&"ab".repeat(16)).unwrap();
+        assert_eq!(
+            tier.object_location(&gradle),
+            ("shared", format!("ci/gradle/{}", "ab".repeat(16)))
+        );
+        // Listings strip the same prefix the keys were given.
+        assert_eq!(
+            tier.namespace_location(&runner),
+            ("gitlab-cache", "runner/".to_string())
+        );
+        assert_eq!(
+            tier.namespace_location(&plain),
+            ("shared", "ci/plain/".into())
+        );
+    }
 
     #[test]
     fn prefixes_end_in_a_slash() {

@@ -86,12 +86,13 @@ impl S3Tier {
         options: &GetOptions,
     ) -> Result<Fetch, StoreError> {
         let c = &options.conditions;
+        let (bucket, object_key) = self.object_location(key);
         let call = self
             .inner
             .client
             .get_object()
-            .bucket(&self.inner.bucket)
-            .key(self.object_key(key))
+            .bucket(bucket)
+            .key(object_key)
             .set_range(options.range.map(|r| r.header_value()))
             .set_if_match(c.if_match.as_deref().map(quote_list))
             .set_if_none_match(c.if_none_match.as_deref().map(quote_list))
@@ -137,12 +138,13 @@ impl S3Tier {
     }
 
     pub(super) async fn head_object(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
+        let (bucket, object_key) = self.object_location(key);
         let call = self
             .inner
             .client
             .head_object()
-            .bucket(&self.inner.bucket)
-            .key(self.object_key(key))
+            .bucket(bucket)
+            .key(object_key)
             .send();
         let Ok(out) = self.read_call("head", call).await? else {
             // A HEAD has no conditions or range: the only answer without the object is a 404.
@@ -155,27 +157,35 @@ impl S3Tier {
     }
 
     pub(super) async fn delete_object(&self, key: &Key) -> Result<(), StoreError> {
+        let (bucket, object_key) = self.object_location(key);
         let call = self
             .inner
             .client
             .delete_object()
-            .bucket(&self.inner.bucket)
-            .key(self.object_key(key))
+            .bucket(bucket)
+            .key(object_key)
             .send();
         self.write_call("delete", 0, call).await.map(|_| ())
     }
 
     pub(super) async fn list_objects(&self, request: &ListRequest) -> Result<Listing, StoreError> {
-        // Names in the namespace are object keys after `<prefix><namespace>/`.
-        let base = format!("{}{}/", self.inner.prefix, request.namespace.as_str());
+        // Names in the namespace are object keys after its prefix (by default
+        // `<prefix><namespace>/`).
+        let (bucket, base) = self.namespace_location(&request.namespace);
         let call = self
             .inner
             .client
             .list_objects_v2()
-            .bucket(&self.inner.bucket)
+            .bucket(bucket)
             .prefix(format!("{base}{}", request.prefix))
             .set_delimiter(request.delimiter.clone().filter(|d| !d.is_empty()))
             .set_continuation_token(request.continuation.clone())
+            .set_start_after(
+                request
+                    .start_after
+                    .as_ref()
+                    .map(|name| format!("{base}{name}")),
+            )
             .max_keys(request.max_keys.min(i32::MAX as usize) as i32)
             .send();
         let out = match self.read_call("list", call).await? {

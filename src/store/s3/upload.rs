@@ -66,8 +66,7 @@ impl S3Tier {
     /// upload with the layout's boundaries. Returns S3's ETag for the object.
     pub(super) async fn upload(&self, upload: &Upload) -> Result<Option<String>, StoreError> {
         let sizes = self.layout(upload)?;
-        let object_key = self.object_key(&upload.key);
-        let bucket = &self.inner.bucket;
+        let (bucket, object_key) = self.object_location(&upload.key);
         let client = &self.inner.client;
         let attrs = &upload.attrs;
         if sizes.len() == 1 {
@@ -105,7 +104,7 @@ impl S3Tier {
             .ok_or_else(|| StoreError::Remote("S3 create_multipart: no upload id".into()))?
             .to_string();
         let result = self
-            .upload_parts(upload, &object_key, &upload_id, &sizes)
+            .upload_parts(upload, bucket, &object_key, &upload_id, &sizes)
             .await;
         if result.is_err() {
             // Best effort: an upload left behind only costs storage until the bucket's
@@ -133,12 +132,12 @@ impl S3Tier {
     async fn upload_parts(
         &self,
         upload: &Upload,
+        bucket: &str,
         object_key: &str,
         upload_id: &str,
         sizes: &[u64],
     ) -> Result<Option<String>, StoreError> {
         let client = &self.inner.client;
-        let bucket = &self.inner.bucket;
         let mut offsets = Vec::with_capacity(sizes.len());
         let mut at = 0u64;
         for &size in sizes {

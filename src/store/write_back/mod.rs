@@ -323,13 +323,13 @@ impl<B: Backend> WriteBack<B> {
 
     /// The ops queued for names of `namespace` starting with `prefix`, in name order: what a
     /// listing must merge with the backend's.
-    pub fn pending_under(&self, namespace: &Namespace, prefix: &str) -> Vec<(String, Op)> {
+    pub fn pending_under(&self, namespace: &Namespace, prefix: &str) -> Vec<(Key, Op)> {
         let state = self.inner.lock();
         state
             .items
             .range(Key::position(namespace, prefix)..)
             .take_while(|(key, _)| key.namespace() == namespace && key.name().starts_with(prefix))
-            .map(|(key, item)| (key.name().to_string(), item.op.clone()))
+            .map(|(key, item)| (key.clone(), item.op.clone()))
             .collect()
     }
 
@@ -677,10 +677,7 @@ mod tests {
         assert!(!local.disk.contains(&gone), "the leftover copy is removed");
         assert_eq!(
             second.pending_under(&Namespace::new("bucket").unwrap(), ""),
-            vec![
-                ("gone".to_string(), Op::Delete),
-                ("kept".to_string(), Op::put(100))
-            ]
+            vec![(gone.clone(), Op::Delete), (kept.clone(), Op::put(100))]
         );
         let (_stop_tx, stop) = watch::channel(false);
         second.start(stop);
