@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, FreshnessPolicy, WritePolicy};
 use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
+use crate::fronts::s3::front::S3Front;
 use crate::metrics::Metrics;
 use crate::server::body::BodyLimits;
 use crate::server::deadline::Deadlines;
@@ -23,6 +24,7 @@ use crate::server::tls::TlsAcceptor;
 use crate::server::{self, ConnSettings, Shutdown, UploadLimits};
 use crate::store::disk::{DiskSettings, DiskTier};
 use crate::store::memory::MemoryTier;
+use crate::store::multipart::{Multipart, MultipartSettings};
 use crate::store::policy::{BackendLocation, Freshness, NamespacePolicy, Policies, WriteMode};
 use crate::store::read_through::ReadThrough;
 use crate::store::s3::{self, S3Tier};
@@ -33,6 +35,7 @@ use crate::store::Namespace;
 /// A started daemon: its bound addresses and the handle to stop it.
 pub struct Daemon {
     pub gradle_addr: Option<SocketAddr>,
+    pub s3_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     shutdown: Shutdown,
     tasks: TaskTracker,
@@ -124,7 +127,8 @@ impl Daemon {
         let tasks = TaskTracker::new();
         let limits = &config.limits;
         let fd_limit = server::limits::raise_fd_limit();
-        let cache_listeners = usize::from(!config.listen.gradle.is_empty());
+        let cache_listeners = usize::from(!config.listen.gradle.is_empty())
+            + usize::from(!config.listen.s3.is_empty());
         let max_connections = server::limits::connection_cap(
             limits.max_connections,
             cache_listeners,
@@ -188,6 +192,7 @@ impl Daemon {
         };
         let mut daemon = Daemon {
             gradle_addr: None,
+            s3_addr: None,
             admin_addr: None,
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
@@ -206,6 +211,31 @@ impl Daemon {
                 front,
                 metrics.clone(),
                 conn("gradle", max_connections, limits.max_connections_per_ip),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
+        if let Some(listener) = bind("listen.s3", &config.listen.s3).await? {
+            daemon.s3_addr = Some(listener.local_addr()?);
+            // Uploads left open by an earlier run come back (or are swept when stale).
+            let multipart = Multipart::open(disk.clone(), MultipartSettings::default())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("multipart uploads in {}: {e}", config.disk.dir.display())
+                })?;
+            multipart.start(shutdown.subscribe());
+            let front = Arc::new(S3Front::new(
+                store.clone(),
+                multipart,
+                &config.s3_api,
+                uploads.clone(),
+                metrics.clone(),
+            ));
+            tasks.spawn(server::serve(
+                listener,
+                front,
+                metrics.clone(),
+                conn("s3", max_connections, limits.max_connections_per_ip),
                 shutdown.clone(),
                 tasks.clone(),
             ));

@@ -86,11 +86,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let show =
         |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());
     println!(
-        "build-cache-proxy ready gradle={} admin={}",
+        "build-cache-proxy ready gradle={} s3={} admin={}",
         show(daemon.gradle_addr),
+        show(daemon.s3_addr),
         show(daemon.admin_addr)
     );
-    tracing::info!(gradle = %show(daemon.gradle_addr), admin = %show(daemon.admin_addr), "listening");
+    tracing::info!(
+        gradle = %show(daemon.gradle_addr),
+        s3 = %show(daemon.s3_addr),
+        admin = %show(daemon.admin_addr),
+        "listening"
+    );
     wait_for_signal().await?;
     tracing::info!(deadline = ?config.listen.drain_timeout, "shutting down: draining in-flight requests");
     if daemon.stop().await {

@@ -20,6 +20,7 @@ const PREFIX: &str = "build_cache_proxy";
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
+    pub operations: IntCounterVec,
     pub request_duration: HistogramVec,
     pub bytes_received: IntCounterVec,
     pub bytes_sent: IntCounterVec,
@@ -75,6 +76,14 @@ impl Metrics {
                     "HTTP requests answered, by front, method and status.",
                 ),
                 &["front", "method", "status"],
+            )
+            .unwrap(),
+            operations: IntCounterVec::new(
+                opts(
+                    "operations_total",
+                    "Requests answered, by front, protocol operation (S3: GetObject, PutObject, ...) and status.",
+                ),
+                &["front", "operation", "status"],
             )
             .unwrap(),
             request_duration: HistogramVec::new(
@@ -314,7 +323,7 @@ impl Metrics {
         for reason in ["too_large", "no_room"] {
             m.stream_through.with_label_values(&[reason]);
         }
-        for front in ["gradle", "admin"] {
+        for front in ["gradle", "s3", "admin"] {
             m.bytes_received.with_label_values(&[front]);
             m.bytes_sent.with_label_values(&[front]);
             m.connections.with_label_values(&[front]);
@@ -338,6 +347,7 @@ impl Metrics {
     fn register_all(&self) {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.requests.clone()),
+            Box::new(self.operations.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.bytes_received.clone()),
             Box::new(self.bytes_sent.clone()),

@@ -102,6 +102,12 @@ impl Config {
                 user.password = Some(read_secret(&key, file)?);
             }
         }
+        for (i, credential) in self.s3_api.credentials.iter_mut().enumerate() {
+            if let Some(file) = &credential.secret_key_file {
+                let key = format!("s3_api.credentials[{i}].secret_key_file");
+                credential.secret_key = Some(read_secret(&key, file)?);
+            }
+        }
         Ok(())
     }
 
@@ -110,6 +116,7 @@ impl Config {
         for (name, addr) in [
             ("listen.gradle", &self.listen.gradle),
             ("listen.admin", &self.listen.admin),
+            ("listen.s3", &self.listen.s3),
         ] {
             if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(ConfigError::invalid(
@@ -367,6 +374,7 @@ impl Config {
     /// from Gradle's, and must have S3 behind it if it sends anything there.
     fn validate_s3_api(&self) -> Result<(), ConfigError> {
         use crate::store::key::{KeyError, Namespace, RESERVED_NAMESPACES};
+        self.validate_s3_api_credentials()?;
         let mut names = std::collections::HashSet::new();
         for (i, bucket) in self.s3_api.buckets.iter().enumerate() {
             let key = format!("s3_api.buckets[{i}]");
@@ -491,6 +499,54 @@ fn check_duration(key: &str, value: Duration, max: Duration) -> Result<(), Confi
         ));
     }
     Ok(())
+}
+
+impl Config {
+    /// Every access key once, with a secret, naming only buckets that exist.
+    fn validate_s3_api_credentials(&self) -> Result<(), ConfigError> {
+        let api = &self.s3_api;
+        let mut keys = std::collections::HashSet::new();
+        for (i, credential) in api.credentials.iter().enumerate() {
+            let key = format!("s3_api.credentials[{i}]");
+            let access_key = &credential.access_key;
+            if access_key.is_empty() || access_key.contains(['/', ' ', ',', '=']) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.access_key"),
+                    "must be non-empty, without '/', ',', '=' or spaces (it is part of a SigV4 credential scope)",
+                ));
+            }
+            if !keys.insert(access_key.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.access_key"),
+                    format!("access key {access_key:?} is listed twice"),
+                ));
+            }
+            match (&credential.secret_key, &credential.secret_key_file) {
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.secret_key"),
+                        "set secret_key or secret_key_file",
+                    ))
+                }
+                (Some(secret), _) if secret.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.secret_key"),
+                        "must not be empty",
+                    ))
+                }
+                _ => {}
+            }
+            for bucket in credential.buckets.keys() {
+                if !api.buckets.iter().any(|b| &b.name == bucket) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.buckets"),
+                        format!("names bucket {bucket:?}, which no [[s3_api.buckets]] defines"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {

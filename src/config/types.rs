@@ -40,6 +40,8 @@ pub struct ListenConfig {
     pub gradle: String,
     /// Admin listener: /metrics, /healthz, /readyz.
     pub admin: String,
+    /// S3 API listener: GitLab Runner's cache and S3 clients (`[s3_api]`).
+    pub s3: String,
     /// How long an idle keep-alive connection stays open. Must outlive Gradle's 3-minute
     /// connection pool, or Gradle reuses connections the server already closed.
     #[serde(with = "humantime_serde")]
@@ -54,6 +56,7 @@ impl Default for ListenConfig {
         ListenConfig {
             gradle: "127.0.0.1:5071".into(),
             admin: "127.0.0.1:9091".into(),
+            s3: "127.0.0.1:9000".into(),
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
         }
@@ -280,11 +283,55 @@ pub enum FreshnessPolicy {
 }
 
 /// The S3 front.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3ApiConfig {
+    /// The region the front reports (GetBucketLocation). Clients may sign for any region.
+    pub region: String,
+    /// Host names under which buckets are also addressed virtual-host style
+    /// (`<bucket>.<host>`); path style (`<host>/<bucket>/<key>`) always works.
+    pub virtual_hosts: Vec<String>,
     /// The buckets clients see (`[[s3_api.buckets]]`).
     pub buckets: Vec<S3ApiBucket>,
+    /// The access keys clients sign with (`[[s3_api.credentials]]`).
+    pub credentials: Vec<S3ApiCredential>,
+}
+
+impl Default for S3ApiConfig {
+    fn default() -> Self {
+        S3ApiConfig {
+            region: "us-east-1".into(),
+            virtual_hosts: Vec::new(),
+            buckets: Vec::new(),
+            credentials: Vec::new(),
+        }
+    }
+}
+
+/// An access key of the S3 front, e.g. the one GitLab Runner's `[runners.cache.s3]` is given.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3ApiCredential {
+    pub access_key: String,
+    /// The secret; prefer `secret_key_file`.
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    /// File holding the secret (a mounted Kubernetes Secret).
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+    /// What the key may do in each bucket: "read" or "readwrite"; buckets not named: nothing.
+    pub buckets: std::collections::BTreeMap<String, Access>,
+}
+
+impl std::fmt::Debug for S3ApiCredential {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3ApiCredential")
+            .field("access_key", &self.access_key)
+            .field("secret_key_file", &self.secret_key_file)
+            .field("buckets", &self.buckets)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One bucket of the S3 front.
@@ -379,7 +426,7 @@ impl std::fmt::Debug for GradleUser {
 }
 
 /// Listener names that `tls.listeners` may contain.
-pub const TLS_LISTENER_NAMES: &[&str] = &["gradle", "admin"];
+pub const TLS_LISTENER_NAMES: &[&str] = &["gradle", "s3", "admin"];
 
 /// TLS (rustls, TLS 1.2 and 1.3) on the listeners named in `listeners`.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -34,6 +34,9 @@ pub struct Outcome {
     pub namespace: Option<String>,
     /// Request body bytes taken in.
     pub received: u64,
+    /// The protocol's name for what was asked (S3: `GetObject`, `PutObject`, ...), for fronts
+    /// with more than one kind of request per method.
+    pub operation: Option<&'static str>,
 }
 
 impl Outcome {
@@ -146,6 +149,11 @@ impl Drop for Record {
         m.bytes_received
             .with_label_values(&[self.front])
             .inc_by(self.outcome.received);
+        if let Some(operation) = self.outcome.operation {
+            m.operations
+                .with_label_values(&[self.front, operation, &status])
+                .inc();
+        }
         let complete = self.finished || self.expected.is_some_and(|len| self.sent >= len);
         let outcome = if complete {
             self.outcome.outcome
@@ -159,6 +167,7 @@ impl Drop for Record {
             path = %self.path,
             status = self.status,
             outcome,
+            operation = self.outcome.operation.unwrap_or("-"),
             tier = self.outcome.tier.map(Tier::as_str).unwrap_or("-"),
             namespace = self.outcome.namespace.as_deref().unwrap_or("-"),
             bytes_in = self.outcome.received,

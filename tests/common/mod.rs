@@ -16,6 +16,8 @@ pub struct Daemon {
     child: Child,
     pub gradle: SocketAddr,
     pub admin: SocketAddr,
+    /// The S3 front's listener.
+    pub s3: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
 }
@@ -75,6 +77,7 @@ impl Daemon {
             .arg(&config_path)
             .env("BUILD_CACHE_PROXY_LISTEN_GRADLE", "127.0.0.1:0")
             .env("BUILD_CACHE_PROXY_LISTEN_ADMIN", "127.0.0.1:0")
+            .env("BUILD_CACHE_PROXY_LISTEN_S3", "127.0.0.1:0")
             .env("BUILD_CACHE_PROXY_DISK_DIR", &data_dir)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -113,6 +116,7 @@ impl Daemon {
         Daemon {
             gradle: addr("gradle"),
             admin: addr("admin"),
+            s3: addr("s3"),
             child,
             data_dir,
             log_path,
@@ -130,6 +134,11 @@ impl Daemon {
 
     pub fn entry_url(&self, key: &str) -> String {
         format!("http://{}/cache/{key}", self.gradle)
+    }
+
+    /// The S3 front's endpoint URL.
+    pub fn s3_url(&self) -> String {
+        format!("http://{}", self.s3)
     }
 
     pub fn admin_url(&self, path: &str) -> String {

@@ -34,6 +34,11 @@ pub fn endpoint() -> String {
 
 /// An aws-sdk-s3 client for `endpoint` with the test credentials.
 pub fn client(endpoint: &str) -> aws_sdk_s3::Client {
+    client_as(endpoint, ACCESS_KEY, SECRET_KEY)
+}
+
+/// An aws-sdk-s3 client for `endpoint` with the given keys (e.g. the S3 front's).
+pub fn client_as(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
     use aws_smithy_http_client::tls;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
@@ -45,7 +50,7 @@ pub fn client(endpoint: &str) -> aws_sdk_s3::Client {
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .force_path_style(true)
-        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "test"))
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .http_client(http)
         .build();

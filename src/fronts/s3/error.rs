@@ -39,8 +39,10 @@ pub enum S3ErrorCode {
     NoSuchKey,
     NoSuchUpload,
     NotImplemented,
+    OperationAborted,
     PreconditionFailed,
     RequestTimeTooSkewed,
+    RequestTimeout,
     ServiceUnavailable,
     SignatureDoesNotMatch,
     SlowDown,
@@ -81,8 +83,10 @@ impl S3ErrorCode {
             NoSuchKey => "NoSuchKey",
             NoSuchUpload => "NoSuchUpload",
             NotImplemented => "NotImplemented",
+            OperationAborted => "OperationAborted",
             PreconditionFailed => "PreconditionFailed",
             RequestTimeTooSkewed => "RequestTimeTooSkewed",
+            RequestTimeout => "RequestTimeout",
             ServiceUnavailable => "ServiceUnavailable",
             SignatureDoesNotMatch => "SignatureDoesNotMatch",
             SlowDown => "SlowDown",
@@ -116,6 +120,7 @@ impl S3ErrorCode {
             | MaxMessageLengthExceeded
             | MetadataTooLarge
             | MissingSecurityHeader
+            | RequestTimeout
             | XAmzContentSHA256Mismatch => StatusCode::BAD_REQUEST,
             NoSuchBucket | NoSuchKey | NoSuchUpload => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +129,7 @@ impl S3ErrorCode {
             InvalidRange => StatusCode::RANGE_NOT_SATISFIABLE,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            OperationAborted => StatusCode::CONFLICT,
             ServiceUnavailable | SlowDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -2,11 +2,15 @@
 //! the node. The protocol layer is here, each piece self-contained and tested on its own: SigV4,
 //! aws-chunked bodies, body digests, object headers, S3 XML and request routing.
 
+mod buckets;
 pub mod checksum;
 pub mod chunked;
 pub mod digest;
 pub mod error;
+pub mod front;
+mod multipart;
 pub mod object_headers;
+mod objects;
 pub mod route;
 pub mod sigv4;
 pub mod xml;

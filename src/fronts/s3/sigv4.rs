@@ -42,7 +42,7 @@ const ENCODE_ALL: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 /// The same for paths, where `/` stays as it is.
-const ENCODE_PATH: &AsciiSet = &ENCODE_ALL.remove(b'/');
+pub(crate) const ENCODE_PATH: &AsciiSet = &ENCODE_ALL.remove(b'/');
 
 /// A secret access key. Its `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq)]

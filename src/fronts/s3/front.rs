@@ -1,0 +1,448 @@
+//! The S3 front itself: every request is routed, its SigV4 signature checked against the
+//! configured access keys, the key's access to the bucket checked, and then the operation is
+//! carried out on the store ([`super::objects`], [`super::buckets`]). Every answer that is not
+//! a success is S3 XML with a request id, and every request is one access-log line counted by
+//! operation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::error::{S3Error, S3ErrorCode};
+use super::route::{Operation, Route, Router};
+use super::sigv4::{self, SecretKey, Verified};
+use super::xml;
+use crate::config::{Access, S3ApiConfig};
+use crate::fronts::reply::{in_namespace, respond, BodyAnswers};
+use crate::metrics::Metrics;
+use crate::server::access::Outcome;
+use crate::server::body::{self, ResponseBody};
+use crate::server::{Front, UploadLimits};
+use crate::store::backend::Backend;
+use crate::store::multipart::Multipart;
+use crate::store::s3::S3Tier;
+use crate::store::tiered::TieredStore;
+use crate::store::{Key, KeyError, Namespace, StoreError};
+
+/// The header S3 names its request ids with.
+const REQUEST_ID: &str = "x-amz-request-id";
+
+/// What an access key may do, bucket by bucket.
+pub type Grants = Arc<BTreeMap<String, Access>>;
+
+/// The S3 API front over the tiered store.
+pub struct S3Front<B: Backend = S3Tier> {
+    pub(super) store: Arc<TieredStore<B>>,
+    /// Multipart uploads in progress, on the disk tier.
+    pub(super) multipart: Multipart,
+    router: Router,
+    credentials: HashMap<String, (SecretKey, Grants)>,
+    /// The exposed buckets, by name.
+    pub(super) buckets: BTreeMap<String, Namespace>,
+    pub(super) region: String,
+    pub(super) uploads: UploadLimits,
+    pub(super) answers: BodyAnswers,
+    pub(super) metrics: Arc<Metrics>,
+    /// When the front started: the creation date ListBuckets reports.
+    started: SystemTime,
+}
+
+/// A request that passed routing, authentication and authorization.
+pub(super) struct Authorized {
+    pub route: Route,
+    pub verified: Verified<Grants>,
+    pub request_id: String,
+}
+
+impl Authorized {
+    /// The bucket's namespace and the object's key (both present for object operations).
+    pub fn key(&self, namespace: &Namespace) -> Result<Key, S3Error> {
+        let name = self.route.key.as_deref().unwrap_or_default();
+        Key::object(namespace.clone(), name).map_err(key_error)
+    }
+}
+
+impl<B: Backend> S3Front<B> {
+    /// The front for `config` (validated: secrets read, buckets and grants consistent).
+    pub fn new(
+        store: Arc<TieredStore<B>>,
+        multipart: Multipart,
+        config: &S3ApiConfig,
+        uploads: UploadLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let credentials = config
+            .credentials
+            .iter()
+            .map(|c| {
+                let secret = SecretKey::new(c.secret_key.clone().unwrap_or_default());
+                (c.access_key.clone(), (secret, Arc::new(c.buckets.clone())))
+            })
+            .collect();
+        let buckets = config
+            .buckets
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), Namespace::new(&b.name).ok()?)))
+            .collect();
+        S3Front {
+            store,
+            multipart,
+            router: Router::new(config.virtual_hosts.iter().cloned()),
+            credentials,
+            buckets,
+            region: config.region.clone(),
+            answers: BodyAnswers {
+                front: "s3",
+                limits: uploads.body,
+                metrics: metrics.clone(),
+                too_slow: || {
+                    error_response(
+                        &S3Error::new(
+                            S3ErrorCode::RequestTimeout,
+                            "Your socket connection to the server was not read from or written to within the timeout period.",
+                        ),
+                        None,
+                        &request_id(),
+                        false,
+                    )
+                },
+            },
+            uploads,
+            metrics,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Routing, signature and access: everything decided from the request head.
+    fn authorize(&self, req: &Request<Incoming>, request_id: &str) -> Result<Authorized, S3Error> {
+        let route = self.router.route(req.method(), req.uri(), req.headers())?;
+        let lookup = |access_key: &str| self.credentials.get(access_key).cloned();
+        let verified = sigv4::verify(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            SystemTime::now(),
+            &lookup,
+        )
+        .inspect_err(|e| {
+            self.metrics
+                .auth_failures
+                .with_label_values(&["s3", auth_failure_label(e)])
+                .inc();
+        })?;
+        if route.operation == Operation::NotImplemented {
+            return Err(S3Error::new(
+                S3ErrorCode::NotImplemented,
+                "A header or query you provided implies functionality that is not implemented.",
+            ));
+        }
+        if let Some(bucket) = &route.bucket {
+            if !self.buckets.contains_key(bucket) {
+                return Err(S3Error::new(
+                    S3ErrorCode::NoSuchBucket,
+                    "The specified bucket does not exist",
+                ));
+            }
+            let needed = needed_access(&route.operation);
+            let granted = verified
+                .principal
+                .get(bucket)
+                .copied()
+                .unwrap_or(Access::None);
+            if granted < needed {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["s3", "access_denied"])
+                    .inc();
+                return Err(S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"));
+            }
+        }
+        if let Operation::CopyObject { source_bucket, .. } = &route.operation {
+            // The source is read: it must be exposed and readable, and named by a header the
+            // signature covers (else a captured request could be pointed at another object).
+            let readable = verified
+                .principal
+                .get(source_bucket)
+                .is_some_and(|access| *access >= Access::Read);
+            if !self.buckets.contains_key(source_bucket) || !readable {
+                return Err(S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"));
+            }
+            if !verified.is_signed("x-amz-copy-source") {
+                return Err(S3Error::new(
+                    S3ErrorCode::AccessDenied,
+                    "x-amz-copy-source must be signed",
+                ));
+            }
+        }
+        Ok(Authorized {
+            route,
+            verified,
+            request_id: request_id.to_string(),
+        })
+    }
+
+    /// The namespace of the request's bucket (checked to exist by [`Self::authorize`]).
+    pub(super) fn namespace(&self, auth: &Authorized) -> Namespace {
+        let bucket = auth.route.bucket.as_deref().unwrap_or_default();
+        self.buckets[bucket].clone()
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>, auth: Authorized) -> Response<ResponseBody> {
+        let result = match auth.route.operation.clone() {
+            Operation::ListBuckets => Ok(self.list_buckets(&auth)),
+            Operation::HeadBucket => Ok(self.head_bucket()),
+            Operation::GetBucketLocation => {
+                Ok(xml_response(xml::location_constraint(&self.region)))
+            }
+            Operation::ListObjectsV2 => self.list_objects(&auth, true).await,
+            Operation::ListObjectsV1 => self.list_objects(&auth, false).await,
+            Operation::DeleteObjects => return self.delete_objects(req, &auth).await,
+            Operation::GetObject => self.get_object(&req, &auth).await,
+            Operation::HeadObject => self.head_object(&req, &auth).await,
+            Operation::PutObject => return self.put_object(req, &auth).await,
+            Operation::CopyObject {
+                source_bucket,
+                source_key,
+            } => {
+                self.copy_object(&req, &auth, &source_bucket, &source_key)
+                    .await
+            }
+            Operation::DeleteObject => self.delete_object(&auth).await,
+            Operation::ListMultipartUploads => self.list_multipart_uploads(&auth),
+            Operation::CreateMultipartUpload => self.create_multipart(&req, &auth).await,
+            Operation::UploadPart {
+                upload_id,
+                part_number,
+            } => return self.upload_part(req, &auth, &upload_id, part_number).await,
+            Operation::CompleteMultipartUpload { upload_id } => {
+                return self.complete_multipart(req, &auth, &upload_id).await
+            }
+            Operation::AbortMultipartUpload { upload_id } => {
+                self.abort_multipart(&auth, &upload_id).await
+            }
+            Operation::ListParts { upload_id } => self.list_parts(&auth, &upload_id),
+            // Refused in `authorize`.
+            Operation::NotImplemented => Err(S3Error::new(
+                S3ErrorCode::NotImplemented,
+                "A header or query you provided implies functionality that is not implemented.",
+            )),
+        };
+        let head_only = req.method() == Method::HEAD;
+        match result {
+            Ok(response) => response,
+            Err(e) => {
+                let response = self.error(
+                    &e,
+                    Some(&auth.route.resource()),
+                    &auth.request_id,
+                    head_only,
+                );
+                self.answers.refuse(req, response).await
+            }
+        }
+    }
+
+    fn list_buckets(&self, auth: &Authorized) -> Response<ResponseBody> {
+        let created = xml::timestamp(self.started);
+        let visible: Vec<xml::ListedBucket> = self
+            .buckets
+            .keys()
+            .filter(|name| {
+                auth.verified
+                    .principal
+                    .get(*name)
+                    .is_some_and(|a| *a >= Access::Read)
+            })
+            .map(|name| xml::ListedBucket {
+                name: name.clone(),
+                creation_date: created.clone(),
+            })
+            .collect();
+        xml_response(xml::list_buckets(&auth.verified.access_key, &visible))
+    }
+
+    fn head_bucket(&self) -> Response<ResponseBody> {
+        let mut response = respond(StatusCode::OK, "ok", body::empty());
+        if let Ok(region) = HeaderValue::from_str(&self.region) {
+            response.headers_mut().insert("x-amz-bucket-region", region);
+        }
+        response
+    }
+
+    /// An S3 error answer, counted and with its request id.
+    pub(super) fn error(
+        &self,
+        err: &S3Error,
+        resource: Option<&str>,
+        request_id: &str,
+        head_only: bool,
+    ) -> Response<ResponseBody> {
+        error_response(err, resource, request_id, head_only)
+    }
+}
+
+impl<B: Backend> Front for S3Front<B> {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let request_id = request_id();
+        let head_only = req.method() == Method::HEAD;
+        let (mut response, operation, bucket) = match self.authorize(&req, &request_id) {
+            Ok(auth) => {
+                let operation = auth.route.operation.name();
+                let bucket = auth.route.bucket.clone();
+                (self.dispatch(req, auth).await, operation, bucket)
+            }
+            Err(e) => {
+                let resource = req.uri().path().to_string();
+                let response = self.error(&e, Some(&resource), &request_id, head_only);
+                (self.answers.refuse(req, response).await, "Refused", None)
+            }
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
+            outcome.operation = Some(operation);
+        }
+        if let Some(bucket) = bucket {
+            in_namespace(&mut response, &bucket);
+        }
+        response
+    }
+}
+
+/// The least access an operation needs in its bucket.
+fn needed_access(operation: &Operation) -> Access {
+    match operation {
+        Operation::ListBuckets
+        | Operation::HeadBucket
+        | Operation::GetBucketLocation
+        | Operation::ListObjectsV2
+        | Operation::ListObjectsV1
+        | Operation::ListMultipartUploads
+        | Operation::GetObject
+        | Operation::HeadObject
+        | Operation::ListParts { .. }
+        | Operation::NotImplemented => Access::Read,
+        Operation::DeleteObjects
+        | Operation::PutObject
+        | Operation::CopyObject { .. }
+        | Operation::DeleteObject
+        | Operation::CreateMultipartUpload
+        | Operation::UploadPart { .. }
+        | Operation::CompleteMultipartUpload { .. }
+        | Operation::AbortMultipartUpload { .. } => Access::Readwrite,
+    }
+}
+
+fn auth_failure_label(err: &sigv4::AuthError) -> &'static str {
+    use sigv4::AuthError as E;
+    match err {
+        E::Anonymous => "anonymous",
+        E::InvalidAccessKeyId => "unknown_key",
+        E::SignatureDoesNotMatch => "bad_signature",
+        E::Expired | E::NotYetValid | E::RequestTimeTooSkewed => "expired",
+        E::TemporaryCredentials => "temporary_credentials",
+        _ => "malformed",
+    }
+}
+
+/// A fresh request id: 16 hex digits, as S3's are.
+pub(super) fn request_id() -> String {
+    format!("{:016X}", fastrand::u64(..))
+}
+
+/// An S3 error: the XML document (none for HEAD, as S3 answers HEAD errors with the status
+/// alone), with the code as the access log's outcome.
+pub(super) fn error_response(
+    err: &S3Error,
+    resource: Option<&str>,
+    request_id: &str,
+    head_only: bool,
+) -> Response<ResponseBody> {
+    let body = if head_only {
+        body::empty()
+    } else {
+        body::full(xml::error_body(err, resource, request_id))
+    };
+    let mut response = respond(err.status(), err.code.as_str(), body);
+    if !head_only {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml"),
+        );
+    }
+    response
+}
+
+/// A 200 with an XML document.
+pub(super) fn xml_response(document: String) -> Response<ResponseBody> {
+    let mut response = respond(StatusCode::OK, "ok", body::full(document));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    response
+}
+
+/// A key the store refuses, as S3 would name the problem.
+fn key_error(err: KeyError) -> S3Error {
+    match err {
+        KeyError::TooLong(_) => S3Error::new(S3ErrorCode::KeyTooLongError, "Your key is too long"),
+        other => S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            format!("invalid key: {other}"),
+        ),
+    }
+}
+
+/// What a store failure means to an S3 client. A full disk or queue and an unreachable backend
+/// are worth retrying (503: every S3 client retries it); local I/O failures are the node's.
+pub(super) fn store_error(err: StoreError) -> S3Error {
+    match err {
+        StoreError::LengthMismatch { .. } => S3Error::new(
+            S3ErrorCode::IncompleteBody,
+            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+        ),
+        StoreError::BodyAborted(e) => S3Error::from_body_error(&e).unwrap_or_else(|| {
+            S3Error::new(
+                S3ErrorCode::IncompleteBody,
+                "The request body was not received in full.",
+            )
+        }),
+        StoreError::Full { .. } => S3Error::new(
+            S3ErrorCode::SlowDown,
+            "The node's cache has no room for this object now; retry later.",
+        ),
+        StoreError::QueueFull => S3Error::new(
+            S3ErrorCode::SlowDown,
+            "The node's upload queue is full; retry later.",
+        ),
+        StoreError::Remote(why) => {
+            tracing::warn!(error = %why, "S3 front: the backend failed");
+            S3Error::new(
+                S3ErrorCode::ServiceUnavailable,
+                "The backing store is unavailable; retry later.",
+            )
+        }
+        StoreError::Unavailable => S3Error::new(
+            S3ErrorCode::ServiceUnavailable,
+            "The backing store is unavailable (circuit open); retry later.",
+        ),
+        StoreError::Io(e) => {
+            tracing::error!(error = %e, "S3 front: local store failed");
+            S3Error::new(
+                S3ErrorCode::InternalError,
+                "We encountered an internal error.",
+            )
+        }
+    }
+}

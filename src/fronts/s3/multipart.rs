@@ -1,0 +1,266 @@
+//! The multipart operations of the S3 front: CreateMultipartUpload, UploadPart,
+//! CompleteMultipartUpload, AbortMultipartUpload, ListParts and ListMultipartUploads, over the
+//! store's [`Multipart`] uploads (parts kept on disk until the completion assembles them).
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::digest::{ExpectedDigests, VerifyDigests};
+use super::error::{S3Error, S3ErrorCode};
+use super::front::{store_error, xml_response, Authorized, S3Front};
+use super::object_headers::put_options;
+use super::objects::{header_error, quoted};
+use super::xml;
+use crate::fronts::reply::respond;
+use crate::server::body::{self, ResponseBody};
+use crate::store::backend::Backend;
+use crate::store::multipart::{MultipartError, MAX_PART_NUMBER};
+
+/// Most parts one ListParts page holds (S3's default and cap).
+const MAX_LISTED_PARTS: usize = 1000;
+/// Most uploads one ListMultipartUploads page holds.
+const MAX_LISTED_UPLOADS: usize = 1000;
+
+impl<B: Backend> S3Front<B> {
+    pub(super) async fn create_multipart(
+        &self,
+        req: &Request<Incoming>,
+        auth: &Authorized,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        let options = put_options(req.headers()).map_err(header_error)?;
+        let upload_id = self
+            .multipart
+            .create(&key, options.attrs)
+            .await
+            .map_err(multipart_error)?;
+        let result = xml::InitiateMultipartUploadResult {
+            bucket: auth.route.bucket.clone().unwrap_or_default(),
+            key: key.name().to_string(),
+            upload_id,
+            ..Default::default()
+        };
+        Ok(xml_response(result.to_xml()))
+    }
+
+    /// UploadPart: the part's body is received like a PutObject's (decoded, checked, bounded)
+    /// into a part file of the upload.
+    pub(super) async fn upload_part(
+        &self,
+        req: Request<Incoming>,
+        auth: &Authorized,
+        upload_id: &str,
+        part_number: u32,
+    ) -> Response<ResponseBody> {
+        let max_part = self.multipart.settings().max_part_size;
+        let prepared = auth
+            .key(&self.namespace(auth))
+            .and_then(|key| Ok((key, self.body_plan(&req, auth, max_part)?)));
+        let (key, plan) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => return self.refuse(req, auth, &e).await,
+        };
+        self.receive(req, auth, plan, |stream, len| async move {
+            let etag = self
+                .multipart
+                .put_part(&key, upload_id, part_number, len, stream)
+                .await
+                .map_err(multipart_error)?;
+            let mut response = respond(StatusCode::OK, "stored", body::empty());
+            if let Ok(value) = http::HeaderValue::from_str(&quoted(&etag)) {
+                response.headers_mut().insert(http::header::ETAG, value);
+            }
+            Ok(response)
+        })
+        .await
+    }
+
+    /// CompleteMultipartUpload: the part list (an XML body read under a cap, its digests
+    /// checked) is checked as S3 checks it, then the parts become one object, written as the
+    /// bucket's policy says.
+    pub(super) async fn complete_multipart(
+        &self,
+        req: Request<Incoming>,
+        auth: &Authorized,
+        upload_id: &str,
+    ) -> Response<ResponseBody> {
+        let digests = match ExpectedDigests::for_request(&auth.verified.payload, req.headers()) {
+            Ok(digests) => digests,
+            Err(e) => return self.refuse(req, auth, &e).await,
+        };
+        let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
+        let read =
+            xml::read_capped(VerifyDigests::new(stream, digests), xml::MAX_COMPLETE_BODY).await;
+        let got = upload.finish().await;
+        let completed = async {
+            let parts = xml::parse_complete_multipart_upload(&read?)?;
+            let listed: Vec<(u32, String)> = parts
+                .into_iter()
+                .map(|part| (part.part_number, part.etag))
+                .collect();
+            let key = auth.key(&self.namespace(auth))?;
+            let meta = self
+                .store
+                .complete_multipart(&self.multipart, &key, upload_id, &listed)
+                .await
+                .map_err(multipart_error)?;
+            let bucket = auth.route.bucket.clone().unwrap_or_default();
+            let result = xml::CompleteMultipartUploadResult {
+                location: format!("/{bucket}/{}", key.name()),
+                bucket,
+                key: key.name().to_string(),
+                etag: quoted(meta.etag.as_deref().unwrap_or_default()),
+                ..Default::default()
+            };
+            Ok::<_, S3Error>(xml_response(result.to_xml()))
+        }
+        .await;
+        let response = completed.unwrap_or_else(|e| {
+            self.error(&e, Some(&auth.route.resource()), &auth.request_id, false)
+        });
+        self.answers.answer_received(response, got)
+    }
+
+    pub(super) async fn abort_multipart(
+        &self,
+        auth: &Authorized,
+        upload_id: &str,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        self.multipart
+            .abort(&key, upload_id)
+            .await
+            .map_err(multipart_error)?;
+        Ok(respond(StatusCode::NO_CONTENT, "aborted", body::empty()))
+    }
+
+    pub(super) fn list_parts(
+        &self,
+        auth: &Authorized,
+        upload_id: &str,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        let marker: u32 = number_param(auth, "part-number-marker")?.unwrap_or(0);
+        let max_parts = number_param(auth, "max-parts")?
+            .unwrap_or(MAX_LISTED_PARTS as u32)
+            .min(MAX_LISTED_PARTS as u32);
+        let parts = self
+            .multipart
+            .list_parts(&key, upload_id)
+            .map_err(multipart_error)?;
+        let mut after: Vec<_> = parts
+            .into_iter()
+            .filter(|p| p.part_number > marker)
+            .collect();
+        let truncated = after.len() > max_parts as usize;
+        after.truncate(max_parts as usize);
+        let result = xml::ListPartsResult {
+            bucket: auth.route.bucket.clone().unwrap_or_default(),
+            key: key.name().to_string(),
+            upload_id: upload_id.to_string(),
+            part_number_marker: marker,
+            next_part_number_marker: after.last().map(|p| p.part_number),
+            max_parts,
+            is_truncated: truncated,
+            parts: after
+                .iter()
+                .map(|p| xml::ListedPart {
+                    part_number: p.part_number,
+                    last_modified: xml::timestamp(p.modified),
+                    etag: quoted(&p.etag),
+                    size: p.size,
+                })
+                .collect(),
+            storage_class: "STANDARD",
+            ..Default::default()
+        };
+        Ok(xml_response(result.to_xml()))
+    }
+
+    pub(super) fn list_multipart_uploads(
+        &self,
+        auth: &Authorized,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let prefix = auth.route.param("prefix").unwrap_or_default();
+        let key_marker = auth.route.param("key-marker").unwrap_or_default();
+        let id_marker = auth.route.param("upload-id-marker").unwrap_or_default();
+        let max_uploads = number_param(auth, "max-uploads")?
+            .unwrap_or(MAX_LISTED_UPLOADS as u32)
+            .min(MAX_LISTED_UPLOADS as u32);
+        let mut uploads: Vec<_> = self
+            .multipart
+            .list_uploads(&self.namespace(auth), prefix)
+            .into_iter()
+            .filter(|u| {
+                let name = u.key.name();
+                name > key_marker
+                    || (name == key_marker
+                        && !id_marker.is_empty()
+                        && u.upload_id.as_str() > id_marker)
+            })
+            .collect();
+        let truncated = uploads.len() > max_uploads as usize;
+        uploads.truncate(max_uploads as usize);
+        let last = uploads.last().filter(|_| truncated);
+        let result = xml::ListMultipartUploadsResult {
+            bucket: auth.route.bucket.clone().unwrap_or_default(),
+            key_marker: key_marker.to_string(),
+            upload_id_marker: id_marker.to_string(),
+            next_key_marker: last.map(|u| u.key.name().to_string()),
+            next_upload_id_marker: last.map(|u| u.upload_id.clone()),
+            prefix: prefix.to_string(),
+            max_uploads,
+            is_truncated: truncated,
+            uploads: uploads
+                .iter()
+                .map(|u| xml::ListedUpload {
+                    key: u.key.name().to_string(),
+                    upload_id: u.upload_id.clone(),
+                    initiated: xml::timestamp(u.initiated),
+                    storage_class: "STANDARD",
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Ok(xml_response(result.to_xml()))
+    }
+}
+
+fn number_param(auth: &Authorized, name: &str) -> Result<Option<u32>, S3Error> {
+    auth.route
+        .param(name)
+        .map(|text| {
+            text.parse::<u32>().map_err(|_| {
+                S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    format!("{name} must be a non-negative integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// What a multipart failure means to an S3 client.
+fn multipart_error(err: MultipartError) -> S3Error {
+    use S3ErrorCode as C;
+    let message = err.to_string();
+    match err {
+        MultipartError::NoSuchUpload => S3Error::new(
+            C::NoSuchUpload,
+            "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        ),
+        MultipartError::Busy => S3Error::new(C::OperationAborted, message),
+        MultipartError::InvalidPartNumber(_) => S3Error::new(
+            C::InvalidArgument,
+            format!("Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"),
+        ),
+        MultipartError::EntityTooLarge { .. } => S3Error::new(C::EntityTooLarge, message),
+        MultipartError::TooManyUploads(_) => S3Error::new(C::SlowDown, message),
+        MultipartError::NoParts => S3Error::new(C::MalformedXML, message),
+        MultipartError::InvalidPartOrder => S3Error::new(C::InvalidPartOrder, message),
+        MultipartError::InvalidPart(_) => S3Error::new(C::InvalidPart, message),
+        MultipartError::EntityTooSmall { .. } => S3Error::new(C::EntityTooSmall, message),
+        MultipartError::Store(e) => store_error(e),
+    }
+}

@@ -1,0 +1,376 @@
+//! The object operations of the S3 front: GetObject, HeadObject, PutObject, DeleteObject and
+//! CopyObject, each a thin translation to the store.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::chunked::{AwsChunkedDecoder, ChunkedOptions};
+use super::digest::{ExpectedDigests, VerifyDigests};
+use super::error::{S3Error, S3ErrorCode};
+use super::front::{store_error, xml_response, Authorized, S3Front};
+use super::object_headers::{get_options, http_date, object_headers, put_options, HeaderError};
+use super::xml;
+use crate::fronts::reply::{content_length, respond, set_length, with_tier};
+use crate::server::body::{self, ResponseBody};
+use crate::server::ConnInfo;
+use crate::store::backend::{Backend, ByteRange, Verdict};
+use crate::store::{ByteStream, Object, ObjectMeta, PutOptions, Read, Store};
+
+/// The largest object one PutObject may create (S3's limit; larger ones go in parts).
+pub const MAX_PUT_SIZE: u64 = 5 << 30;
+
+impl<B: Backend> S3Front<B> {
+    pub(super) async fn get_object(
+        &self,
+        req: &Request<Incoming>,
+        auth: &Authorized,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        let options = get_options(req.headers());
+        let read = self.store.read(&key, &options).await.map_err(store_error)?;
+        match read {
+            Read::Found { object, span } => {
+                let Object { meta, body, tier } = object;
+                let ranged = options.range.is_some();
+                let mut response = respond(
+                    if ranged {
+                        StatusCode::PARTIAL_CONTENT
+                    } else {
+                        StatusCode::OK
+                    },
+                    "hit",
+                    body::stream(body),
+                );
+                let headers = response.headers_mut();
+                object_headers(&meta, headers);
+                set_length(headers, span.end - span.start);
+                if ranged {
+                    insert(
+                        headers,
+                        header::CONTENT_RANGE,
+                        &ByteRange::content_range(&span, meta.len),
+                    );
+                }
+                Ok(with_tier(response, tier))
+            }
+            Read::NotModified(meta) => Ok(not_modified(&meta)),
+            Read::PreconditionFailed => Err(precondition_failed()),
+            Read::RangeNotSatisfiable(len) => Ok(self.unsatisfiable(auth, len, false)),
+            Read::Missing => Err(no_such_key()),
+        }
+    }
+
+    /// HeadObject: the object's headers, decided on its metadata alone (no body is read, and no
+    /// fill is started for it).
+    pub(super) async fn head_object(
+        &self,
+        req: &Request<Incoming>,
+        auth: &Authorized,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        let options = get_options(req.headers());
+        let Some(meta) = self.store.head(&key).await.map_err(store_error)? else {
+            return Err(no_such_key());
+        };
+        match options
+            .conditions
+            .evaluate(meta.etag.as_deref(), meta.modified)
+        {
+            Verdict::Serve => {}
+            Verdict::NotModified => return Ok(not_modified(&meta)),
+            Verdict::PreconditionFailed => return Err(precondition_failed()),
+        }
+        let (status, span) = match options.range {
+            None => (StatusCode::OK, 0..meta.len),
+            Some(range) => match range.resolve(meta.len) {
+                Some(span) => (StatusCode::PARTIAL_CONTENT, span),
+                None => return Ok(self.unsatisfiable(auth, meta.len, true)),
+            },
+        };
+        let mut response = respond(status, "hit", body::empty());
+        let headers = response.headers_mut();
+        object_headers(&meta, headers);
+        set_length(headers, span.end - span.start);
+        if status == StatusCode::PARTIAL_CONTENT {
+            insert(
+                headers,
+                header::CONTENT_RANGE,
+                &ByteRange::content_range(&span, meta.len),
+            );
+        }
+        Ok(response)
+    }
+
+    /// PutObject: the body is decoded (aws-chunked) and checked (signed sha256, Content-MD5,
+    /// `x-amz-checksum-*`) while it streams into the store, which commits it only if every
+    /// check passed. The answer waits until the client's body has been read to its end.
+    pub(super) async fn put_object(
+        &self,
+        req: Request<Incoming>,
+        auth: &Authorized,
+    ) -> Response<ResponseBody> {
+        let prepared = auth.key(&self.namespace(auth)).and_then(|key| {
+            let plan = self.body_plan(&req, auth, MAX_PUT_SIZE)?;
+            let options = put_options(req.headers()).map_err(header_error)?;
+            Ok((key, plan, options))
+        });
+        let (key, plan, options) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => return self.refuse(req, auth, &e).await,
+        };
+        self.receive(req, auth, plan, |stream, len| async move {
+            let meta = self
+                .store
+                .put(&key, len, stream, &options)
+                .await
+                .map_err(store_error)?;
+            let mut response = respond(StatusCode::OK, "stored", body::empty());
+            object_etag(&meta, response.headers_mut());
+            Ok(response)
+        })
+        .await
+    }
+
+    /// What a request's body is: its real length (checked against `max` and against what the
+    /// disk tier could ever hold), its aws-chunked framing, and the digests it declared.
+    pub(super) fn body_plan(
+        &self,
+        req: &Request<Incoming>,
+        auth: &Authorized,
+        max: u64,
+    ) -> Result<BodyPlan, S3Error> {
+        let payload = &auth.verified.payload;
+        let chunked = ChunkedOptions::for_request(payload, req.headers())?;
+        let len = match &chunked {
+            Some(options) => options.decoded_length,
+            None => content_length(req.headers()).ok_or_else(|| {
+                S3Error::new(
+                    S3ErrorCode::MissingContentLength,
+                    "You must provide the Content-Length HTTP header.",
+                )
+            })?,
+        };
+        let disk_max = self.store.disk().settings().max_size;
+        if len > max.min(disk_max) {
+            return Err(too_large(max.min(disk_max)));
+        }
+        let digests = ExpectedDigests::for_request(payload, req.headers())?;
+        Ok(BodyPlan {
+            len,
+            chunked,
+            digests,
+        })
+    }
+
+    /// Admits an upload of the planned body, streams it (decoded and checked) into `store`,
+    /// and answers once the client's body has been read to its end.
+    pub(super) async fn receive<'a, F, Fut>(
+        &'a self,
+        req: Request<Incoming>,
+        auth: &'a Authorized,
+        plan: BodyPlan,
+        store: F,
+    ) -> Response<ResponseBody>
+    where
+        F: FnOnce(ByteStream, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<ResponseBody>, S3Error>> + 'a,
+    {
+        let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+        let admitted = match peer.map(|ip| self.uploads.admit(ip, plan.len)) {
+            Some(Err(reason)) => {
+                self.metrics
+                    .dropped_puts
+                    .with_label_values(&["s3", reason])
+                    .inc();
+                let e = S3Error::new(
+                    S3ErrorCode::SlowDown,
+                    format!("Too many uploads in progress ({reason}); retry later."),
+                );
+                return self.refuse(req, auth, &e).await;
+            }
+            Some(Ok(permits)) => Some(permits),
+            None => None,
+        };
+        let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
+        let stream = verified_body(stream, plan.chunked, plan.digests);
+        let stored = store(stream, plan.len).await;
+        let got = upload.finish().await;
+        drop(admitted);
+        let response = stored.unwrap_or_else(|e| {
+            self.error(&e, Some(&auth.route.resource()), &auth.request_id, false)
+        });
+        self.answers.answer_received(response, got)
+    }
+
+    pub(super) async fn delete_object(
+        &self,
+        auth: &Authorized,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        self.store.delete(&key).await.map_err(store_error)?;
+        // S3 answers 204 whether or not there was an object.
+        Ok(respond(StatusCode::NO_CONTENT, "deleted", body::empty()))
+    }
+
+    /// CopyObject within the front's buckets: the source streams from whichever tier holds it
+    /// into a new entry of the destination, with the source's attributes (`COPY`, S3's default)
+    /// or the request's (`REPLACE`).
+    pub(super) async fn copy_object(
+        &self,
+        req: &Request<Incoming>,
+        auth: &Authorized,
+        source_bucket: &str,
+        source_key: &str,
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        let source_namespace = self.buckets[source_bucket].clone();
+        let source = crate::store::Key::object(source_namespace, source_key)
+            .map_err(|e| S3Error::new(S3ErrorCode::InvalidArgument, e.to_string()))?;
+        let Some(object) = self.store.get(&source).await.map_err(store_error)? else {
+            return Err(no_such_key());
+        };
+        let replace = req
+            .headers()
+            .get("x-amz-metadata-directive")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"REPLACE"));
+        let options = if replace {
+            put_options(req.headers()).map_err(header_error)?
+        } else {
+            PutOptions::object(object.meta.attrs.clone())
+        };
+        let len = object.meta.len;
+        let stored = self
+            .store
+            .put(&key, len, object.body, &options)
+            .await
+            .map_err(store_error)?;
+        let result = xml::CopyObjectResult {
+            last_modified: xml::timestamp(stored.modified),
+            etag: quoted(stored.etag.as_deref().unwrap_or_default()),
+            ..Default::default()
+        };
+        Ok(xml_response(result.to_xml()))
+    }
+
+    /// A 416, with the object's length in `Content-Range` as S3 gives it.
+    fn unsatisfiable(
+        &self,
+        auth: &Authorized,
+        len: u64,
+        head_only: bool,
+    ) -> Response<ResponseBody> {
+        let err = S3Error::new(
+            S3ErrorCode::InvalidRange,
+            format!("The requested range is not satisfiable (the object has {len} bytes)"),
+        );
+        let mut response = self.error(
+            &err,
+            Some(&auth.route.resource()),
+            &auth.request_id,
+            head_only,
+        );
+        insert(
+            response.headers_mut(),
+            header::CONTENT_RANGE,
+            &format!("bytes */{len}"),
+        );
+        response
+    }
+
+    /// Answers a request that will not be served, after reading (a bounded part of) its body.
+    pub(super) async fn refuse(
+        &self,
+        req: Request<Incoming>,
+        auth: &Authorized,
+        err: &S3Error,
+    ) -> Response<ResponseBody> {
+        let response = self.error(err, Some(&auth.route.resource()), &auth.request_id, false);
+        self.answers.refuse(req, response).await
+    }
+}
+
+/// What a request's body is, decided from its head.
+pub(super) struct BodyPlan {
+    pub len: u64,
+    pub chunked: Option<ChunkedOptions>,
+    pub digests: ExpectedDigests,
+}
+
+/// The client's body, decoded from aws-chunked when it is, and checked against every digest
+/// the request declared; a failed check fails the stream before its last bytes, so the store
+/// never commits it.
+fn verified_body(
+    body: ByteStream,
+    chunked: Option<ChunkedOptions>,
+    digests: ExpectedDigests,
+) -> ByteStream {
+    let decoded: ByteStream = match chunked {
+        Some(options) => Box::pin(AwsChunkedDecoder::new(body, options)),
+        None => body,
+    };
+    if digests.is_empty() {
+        decoded
+    } else {
+        Box::pin(VerifyDigests::new(decoded, digests))
+    }
+}
+
+pub(super) fn object_etag(meta: &ObjectMeta, headers: &mut http::HeaderMap) {
+    if let Some(etag) = &meta.etag {
+        insert(headers, header::ETAG, &quoted(etag));
+    }
+}
+
+pub(super) fn quoted(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+fn insert(headers: &mut http::HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// A 304: the object's validators, no body.
+fn not_modified(meta: &ObjectMeta) -> Response<ResponseBody> {
+    let mut response = respond(StatusCode::NOT_MODIFIED, "not_modified", body::empty());
+    let headers = response.headers_mut();
+    object_etag(meta, headers);
+    headers.insert(header::LAST_MODIFIED, http_date(meta.modified));
+    response
+}
+
+fn no_such_key() -> S3Error {
+    S3Error::new(S3ErrorCode::NoSuchKey, "The specified key does not exist.")
+}
+
+fn precondition_failed() -> S3Error {
+    S3Error::new(
+        S3ErrorCode::PreconditionFailed,
+        "At least one of the pre-conditions you specified did not hold",
+    )
+}
+
+fn too_large(limit: u64) -> S3Error {
+    S3Error::new(
+        S3ErrorCode::EntityTooLarge,
+        format!("Your proposed upload exceeds the maximum allowed size of {limit} bytes"),
+    )
+}
+
+pub(super) fn header_error(err: HeaderError) -> S3Error {
+    match err {
+        HeaderError::MetadataTooLarge(size) => S3Error::new(
+            S3ErrorCode::MetadataTooLarge,
+            format!(
+                "Your metadata headers ({size} bytes) exceed the maximum allowed metadata size"
+            ),
+        ),
+        HeaderError::NotText(name) => S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            format!("Header {name} is not valid text"),
+        ),
+    }
+}
