@@ -100,7 +100,7 @@ render s3-api -f "$chart/ci/s3-api-values.yaml"
 render emptydir --set cache.type=emptyDir --set cache.emptyDir.sizeLimit=25Gi
 
 grep -q 'internalTrafficPolicy: Local' "$work/default.yaml" || fail "the Service must be node-local"
-grep -q 'name: s3$' "$work/default.yaml" && fail "the default render opens the S3 port, which the daemon lacks"
+grep -q 'name: s3$' "$work/default.yaml" && fail "the default render opens the S3 port although s3Api is off"
 grep -q 'targetPort: s3' "$work/s3-api.yaml" || fail "s3Api.enabled must expose the S3 port"
 
 must_not_render() { # reason [helm args...]

@@ -38,10 +38,15 @@ fn reference_file_commented_examples_are_valid() {
                     .and_then(|rest| rest.split_once(" = "))
                     .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
             if looks_like_setting {
-                line[1..].replace(
-                    "/etc/build-cache-proxy/secrets/ci-password",
-                    secret.to_str().unwrap(),
-                )
+                line[1..]
+                    .replace(
+                        "/etc/build-cache-proxy/secrets/ci-password",
+                        secret.to_str().unwrap(),
+                    )
+                    .replace(
+                        "/etc/build-cache-proxy/secrets/s3-secret-key",
+                        secret.to_str().unwrap(),
+                    )
             } else {
                 line.to_string()
             }
@@ -59,6 +64,44 @@ fn reference_file_commented_examples_are_valid() {
     );
     assert!(config.tls.serves("gradle"), "[tls] example uncommented");
     assert!(!config.tls.serves("admin"));
+    let credential = &config.s3_api.credentials[0];
+    assert_eq!(credential.secret_key.as_deref(), Some("from-file"));
+    assert_eq!(credential.buckets["runner-cache"], Access::Readwrite);
+}
+
+#[test]
+fn s3_api_credentials_are_checked() {
+    let bucket = "[[s3_api.buckets]]\nname = \"cache\"\nwrite = \"local\"\n";
+    let credential =
+        |extra: &str| format!("{bucket}[[s3_api.credentials]]\naccess_key = \"k\"\n{extra}\n");
+    let ok = parse(&credential(
+        "secret_key = \"s\"\nbuckets = { cache = \"read\" }",
+    ))
+    .unwrap();
+    assert_eq!(ok.s3_api.credentials[0].buckets["cache"], Access::Read);
+    for (extra, key, says) in [
+        (
+            "buckets = { cache = \"read\" }",
+            "s3_api.credentials[0].secret_key",
+            "set secret_key or secret_key_file",
+        ),
+        (
+            "secret_key = \"s\"\nbuckets = { other = \"read\" }",
+            "s3_api.credentials[0].buckets",
+            "no [[s3_api.buckets]] defines",
+        ),
+    ] {
+        let err = parse(&credential(extra)).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(says), "{err}");
+    }
+    let twice = format!(
+        "{}[[s3_api.credentials]]\naccess_key = \"k\"\nsecret_key = \"t\"\nbuckets = {{}}\n",
+        credential("secret_key = \"s\"\nbuckets = {}")
+    );
+    let err = parse(&twice).unwrap_err().to_string();
+    assert!(err.contains("listed twice"), "{err}");
+    let debug = format!("{:?}", ok.s3_api.credentials[0]);
+    assert!(!debug.contains("\"s\""), "the secret shows in {debug}");
 }
 
 #[test]

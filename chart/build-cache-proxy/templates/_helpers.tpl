@@ -141,6 +141,8 @@ daemon's default applies. Pass (list "section.path" $map).
 {{- $listen := merge (dict "gradle" (printf "%s:%d" $bind (int $v.ports.gradle)) "admin" (printf "%s:%d" $bind (int $v.ports.admin))) ($cfg.listen | default dict) }}
 {{- if $v.s3Api.enabled }}
 {{- $_ := set $listen "s3" (printf "%s:%d" $bind (int $v.ports.s3)) }}
+{{- else }}
+{{- $_ := set $listen "s3" "" }}
 {{- end }}
 {{- $_ := set $cfg "listen" $listen }}
 {{- $_ := set $cfg "disk" (merge (dict "dir" $v.cache.mountPath) ($cfg.disk | default dict)) }}
@@ -196,7 +198,11 @@ handshake_timeout = {{ toJson $v.tls.handshakeTimeout }}
 [[s3_api.credentials]]
 access_key = {{ toJson .accessKey }}
 secret_key_file = {{ printf "%s/%s" (include "bcp.secretDir" $) .secretKeyKey | toJson }}
-access = {{ toJson .access }}
+
+[s3_api.credentials.buckets]
+{{- range $bucket, $access := .buckets }}
+{{ toJson $bucket }} = {{ toJson $access }}
+{{- end }}
 {{- end }}
 {{- range $v.s3Api.buckets }}
 
