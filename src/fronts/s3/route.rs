@@ -192,8 +192,15 @@ impl Router {
                 None => (Some(decoded.into_owned()), None),
             },
         };
-        let bucket = bucket.filter(|b| !b.is_empty());
         let key = key.filter(|k| !k.is_empty());
+        // `//key`: a key with no bucket is no request for the service (ListBuckets).
+        if bucket.as_deref() == Some("") && key.is_some() {
+            return Err(S3Error::new(
+                S3ErrorCode::InvalidBucketName,
+                "The specified bucket is not valid.",
+            ));
+        }
+        let bucket = bucket.filter(|b| !b.is_empty());
         if let Some(bucket) = &bucket {
             validate_bucket(bucket)?;
         }
@@ -539,7 +546,7 @@ mod tests {
     }
 
     /// Found by the `s3_route` fuzz target: `/../k` (or `/%2E%2E/k`) was routed to a bucket
-    /// named `..`.
+    /// named `..`, and `GET //k` to ListBuckets (with a key).
     #[test]
     fn path_segments_are_not_buckets() {
         let code = |target: &str| {
@@ -548,6 +555,8 @@ mod tests {
                 .code
         };
         for target in [
+            "//k",
+            "//k/",
             "/../k",
             "/%2E%2E/k",
             "/./k",
