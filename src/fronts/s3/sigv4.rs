@@ -445,10 +445,12 @@ fn parse_signed_headers(value: &str) -> Result<Vec<&str>, String> {
         return Err(format!("more than {MAX_SIGNED_HEADERS} signed headers"));
     }
     for name in &names {
+        // Any lowercase HTTP header name: clients sign every header they send, and metadata
+        // names such as `x-amz-meta-build.id` are tokens with more than letters, digits and `-`.
         let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
         if !valid {
             return Err(format!(
                 "signed header name '{name}' is not a lowercase header name"
