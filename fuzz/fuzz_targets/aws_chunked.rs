@@ -95,8 +95,9 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-/// What a decode may hold beyond its input: the chunk being verified (cap + the byte kept back),
-/// the header line (256) and trailer section (4 KiB) buffers, errors, the stream's queue.
+/// What a decode may hold beyond its input and the chunk being verified (at most the cap): the
+/// byte kept back, the header line (256) and trailer section (4 KiB) buffers, errors, the
+/// stream's queue. A chunk buffered before its declared size was checked would exceed it.
 const OVERHEAD: usize = 64 << 10;
 
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
