@@ -154,6 +154,9 @@ pub struct AwsChunkedDecoder<S> {
     ready: VecDeque<Bytes>,
     decoded: u64,
     checksum: Option<ChecksumHasher>,
+    /// The trailer checksum once it matched; published to `checksum_out` only at the clean end,
+    /// since the length check or data after the trailer can still fail the body.
+    checksum_matched: Option<(ChecksumAlgorithm, Vec<u8>)>,
     checksum_out: TrailerChecksum,
 }
 
@@ -192,6 +195,7 @@ where
             held: None,
             ready: VecDeque::new(),
             decoded: 0,
+            checksum_matched: None,
             checksum_out: Arc::default(),
         }
     }
@@ -403,8 +407,7 @@ where
                     ),
                 ));
             }
-            // Set once: this is the only place that fills it.
-            let _ = self.checksum_out.set((algorithm, computed));
+            self.checksum_matched = Some((algorithm, computed));
         }
         if self.decoded != self.options.decoded_length {
             return Err(error(
@@ -484,6 +487,10 @@ where
                 State::Done | State::Failed => return Poll::Ready(None),
                 State::End if this.inner_ended => {
                     this.state = State::Done;
+                    if let Some(checksum) = this.checksum_matched.take() {
+                        // Set once: this is the only place that fills it.
+                        let _ = this.checksum_out.set(checksum);
+                    }
                     if let Some(last) = this.held.take() {
                         return Poll::Ready(Some(Ok(last)));
                     }

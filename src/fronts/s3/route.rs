@@ -192,8 +192,15 @@ impl Router {
                 None => (Some(decoded.into_owned()), None),
             },
         };
-        let bucket = bucket.filter(|b| !b.is_empty());
         let key = key.filter(|k| !k.is_empty());
+        // `//key`: a key with no bucket is no request for the service (ListBuckets).
+        if bucket.as_deref() == Some("") && key.is_some() {
+            return Err(S3Error::new(
+                S3ErrorCode::InvalidBucketName,
+                "The specified bucket is not valid.",
+            ));
+        }
+        let bucket = bucket.filter(|b| !b.is_empty());
         if let Some(bucket) = &bucket {
             validate_bucket(bucket)?;
         }
@@ -237,11 +244,18 @@ impl Router {
     }
 }
 
+/// S3's bucket naming rules, with the `_` of legacy names: a path segment such as `..` or `.`
+/// is never a bucket.
 fn validate_bucket(bucket: &str) -> Result<(), S3Error> {
+    let alphanumeric =
+        |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let valid = (1..=63).contains(&bucket.len())
         && bucket.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
-        });
+        })
+        && alphanumeric(bucket.as_bytes().first())
+        && alphanumeric(bucket.as_bytes().last())
+        && !bucket.contains("..");
     if valid {
         Ok(())
     } else {
@@ -529,6 +543,42 @@ mod tests {
         )
         .is_ok());
         assert_eq!(code("/Bad%20Bucket/k"), S3ErrorCode::InvalidBucketName);
+    }
+
+    /// Found by the `s3_route` fuzz target: `/../k` (or `/%2E%2E/k`) was routed to a bucket
+    /// named `..`, and `GET //k` to ListBuckets (with a key).
+    #[test]
+    fn path_segments_are_not_buckets() {
+        let code = |target: &str| {
+            route_with(&Router::default(), "GET", target, &[])
+                .unwrap_err()
+                .code
+        };
+        for target in [
+            "//k",
+            "//k/",
+            "/../k",
+            "/%2E%2E/k",
+            "/./k",
+            "/.cache/k",
+            "/cache./k",
+            "/-cache/k",
+            "/cache-/k",
+            "/ca..che/k",
+        ] {
+            assert_eq!(code(target), S3ErrorCode::InvalidBucketName, "{target}");
+        }
+        let vhost = Router::new(["s3.cache.local".to_owned()]);
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "...s3.cache.local".parse().unwrap());
+        let err = vhost
+            .route(&Method::GET, &"/k".parse().unwrap(), &headers)
+            .unwrap_err();
+        assert_eq!(err.code, S3ErrorCode::InvalidBucketName);
+        for bucket in ["a", "cache", "my.cache-1", "legacy_name", "0"] {
+            let route = route_with(&Router::default(), "GET", &format!("/{bucket}/k"), &[]);
+            assert_eq!(route.unwrap().bucket.as_deref(), Some(bucket));
+        }
     }
 
     #[test]

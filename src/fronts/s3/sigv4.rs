@@ -351,14 +351,39 @@ impl<'a> CredentialScope<'a> {
 
 /// The three fields of an `Authorization: AWS4-HMAC-SHA256 …` header.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct AuthorizationHeader<'a> {
+pub struct AuthorizationHeader<'a> {
     credential: CredentialScope<'a>,
     signed_headers: Vec<&'a str>,
     signature: [u8; 32],
 }
 
-/// Parses an `Authorization` header value (public to the crate for the fuzz target).
-pub(crate) fn parse_authorization(value: &str) -> Result<AuthorizationHeader<'_>, AuthError> {
+/// Read-only views of the parsed fields, for the `sigv4_header` fuzz target's checks.
+impl<'a> AuthorizationHeader<'a> {
+    #[doc(hidden)]
+    pub fn access_key(&self) -> &'a str {
+        self.credential.access_key
+    }
+
+    #[doc(hidden)]
+    pub fn scope(&self) -> String {
+        self.credential.scope()
+    }
+
+    #[doc(hidden)]
+    pub fn signed_headers(&self) -> &[&'a str] {
+        &self.signed_headers
+    }
+
+    #[doc(hidden)]
+    pub fn signature(&self) -> [u8; 32] {
+        self.signature
+    }
+}
+
+/// Parses an `Authorization` header value. Public for the `sigv4_header` fuzz target; the front
+/// calls [`verify`].
+#[doc(hidden)]
+pub fn parse_authorization(value: &str) -> Result<AuthorizationHeader<'_>, AuthError> {
     if value.len() > MAX_AUTHORIZATION_LEN {
         return Err(AuthError::HeaderMalformed("it is too long".into()));
     }
@@ -420,10 +445,12 @@ fn parse_signed_headers(value: &str) -> Result<Vec<&str>, String> {
         return Err(format!("more than {MAX_SIGNED_HEADERS} signed headers"));
     }
     for name in &names {
+        // Any lowercase HTTP header name: clients sign every header they send, and metadata
+        // names such as `x-amz-meta-build.id` are tokens with more than letters, digits and `-`.
         let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
         if !valid {
             return Err(format!(
                 "signed header name '{name}' is not a lowercase header name"
@@ -736,7 +763,9 @@ pub(crate) fn parse_query(raw: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The canonical URI of an S3 request: the path decoded once, then encoded with AWS's rules.
-pub(crate) fn canonical_uri(raw_path: &str) -> String {
+/// Public for the `s3_route` fuzz target, which checks that what is signed is what is routed.
+#[doc(hidden)]
+pub fn canonical_uri(raw_path: &str) -> String {
     let decoded: Vec<u8> = percent_decode_str(raw_path).collect();
     let encoded = percent_encode(&decoded, ENCODE_PATH).to_string();
     if encoded.is_empty() {

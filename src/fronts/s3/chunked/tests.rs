@@ -366,6 +366,24 @@ fn botocore_unsigned_trailer_body() {
     );
 }
 
+/// Found by the `aws_chunked` fuzz target: the trailer checksum was published as soon as it
+/// matched, so a body that then failed (short of its declared length, or with bytes after the
+/// trailer) still reported it.
+#[test]
+fn a_failed_body_reports_no_trailer_checksum() {
+    let trailing_data = [BOTOCORE_UNSIGNED, b"x"].concat();
+    for (body, declared) in [(BOTOCORE_UNSIGNED, 131), (&trailing_data[..], 130)] {
+        let decoder = AwsChunkedDecoder::new(
+            futures_util::stream::iter(vec![Ok(Bytes::copy_from_slice(body))]),
+            unsigned_options(declared, Some(ChecksumAlgorithm::Crc32)),
+        );
+        let slot = decoder.trailer_checksum();
+        let (_, err) = drain(decoder);
+        assert!(err.is_some(), "{declared}");
+        assert_eq!(slot.get(), None, "{declared}");
+    }
+}
+
 #[test]
 fn a_trailer_checksum_mismatch_keeps_the_end_back() {
     let wrong = String::from_utf8(BOTOCORE_UNSIGNED.to_vec())

@@ -478,6 +478,42 @@ fn header_auth_needs_its_headers() {
     );
 }
 
+/// Found by the `sigv4_header` fuzz target (the AWS SDK's signer against the verifier): a signed
+/// header whose name has a `.` was refused as malformed. botocore 1.43.11 signed this one at
+/// 2026-11-29T14:08:59Z.
+#[test]
+fn signed_header_names_are_any_http_token() {
+    let verified = check(
+        "PUT",
+        "http://127.0.0.1:9000/cache/k",
+        &[
+            ("x-amz-meta-build.id", "42"),
+            ("x-amz-date", "20261129T140859Z"),
+            ("x-amz-content-sha256", EMPTY_SHA256_HEX),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261129/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-meta-build.id, Signature=d2bbe02738cbebc031639850671ba979b868f433256da665133e219525ca59bf"),
+        ],
+        at("20261129T140859Z", 0),
+    )
+    .expect("botocore's request with a dotted metadata name verifies");
+    assert!(verified.is_signed("x-amz-meta-build.id"));
+    for bad in [
+        "host;X-Amz-Date",
+        "host;a b",
+        "host;a:b",
+        "host;a/b",
+        "host;",
+    ] {
+        let value = format!("AWS4-HMAC-SHA256 Credential=AK/20130524/us-east-1/s3/aws4_request,SignedHeaders={bad},Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
+        assert!(
+            matches!(
+                parse_authorization(&value),
+                Err(AuthError::HeaderMalformed(_))
+            ),
+            "{bad}"
+        );
+    }
+}
+
 #[test]
 fn authorization_header_parsing() {
     let parsed = parse_authorization(GET_OBJECT_AUTH).unwrap();

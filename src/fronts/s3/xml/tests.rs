@@ -264,3 +264,56 @@ async fn bodies_are_read_up_to_a_limit() {
         S3ErrorCode::IncompleteBody
     );
 }
+
+/// Hostile bodies of up to the largest size read, nested as deep as they go: the parsers must
+/// answer them without overflowing the stack (a test thread has 2 MiB of it, a tokio worker as
+/// much), with an S3 error where the document is not one of theirs.
+#[test]
+fn deeply_nested_bodies_do_not_overflow_the_stack() {
+    let nested = |root: &str, limit: usize| {
+        let (open, close) = (format!("<{root}>"), format!("</{root}>"));
+        let depth = (limit - open.len() - close.len()) / "<a></a>".len();
+        format!(
+            "{open}{}{}{close}",
+            "<a>".repeat(depth),
+            "</a>".repeat(depth)
+        )
+    };
+    let complete = nested("CompleteMultipartUpload", 1 << 20);
+    assert!(((1 << 20) - 7..=1 << 20).contains(&complete.len()));
+    let err = parse_complete_multipart_upload(complete.as_bytes()).unwrap_err();
+    assert_eq!(err.code, S3ErrorCode::MalformedXML, "{err}");
+    let delete = nested("Delete", 1 << 20);
+    let err = parse_delete(delete.as_bytes()).unwrap_err();
+    assert_eq!(err.code, S3ErrorCode::MalformedXML, "{err}");
+    // Well-formed depth inside the elements the parsers descend into is skipped as an unknown
+    // field: a valid document.
+    let deep = |depth: usize| format!("{}{}", "<x>".repeat(depth), "</x>".repeat(depth));
+    let depth = (MAX_COMPLETE_BODY - 200) / 7;
+    let part = format!("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>{}<ETag>\"e\"</ETag></Part></CompleteMultipartUpload>", deep(depth));
+    assert_eq!(
+        parse_complete_multipart_upload(part.as_bytes())
+            .unwrap()
+            .len(),
+        1
+    );
+    let depth = (MAX_DELETE_BODY - 200) / 7;
+    let object = format!(
+        "<Delete><Object>{}<Key>k</Key></Object></Delete>",
+        deep(depth)
+    );
+    assert_eq!(parse_delete(object.as_bytes()).unwrap().keys, ["k"]);
+    // The same depth, unclosed.
+    let inside_part = format!(
+        "<CompleteMultipartUpload><Part>{}",
+        "<Part>".repeat(MAX_COMPLETE_BODY / 8)
+    );
+    let err = parse_complete_multipart_upload(inside_part.as_bytes()).unwrap_err();
+    assert_eq!(err.code, S3ErrorCode::MalformedXML, "{err}");
+    let inside_key = format!(
+        "<Delete><Object><Key>{}",
+        "<Key>".repeat(MAX_DELETE_BODY / 8)
+    );
+    let err = parse_delete(inside_key.as_bytes()).unwrap_err();
+    assert_eq!(err.code, S3ErrorCode::MalformedXML, "{err}");
+}
