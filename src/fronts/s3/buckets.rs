@@ -153,7 +153,7 @@ impl<B: Backend> S3Front<B> {
     ) -> Response<ResponseBody> {
         let digests = match ExpectedDigests::for_request(&auth.verified.payload, req.headers()) {
             Ok(digests) => digests,
-            Err(e) => return self.refuse_with(req, auth, &e).await,
+            Err(e) => return self.refuse(req, auth, &e).await,
         };
         let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
         let read =
@@ -189,16 +189,6 @@ impl<B: Backend> S3Front<B> {
             }
         }
         xml_response(result.to_xml())
-    }
-
-    async fn refuse_with(
-        &self,
-        req: Request<Incoming>,
-        auth: &Authorized,
-        err: &S3Error,
-    ) -> Response<ResponseBody> {
-        let response = self.error(err, Some(&auth.route.resource()), &auth.request_id, false);
-        self.answers.refuse(req, response).await
     }
 }
 

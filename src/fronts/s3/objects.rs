@@ -34,25 +34,7 @@ impl<B: Backend> S3Front<B> {
             Read::Found { object, span } => {
                 let Object { meta, body, tier } = object;
                 let ranged = options.range.is_some();
-                let mut response = respond(
-                    if ranged {
-                        StatusCode::PARTIAL_CONTENT
-                    } else {
-                        StatusCode::OK
-                    },
-                    "hit",
-                    body::stream(body),
-                );
-                let headers = response.headers_mut();
-                object_headers(&meta, headers);
-                set_length(headers, span.end - span.start);
-                if ranged {
-                    insert(
-                        headers,
-                        header::CONTENT_RANGE,
-                        &ByteRange::content_range(&span, meta.len),
-                    );
-                }
+                let response = found(&meta, span, ranged, body::stream(body));
                 Ok(with_tier(response, tier))
             }
             Read::NotModified(meta) => Ok(not_modified(&meta)),
@@ -82,25 +64,14 @@ impl<B: Backend> S3Front<B> {
             Verdict::NotModified => return Ok(not_modified(&meta)),
             Verdict::PreconditionFailed => return Err(precondition_failed()),
         }
-        let (status, span) = match options.range {
-            None => (StatusCode::OK, 0..meta.len),
+        let span = match options.range {
+            None => 0..meta.len,
             Some(range) => match range.resolve(meta.len) {
-                Some(span) => (StatusCode::PARTIAL_CONTENT, span),
+                Some(span) => span,
                 None => return Ok(self.unsatisfiable(auth, meta.len, true)),
             },
         };
-        let mut response = respond(status, "hit", body::empty());
-        let headers = response.headers_mut();
-        object_headers(&meta, headers);
-        set_length(headers, span.end - span.start);
-        if status == StatusCode::PARTIAL_CONTENT {
-            insert(
-                headers,
-                header::CONTENT_RANGE,
-                &ByteRange::content_range(&span, meta.len),
-            );
-        }
-        Ok(response)
+        Ok(found(&meta, span, options.range.is_some(), body::empty()))
     }
 
     /// PutObject: the body is decoded (aws-chunked) and checked (signed sha256, Content-MD5,
@@ -331,6 +302,33 @@ fn insert(headers: &mut http::HeaderMap, name: header::HeaderName, value: &str) 
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }
+}
+
+/// A 200 (or with a range, a 206) for `span` of the object: S3's object headers, the span's
+/// length, and its `Content-Range`.
+fn found(
+    meta: &ObjectMeta,
+    span: std::ops::Range<u64>,
+    ranged: bool,
+    body: ResponseBody,
+) -> Response<ResponseBody> {
+    let status = if ranged {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut response = respond(status, "hit", body);
+    let headers = response.headers_mut();
+    object_headers(meta, headers);
+    set_length(headers, span.end - span.start);
+    if ranged {
+        insert(
+            headers,
+            header::CONTENT_RANGE,
+            &ByteRange::content_range(&span, meta.len),
+        );
+    }
+    response
 }
 
 /// A 304: the object's validators, no body.
