@@ -290,6 +290,16 @@ async fn runner_flow(tool: &str) {
     let overwrite = helper_put(&http, &urls.get, &cachekey, pattern(1000, 9)).await;
     assert_eq!(overwrite.status(), 403, "the GET URL wrote");
     assert_eq!(http.head(&urls.get).send().await.unwrap().status(), 403);
+    if tool == "boto3" {
+        // The cache key is signed into this PUT URL: another value is another request.
+        let relabelled = helper_put(&http, &urls.put, "someone-else", pattern(1000, 9)).await;
+        let (status, body) = status_and_body(relabelled).await;
+        assert_eq!(status, 403, "a changed signed header was accepted: {body}");
+        assert!(
+            body.contains("<Code>SignatureDoesNotMatch</Code>"),
+            "{body}"
+        );
+    }
     assert!(
         http.get(&urls.get)
             .send()
