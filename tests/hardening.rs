@@ -678,3 +678,45 @@ async fn one_address_cannot_declare_the_disk_away() {
         1.0
     );
 }
+
+/// The S3 listener has the cache listeners' limits: an unsigned upload declaring 100 GiB is
+/// answered at once (403 in S3 XML) and its connection closed instead of being read, and a
+/// request head that does not arrive in time gets a 408.
+#[tokio::test]
+async fn the_s3_listener_has_the_same_limits() {
+    let work = tempfile::tempdir().unwrap();
+    let config = "[limits]\nmax_refused_body = \"8MiB\"\nheader_timeout = \"2s\"\n[[s3_api.buckets]]\nname = \"cache\"\nwrite = \"local\"\n";
+    let daemon = Daemon::start(work.path(), config);
+
+    let mut declared = connect_from([127, 0, 0, 2], daemon.s3).await.unwrap();
+    declared
+        .write_all(
+            b"PUT /cache/archive.zip HTTP/1.1\r\nHost: x\r\nContent-Length: 107374182400\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let _ = declared.write_all(&vec![1u8; MIB]).await;
+    let answer = read_until_close(&mut declared, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer:?}");
+    assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+
+    let mut slow = connect_from([127, 0, 0, 3], daemon.s3).await.unwrap();
+    slow.write_all(b"GET /cache/archive.zip HTTP/1.1\r\nHost:")
+        .await
+        .unwrap();
+    let answer = read_until_close(&mut slow, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let read = metric(
+        &daemon,
+        "build_cache_proxy_received_bytes_total{front=\"s3\"}",
+    )
+    .await;
+    assert!(
+        read <= (8 * MIB) as f64,
+        "read {read} bytes of refused bodies"
+    );
+}
