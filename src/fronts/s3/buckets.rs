@@ -2,6 +2,7 @@
 //! and DeleteObjects.
 
 use base64::Engine;
+use bytes::Bytes;
 use http::Response;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -12,7 +13,7 @@ use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
 use super::sigv4::ENCODE_PATH;
 use super::xml;
-use crate::server::body::{self, ResponseBody};
+use crate::server::body::{self, Received, ResponseBody};
 use crate::store::backend::{Backend, ListRequest, Listing};
 use crate::store::Store;
 
@@ -151,14 +152,10 @@ impl<B: Backend> S3Front<B> {
         req: Request<Incoming>,
         auth: &Authorized,
     ) -> Response<ResponseBody> {
-        let digests = match ExpectedDigests::for_request(&auth.verified.payload, req.headers()) {
-            Ok(digests) => digests,
-            Err(e) => return self.refuse(req, auth, &e).await,
+        let (read, got) = match self.read_small_body(req, auth, xml::MAX_DELETE_BODY).await {
+            Ok(read) => read,
+            Err(refused) => return refused,
         };
-        let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
-        let read =
-            xml::read_capped(VerifyDigests::new(stream, digests), xml::MAX_DELETE_BODY).await;
-        let got = upload.finish().await;
         let response = match read.and_then(|body| xml::parse_delete(&body)) {
             Ok(request) => self.delete_each(auth, request).await,
             Err(e) => self.error(&e, Some(&auth.route.resource()), &auth.request_id, false),
@@ -189,6 +186,26 @@ impl<B: Backend> S3Front<B> {
             }
         }
         xml_response(result.to_xml())
+    }
+}
+
+impl<B: Backend> S3Front<B> {
+    /// A small request body (the XML of DeleteObjects or CompleteMultipartUpload) read whole,
+    /// at most `limit` bytes, with every digest it declared checked; and what was received of
+    /// it. `Err`: the request was refused before its body was read, and this is the answer.
+    pub(super) async fn read_small_body(
+        &self,
+        req: Request<Incoming>,
+        auth: &Authorized,
+        limit: usize,
+    ) -> Result<(Result<Bytes, S3Error>, Received), Response<ResponseBody>> {
+        let digests = match ExpectedDigests::for_request(&auth.verified.payload, req.headers()) {
+            Ok(digests) => digests,
+            Err(e) => return Err(self.refuse(req, auth, &e).await),
+        };
+        let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
+        let read = xml::read_capped(VerifyDigests::new(stream, digests), limit).await;
+        Ok((read, upload.finish().await))
     }
 }
 

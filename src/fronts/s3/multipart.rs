@@ -6,7 +6,6 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::digest::{ExpectedDigests, VerifyDigests};
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
 use super::object_headers::put_options;
@@ -85,14 +84,13 @@ impl<B: Backend> S3Front<B> {
         auth: &Authorized,
         upload_id: &str,
     ) -> Response<ResponseBody> {
-        let digests = match ExpectedDigests::for_request(&auth.verified.payload, req.headers()) {
-            Ok(digests) => digests,
-            Err(e) => return self.refuse(req, auth, &e).await,
+        let (read, got) = match self
+            .read_small_body(req, auth, xml::MAX_COMPLETE_BODY)
+            .await
+        {
+            Ok(read) => read,
+            Err(refused) => return refused,
         };
-        let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
-        let read =
-            xml::read_capped(VerifyDigests::new(stream, digests), xml::MAX_COMPLETE_BODY).await;
-        let got = upload.finish().await;
         let completed = async {
             let parts = xml::parse_complete_multipart_upload(&read?)?;
             let listed: Vec<(u32, String)> = parts
