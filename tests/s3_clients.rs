@@ -540,8 +540,18 @@ async fn the_aws_cli_copies_lists_syncs_and_removes() {
         ("style.css", pattern(300, 2)),
         ("nested/data.bin", pattern(1 << 20, 3)),
     ];
+    // Dated a minute back: `sync` uploads a file newer than its object, and a backend that keeps
+    // whole seconds (SeaweedFS) would otherwise date an object uploaded within the file's own
+    // second before the file.
+    let written = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
     for (name, data) in &files {
         std::fs::write(dir.join(name), data).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(name))
+            .unwrap()
+            .set_modified(written)
+            .unwrap();
     }
     let synced = aws
         .run(&[
