@@ -41,6 +41,7 @@ pub struct Metrics {
     pub s3_bytes_sent: IntCounter,
     pub s3_up: IntGauge,
     pub single_flight_waiters: IntGauge,
+    pub fill_downloads: IntCounter,
     pub revalidations: IntCounterVec,
     pub stream_through: IntCounterVec,
     pub upload_queue_entries: IntGauge,
@@ -202,6 +203,12 @@ impl Metrics {
             single_flight_waiters: IntGauge::with_opts(opts(
                 "single_flight_waiters",
                 "Requests currently waiting on another request's S3 read of the same key.",
+            ))
+            .unwrap(),
+            fill_downloads: IntCounter::with_opts(opts(
+                "fill_ranged_downloads_total",
+                "Ranged GETs a read-through fill started where a reader waited, besides its \
+                 first GET from the start (parallel download of one object).",
             ))
             .unwrap(),
             revalidations: IntCounterVec::new(
@@ -367,6 +374,7 @@ impl Metrics {
             Box::new(self.s3_bytes_sent.clone()),
             Box::new(self.s3_up.clone()),
             Box::new(self.single_flight_waiters.clone()),
+            Box::new(self.fill_downloads.clone()),
             Box::new(self.revalidations.clone()),
             Box::new(self.stream_through.clone()),
             Box::new(self.upload_queue_entries.clone()),

@@ -35,10 +35,15 @@
 //! - **A fill that has ended, or that a write or delete of its key overtook, is not joined.**
 //!   Its outcome is for the requests that were waiting on it; a request that finds it so
 //!   starts afresh (or finds the committed entry).
-//! - **A range of a running fill is read at its offset** in the spool, once the fill has
-//!   written that far, not by reading the spool from its start.
+//! - **A range far ahead of the download starts its own.** The spool is cut into
+//!   [`SEGMENT`]s. The fill's first GET downloads from the start; a reader waiting for a
+//!   segment that no download is about to reach makes the fill start a ranged GET there (same
+//!   ETag, up to [`MAX_DOWNLOADS`] at once). Each download goes on into the next segment only if
+//!   no other download has it, so every byte is fetched once, and a runner's parallel ranged
+//!   download of a cold archive is served at S3's parallel speed instead of waiting for one
+//!   stream to get there. A range is read from the spool at its own offset as its segment fills.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,10 +51,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions, Verdict};
-use super::disk::spool::{EntryMeta, EtagSource};
+use super::disk::spool::{EntryMeta, EtagSource, Spool};
 use super::disk::{Commit, DiskTier, FillOrder, FillTicket};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
@@ -59,8 +65,15 @@ use crate::metrics::Metrics;
 /// The fill writes S3's body to disk in batches of this size (and readers read at most this
 /// much per step): large enough for efficient I/O, small enough to keep memory flat.
 const BATCH: usize = 256 * 1024;
-/// Ranged GETs one fill may make to resume a body S3 cut off, before it fails.
+/// Ranged GETs one download of a fill may make to resume a body S3 cut off, before it fails.
 pub const MAX_RESUMES: u32 = 3;
+/// A fill's spool is downloaded in segments of this size (GitLab Runner's parallel cache
+/// download asks for ranges of this size too): the unit a ranged download starts at.
+pub const SEGMENT: u64 = 16 * 1024 * 1024;
+/// Downloads one fill runs at once, its first GET included.
+pub const MAX_DOWNLOADS: usize = 8;
+/// Batches on their way from a fill's downloads to its spool (bounds its memory).
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// A handle to the read-through; cheap to clone.
 pub struct ReadThrough<B: Backend = S3Tier> {
@@ -97,8 +110,9 @@ struct Fill {
 struct Progress {
     /// Set once S3 answered and the spool file exists.
     source: Option<Source>,
-    /// Body bytes in the spool file, readable by anyone holding `source.file`.
-    written: u64,
+    /// Body bytes in the spool file per [`SEGMENT`], each counted from the segment's start,
+    /// readable by anyone holding `source.file`.
+    filled: Vec<u64>,
     /// The whole body is in the spool file and matched its length and checksum. Readers may
     /// finish now; committing it (fsync, rename) is the cache's business, not theirs, and their
     /// file handle stays valid even if that commit fails.
@@ -107,11 +121,38 @@ struct Progress {
     end: Option<End>,
 }
 
+impl Progress {
+    /// The end of the bytes readable without a gap from `pos` of a `len`-byte body.
+    fn readable_from(&self, pos: u64, len: u64) -> u64 {
+        let mut end = pos;
+        while end < len {
+            let index = (end / SEGMENT) as usize;
+            let start = index as u64 * SEGMENT;
+            let filled_to = start + self.filled.get(index).copied().unwrap_or(0);
+            if filled_to <= end {
+                break;
+            }
+            end = filled_to;
+            if end < segment_end(index, len) {
+                break;
+            }
+        }
+        end
+    }
+}
+
+/// Where segment `index` of a `len`-byte body ends.
+fn segment_end(index: usize, len: u64) -> u64 {
+    ((index as u64 + 1) * SEGMENT).min(len)
+}
+
 #[derive(Clone)]
 struct Source {
     meta: ObjectMeta,
     file: Arc<std::fs::File>,
     body_offset: u64,
+    /// Readers waiting for a segment say so here: the fill may start a download there.
+    wanted: mpsc::UnboundedSender<usize>,
 }
 
 #[derive(Clone)]
@@ -429,7 +470,11 @@ async fn run_fill<B: Backend>(inner: Arc<Inner<B>>, job: FillJob, tx: watch::Sen
     }
 }
 
-async fn fill<B: Backend>(inner: &Inner<B>, job: &FillJob, tx: &watch::Sender<Progress>) -> End {
+async fn fill<B: Backend>(
+    inner: &Arc<Inner<B>>,
+    job: &FillJob,
+    tx: &watch::Sender<Progress>,
+) -> End {
     let (key, ticket) = (&job.key, &job.ticket);
     let failed = |e: &dyn std::fmt::Display| End::Failed(e.to_string().into());
     let options = GetOptions {
@@ -478,7 +523,7 @@ async fn fill<B: Backend>(inner: &Inner<B>, job: &FillJob, tx: &watch::Sender<Pr
             }
         },
     };
-    let mut spool = match spool {
+    let spool = match spool {
         Ok(spool) => spool,
         Err(reason) => {
             // Whatever is local is older than this object: drop it rather than confirm it
@@ -491,62 +536,33 @@ async fn fill<B: Backend>(inner: &Inner<B>, job: &FillJob, tx: &watch::Sender<Pr
             });
         }
     };
+    let mut spool = spool.with_segments(SEGMENT);
+    let (wanted_tx, wanted) = mpsc::unbounded_channel();
     tx.send_modify(|p| {
         p.source = Some(Source {
             meta: meta.clone(),
             file: spool.file(),
             body_offset: spool.body_offset(),
-        })
+            wanted: wanted_tx,
+        });
+        p.filled = vec![0; segment_count(meta.len)];
     });
     // Small entries also go to memory once committed; keep a copy as they pass.
     let mut keep = inner
         .memory
         .accepts(meta.len)
-        .then(|| BytesMut::with_capacity(meta.len as usize));
-    let mut body = fetched.body;
-    let mut batch = BytesMut::with_capacity(BATCH);
-    let mut resumes = 0;
-    loop {
-        let received = spool.written() + batch.len() as u64;
-        let chunk = match body.next().await {
-            Some(Ok(chunk)) => Some(chunk),
-            // Every byte arrived; a failure after them changes nothing (the checks below
-            // decide whether the body is right).
-            Some(Err(_)) | None if received >= meta.len => None,
-            // Cut off, with an error or by an early end: ask for the rest.
-            cut => {
-                let cause = match cut {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "ended early".to_string(),
-                };
-                match resume(inner, key, &meta, received, &mut resumes, &cause).await {
-                    Ok(rest) => {
-                        body = rest;
-                        continue;
-                    }
-                    Err(why) => return failed(&why),
-                }
-            }
-        };
-        let last = chunk.is_none();
-        if let Some(chunk) = chunk {
-            if let Some(keep) = keep.as_mut() {
-                if keep.len() + chunk.len() <= meta.len as usize {
-                    keep.extend_from_slice(&chunk);
-                }
-            }
-            batch.extend_from_slice(&chunk);
-        }
-        if batch.len() >= BATCH || (last && !batch.is_empty()) {
-            if let Err(e) = spool.write(batch.split().freeze()).await {
-                return failed(&e);
-            }
-            let written = spool.written();
-            tx.send_modify(|p| p.written = written);
-        }
-        if last {
-            break;
-        }
+        .then(|| vec![0u8; meta.len as usize]);
+    let downloads = Downloads {
+        inner: inner.clone(),
+        key: key.clone(),
+        meta: meta.clone(),
+        claims: Arc::new(Claims::new(segment_count(meta.len))),
+    };
+    if let Err(why) = downloads
+        .run(fetched.body, &mut spool, tx, wanted, keep.as_deref_mut())
+        .await
+    {
+        return failed(&why);
     }
     if spool.written() != meta.len {
         return failed(&format!(
@@ -580,7 +596,7 @@ async fn fill<B: Backend>(inner: &Inner<B>, job: &FillJob, tx: &watch::Sender<Pr
                 .memory
                 .insert(
                     key.clone(),
-                    MemoryEntry::with_meta(data.freeze(), header.meta()),
+                    MemoryEntry::with_meta(Bytes::from(data), header.meta()),
                 )
                 .await
         }
@@ -590,6 +606,229 @@ async fn fill<B: Backend>(inner: &Inner<B>, job: &FillJob, tx: &watch::Sender<Pr
         }
     }
     End::Complete
+}
+
+fn segment_count(len: u64) -> usize {
+    len.div_ceil(SEGMENT).max(1) as usize
+}
+
+/// Which segments of a fill some download has taken on: each is fetched by one download only.
+struct Claims(Mutex<Vec<bool>>);
+
+impl Claims {
+    fn new(segments: usize) -> Claims {
+        Claims(Mutex::new(vec![false; segments]))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
+        // Flags only ever set: a poisoned lock is still consistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes segment `index` on; false if another download has it.
+    fn claim(&self, index: usize) -> bool {
+        let mut claims = self.lock();
+        !std::mem::replace(&mut claims[index], true)
+    }
+
+    fn is_claimed(&self, index: usize) -> bool {
+        self.lock()[index]
+    }
+
+    fn first_unclaimed(&self) -> Option<usize> {
+        self.lock().iter().position(|claimed| !claimed)
+    }
+}
+
+/// Body bytes of one segment, from a download on their way to the spool.
+struct Batch {
+    at: u64,
+    data: Bytes,
+}
+
+/// The downloads of one fill: the first GET from the start, and ranged GETs started where
+/// readers wait. They send their batches to the fill, the spool's only writer.
+struct Downloads<B> {
+    inner: Arc<Inner<B>>,
+    key: Key,
+    meta: ObjectMeta,
+    claims: Arc<Claims>,
+}
+
+impl<B: Backend> Downloads<B> {
+    /// Writes the whole body to `spool` (and `keep`), publishing each segment's progress, until
+    /// every byte is there or a download fails.
+    async fn run(
+        &self,
+        first: ByteStream,
+        spool: &mut Spool,
+        tx: &watch::Sender<Progress>,
+        mut wanted: mpsc::UnboundedReceiver<usize>,
+        mut keep: Option<&mut [u8]>,
+    ) -> Result<(), String> {
+        let len = self.meta.len;
+        let (batches_tx, mut batches) = mpsc::channel::<Batch>(BATCHES_IN_FLIGHT);
+        let mut running = JoinSet::new();
+        self.claims.claim(0);
+        running.spawn(self.download(0, Some(first), batches_tx.clone()));
+        let mut waiting = BTreeSet::new();
+        let mut write = async |batch: Batch, spool: &mut Spool| -> Result<(), String> {
+            let n = batch.data.len();
+            if let Some(keep) = keep.as_deref_mut() {
+                keep[batch.at as usize..][..n].copy_from_slice(&batch.data);
+            }
+            let index = (batch.at / SEGMENT) as usize;
+            spool
+                .write_at(batch.at, batch.data)
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.send_modify(|p| p.filled[index] += n as u64);
+            Ok(())
+        };
+        while spool.written() < len {
+            tokio::select! {
+                // A reader waiting is rare and cheap to handle: first, or a steady stream of
+                // batches would keep it waiting. A download's end comes last; its batches may
+                // still be queued then (drained below when it was the last one).
+                biased;
+                Some(index) = wanted.recv() => {
+                    waiting.insert(index);
+                    self.start_waiting(&mut waiting, &mut running, &batches_tx, tx);
+                }
+                Some(batch) = batches.recv() => write(batch, spool).await?,
+                Some(ended) = running.join_next() => {
+                    ended.map_err(|e| format!("S3 download task: {e}"))??;
+                    if running.is_empty() {
+                        while let Ok(batch) = batches.try_recv() {
+                            write(batch, spool).await?;
+                        }
+                        // Every download goes on until it meets a claimed segment, so nothing
+                        // is left; if something were, fetch it rather than fail.
+                        if spool.written() < len {
+                            let Some(gap) = self.claims.first_unclaimed() else {
+                                return Err(format!(
+                                    "S3 downloads ended with {} of {len} bytes",
+                                    spool.written()
+                                ));
+                            };
+                            waiting.insert(gap);
+                        }
+                    }
+                    self.start_waiting(&mut waiting, &mut running, &batches_tx, tx);
+                    if running.is_empty() && spool.written() < len {
+                        return Err(format!(
+                            "S3 downloads ended with {} of {len} bytes",
+                            spool.written()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a ranged download at each segment readers wait for, unless one is on it or is
+    /// about to get there, while fewer than [`MAX_DOWNLOADS`] run.
+    fn start_waiting(
+        &self,
+        waiting: &mut BTreeSet<usize>,
+        running: &mut JoinSet<Result<(), String>>,
+        batches: &mpsc::Sender<Batch>,
+        tx: &watch::Sender<Progress>,
+    ) {
+        // Without an ETag a ranged GET could return bytes of another version of the object.
+        if self.meta.etag.is_none() {
+            waiting.clear();
+            return;
+        }
+        let filled = tx.borrow().filled.clone();
+        waiting.retain(|&index| {
+            if self.claims.is_claimed(index) {
+                return false;
+            }
+            // The download in the segment before is past its half: it gets there first.
+            if index > 0 && self.claims.is_claimed(index - 1) && filled[index - 1] >= SEGMENT / 2 {
+                return false;
+            }
+            if running.len() >= MAX_DOWNLOADS {
+                // Asked again when a download ends.
+                return true;
+            }
+            if self.claims.claim(index) {
+                running.spawn(self.download(index as u64 * SEGMENT, None, batches.clone()));
+            }
+            false
+        });
+    }
+
+    /// One download: from `start` (a claimed segment's start) through the following segments
+    /// no other download has, resuming when S3 cuts it off. `body` is the fill's first GET;
+    /// otherwise a ranged GET conditional on the fill's ETag is made.
+    fn download(
+        &self,
+        start: u64,
+        body: Option<ByteStream>,
+        batches: mpsc::Sender<Batch>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (inner, key, meta, claims) = (
+            self.inner.clone(),
+            self.key.clone(),
+            self.meta.clone(),
+            self.claims.clone(),
+        );
+        async move {
+            let len = meta.len;
+            let mut resumes = 0;
+            let mut body = match body {
+                Some(body) => body,
+                None => {
+                    inner.metrics.fill_downloads.inc();
+                    ranged_get(&inner, &key, &meta, start).await?
+                }
+            };
+            let mut pos = start;
+            let mut limit = segment_end((start / SEGMENT) as usize, len);
+            let mut batch = BytesMut::with_capacity(BATCH);
+            let mut batch_at = pos;
+            while pos < len {
+                let mut chunk = match body.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    // Cut off, with an error or by an early end: ask for the rest.
+                    cut => {
+                        let cause = match cut {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "ended early".to_string(),
+                        };
+                        body = resume(&inner, &key, &meta, pos, &mut resumes, &cause).await?;
+                        continue;
+                    }
+                };
+                while !chunk.is_empty() && pos < len {
+                    let take = chunk.len().min((limit - pos) as usize);
+                    batch.extend_from_slice(&chunk.split_to(take));
+                    pos += take as u64;
+                    // A batch never spans two segments.
+                    if batch.len() >= BATCH || pos == limit {
+                        let data = batch.split().freeze();
+                        batches
+                            .send(Batch { at: batch_at, data })
+                            .await
+                            .map_err(|_| "the fill ended".to_string())?;
+                        batch_at = pos;
+                    }
+                    if pos == limit && pos < len {
+                        let next = (pos / SEGMENT) as usize;
+                        if !claims.claim(next) {
+                            // Another download has the rest from here.
+                            return Ok(());
+                        }
+                        limit = segment_end(next, len);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Drops the key's local copies after S3 said its object is gone or newer, unless the key
@@ -614,9 +853,9 @@ async fn resume<B: Backend>(
     resumes: &mut u32,
     cause: &str,
 ) -> Result<ByteStream, String> {
-    let Some(etag) = &meta.etag else {
+    if meta.etag.is_none() {
         return Err(format!("S3 body: {cause} (no ETag to resume by)"));
-    };
+    }
     if *resumes >= MAX_RESUMES {
         return Err(format!(
             "S3 body: {cause} after {from} of {} bytes, {resumes} resumes already",
@@ -625,6 +864,22 @@ async fn resume<B: Backend>(
     }
     *resumes += 1;
     tracing::info!(key = %key, received = from, len = meta.len, error = %cause, "S3 body cut off; resuming with a ranged GET");
+    ranged_get(inner, key, meta, from)
+        .await
+        .map_err(|e| format!("S3 body: {cause}; its resume: {e}"))
+}
+
+/// A GET of `meta`'s object from `from` to its end that answers with bytes only if the
+/// object is still the one being filled (same ETag).
+async fn ranged_get<B: Backend>(
+    inner: &Inner<B>,
+    key: &Key,
+    meta: &ObjectMeta,
+    from: u64,
+) -> Result<ByteStream, String> {
+    let Some(etag) = &meta.etag else {
+        return Err("no ETag to ask for the same object by".into());
+    };
     let options = GetOptions {
         range: Some(ByteRange::From(from)),
         conditions: Conditions::if_match(etag),
@@ -632,15 +887,15 @@ async fn resume<B: Backend>(
     match inner.remote.get(key, &options).await {
         Ok(Fetch::Found(rest)) if rest.span == (from..meta.len) => Ok(rest.body),
         Ok(Fetch::Found(rest)) => Err(format!(
-            "S3 answered the resume from {from} with bytes {:?} of {}",
+            "S3 answered a GET from {from} with bytes {:?} of {}",
             rest.span, rest.meta.len
         )),
         Ok(Fetch::PreconditionFailed) => Err("the object changed in S3 during its fill".into()),
         Ok(Fetch::Missing) => Err("the object was deleted from S3 during its fill".into()),
         Ok(Fetch::NotModified | Fetch::RangeNotSatisfiable) => {
-            Err(format!("S3 refused the resume from {from}"))
+            Err(format!("S3 refused a GET from {from}"))
         }
-        Err(e) => Err(format!("S3 body: {cause}; its resume failed: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -668,6 +923,8 @@ struct Tail {
     source: Source,
     pos: u64,
     end: u64,
+    /// The segment this reader last told the fill it waits for.
+    asked_for: Option<usize>,
     _waiter: Option<WaiterGuard>,
 }
 
@@ -682,6 +939,7 @@ fn tail(
         source,
         pos: span.start,
         end: span.end,
+        asked_for: None,
         _waiter: waiter,
     };
     Box::pin(futures_util::stream::unfold(
@@ -706,16 +964,16 @@ impl Tail {
             if self.end < len && self.pos >= self.end {
                 return Ok(None);
             }
-            let (written, verified, end) = {
+            let (readable, verified, end) = {
                 let p = self.progress.borrow_and_update();
-                (p.written, p.verified, p.end.clone())
+                (p.readable_from(self.pos, len), p.verified, p.end.clone())
             };
             // Hold the last byte back until the body is verified: a client that has every byte
             // of a Content-Length body considers it complete.
             let readable = if verified {
-                written
+                readable
             } else {
-                written.min(len.saturating_sub(1))
+                readable.min(len.saturating_sub(1))
             }
             .min(self.end);
             if self.pos < readable {
@@ -740,6 +998,12 @@ impl Tail {
                     End::Missing | End::Unavailable | End::NotModified(_) | End::StreamThrough(_),
                 ) => return Err(io::Error::other("S3 read failed")),
                 None => {
+                    let segment = (self.pos / SEGMENT) as usize;
+                    if self.asked_for != Some(segment) {
+                        self.asked_for = Some(segment);
+                        // The fill is gone if this fails; `changed` below reports it.
+                        let _ = self.source.wanted.send(segment);
+                    }
                     if self.progress.changed().await.is_err() {
                         return Err(io::Error::other("S3 fill task ended unexpectedly"));
                     }
@@ -956,5 +1220,91 @@ mod tests {
         eventually("the failed fill to end", || done.fills_in_flight() == 0).await;
         let object = rt.get(&k).await.unwrap().unwrap();
         assert!(read_body(object).await.unwrap() == data);
+    }
+
+    /// Reads `span` of `key` through `rt` after a miss.
+    async fn read_span(
+        rt: &ReadThrough<crate::store::backend::fake::FakeBackend>,
+        k: &Key,
+        span: std::ops::Range<u64>,
+    ) -> Vec<u8> {
+        let options = GetOptions {
+            range: Some(ByteRange::Bounded {
+                first: span.start,
+                last: span.end - 1,
+            }),
+            ..GetOptions::default()
+        };
+        match rt.read(k, &options, Ask::Miss, None).await.unwrap() {
+            Through::Read(Read::Found { object, span: got }) => {
+                assert_eq!(got, span);
+                read_body(object).await.unwrap()
+            }
+            other => panic!("expected the range, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_far_ahead_of_the_fill_is_downloaded_on_its_own_and_each_byte_once() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(6);
+        let len = 3 * SEGMENT as usize + 1000;
+        let data = pattern(len, 6);
+        local.backend.insert(&k, data.clone());
+        // The fill's first GET goes slow half way into the first segment.
+        local.backend.stall_next_body(SEGMENT / 2);
+        let first = read_span(&rt, &k, 0..1).await;
+        assert_eq!(first, data[..1]);
+        // A range in the third segment is served while the first GET is stuck: by a ranged
+        // GET of its own, from the segment's start.
+        let far = 2 * SEGMENT + 10..2 * SEGMENT + 5000;
+        let got = read_span(&rt, &k, far.clone()).await;
+        assert!(got == data[far.start as usize..far.end as usize]);
+        assert_eq!(
+            local.backend.served_spans(),
+            vec![0..len as u64, 2 * SEGMENT..len as u64]
+        );
+        assert_eq!(local.metrics.fill_downloads.get(), 1);
+        // Once the first GET goes on, it stops where the other download began: nothing is
+        // fetched twice, nothing is missing, and the entry is whole.
+        local.backend.release_stalls();
+        let disk = local.disk.clone();
+        eventually("the fill to commit", || disk.contains(&k)).await;
+        assert_eq!(local.backend.calls("get"), 2);
+        let object = local.disk.get(&k).await.unwrap().unwrap();
+        assert!(read_body(object).await.unwrap() == data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_ranged_readers_of_a_cold_object_get_equal_bytes() {
+        let local = Local::new().await;
+        let rt = read_through(&local);
+        let k = key(7);
+        let len = 5 * SEGMENT as usize + 12345;
+        let data = Arc::new(pattern(len, 7));
+        local.backend.insert(&k, data.to_vec());
+        // A runner's parallel download: a probe, then every segment at once, in any order.
+        assert_eq!(read_span(&rt, &k, 0..1).await, data[..1]);
+        let mut reads = JoinSet::new();
+        for index in [5u64, 2, 0, 4, 1, 3] {
+            let (rt, k, data) = (rt.clone(), k.clone(), data.clone());
+            reads.spawn(async move {
+                let span = index * SEGMENT..((index + 1) * SEGMENT).min(len as u64);
+                let got = read_span(&rt, &k, span.clone()).await;
+                assert!(
+                    got == data[span.start as usize..span.end as usize],
+                    "{index}"
+                );
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            done.unwrap();
+        }
+        let disk = local.disk.clone();
+        eventually("the fill to commit", || disk.contains(&k)).await;
+        let object = local.disk.get(&k).await.unwrap().unwrap();
+        assert!(read_body(object).await.unwrap() == *data);
+        assert!(local.metrics.fill_downloads.get() <= (MAX_DOWNLOADS - 1) as u64);
     }
 }

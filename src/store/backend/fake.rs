@@ -39,6 +39,8 @@ struct Inner {
     state: Mutex<State>,
     /// True while calls are held (a hung backend); they proceed once it turns false.
     held: watch::Sender<bool>,
+    /// True while a stalled body waits (a slow S3 connection); it goes on once it turns false.
+    stalled: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -49,6 +51,8 @@ struct State {
     fail_next: u32,
     /// Cut this many more bodies, each after this many bytes.
     cuts: Option<(u32, u64)>,
+    /// Stall the next body after this many bytes.
+    stall: Option<u64>,
     /// The span of every body handed out by a get, in order.
     spans: Vec<std::ops::Range<u64>>,
 }
@@ -74,6 +78,7 @@ impl FakeBackend {
                 part_size,
                 state: Mutex::new(State::default()),
                 held: watch::channel(false).0,
+                stalled: watch::channel(false).0,
             }),
         }
     }
@@ -155,6 +160,18 @@ impl FakeBackend {
         self.lock().cuts = (count > 0).then_some((count, after));
     }
 
+    /// The next body stops after `after` bytes (rounded up to a chunk) until
+    /// [`FakeBackend::release_stalls`]: a connection that went slow.
+    pub fn stall_next_body(&self, after: u64) {
+        self.lock().stall = Some(after);
+        self.inner.stalled.send_replace(true);
+    }
+
+    /// Lets stalled bodies go on.
+    pub fn release_stalls(&self) {
+        self.inner.stalled.send_replace(false);
+    }
+
     /// Counts a call, waits while calls are held, then applies an injected failure.
     async fn call(&self, op: &'static str) -> Result<(), StoreError> {
         *self.lock().calls.entry(op).or_default() += 1;
@@ -189,8 +206,10 @@ fn now_whole_seconds() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// `data` as a body of [`CHUNK`]-sized chunks that fails after `cut` bytes, if given.
-fn body(data: Bytes, cut: Option<u64>) -> ByteStream {
+/// `data` as a body of [`CHUNK`]-sized chunks that fails after `cut` bytes, if given, and
+/// pauses after `stall.0` bytes until `stall.1` turns false, if given.
+fn body(data: Bytes, cut: Option<u64>, stall: Option<(u64, watch::Receiver<bool>)>) -> ByteStream {
+    use futures_util::StreamExt;
     let end = cut.map_or(data.len(), |c| (c as usize).min(data.len()));
     let mut items: Vec<io::Result<Bytes>> = (0..end)
         .step_by(CHUNK)
@@ -202,7 +221,19 @@ fn body(data: Bytes, cut: Option<u64>) -> ByteStream {
             "injected cut",
         )));
     }
-    Box::pin(futures_util::stream::iter(items))
+    let Some((after, mut stalled)) = stall else {
+        return Box::pin(futures_util::stream::iter(items));
+    };
+    let rest = items.split_off((after as usize).div_ceil(CHUNK).min(items.len()));
+    let pause = futures_util::stream::once(async move {
+        let _ = stalled.wait_for(|stalled| !stalled).await;
+    })
+    .filter_map(|()| async { None });
+    Box::pin(
+        futures_util::stream::iter(items)
+            .chain(pause)
+            .chain(futures_util::stream::iter(rest)),
+    )
 }
 
 impl Backend for FakeBackend {
@@ -228,11 +259,16 @@ impl Backend for FakeBackend {
             },
         };
         let data = stored.data.slice(span.start as usize..span.end as usize);
-        self.lock().spans.push(span.clone());
+        let stall = {
+            let mut state = self.lock();
+            state.spans.push(span.clone());
+            state.stall.take()
+        };
+        let stall = stall.map(|after| (after, self.inner.stalled.subscribe()));
         Ok(Fetch::Found(Fetched {
             meta: stored.meta,
             span,
-            body: body(data, self.take_cut()),
+            body: body(data, self.take_cut(), stall),
         }))
     }
 

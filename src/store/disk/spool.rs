@@ -8,6 +8,11 @@
 //! any other write, and a spool dropped before that is an aborted write (file removed, space
 //! released). Readers' handles stay valid across the rename into place and across the removal,
 //! since they hold the inode, not the path.
+//!
+//! A spool may be cut into segments ([`Spool::with_segments`]) that are written independently,
+//! each from its start and in order: a fill downloads several parts of one object at once.
+//! Segments are whole blocks, so each keeps its own block checksums and the entry's table is
+//! theirs end to end.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -30,11 +35,13 @@ pub struct Spool {
     temp: TempFile,
     /// `None` only after a failed write, which ends the spool.
     reservation: Option<Reservation>,
+    /// Body bytes written, over all segments.
     written: u64,
-    /// The body's MD5 so far, when the ETag is to be computed.
+    /// The body's MD5 so far, when the ETag is to be computed (one segment only).
     md5: Option<Md5>,
-    /// Checksums of the body's blocks so far (see [`crate::store::entry_file::BLOCK`]).
-    blocks: BlockCrcs,
+    /// Length of every segment but the last: a multiple of [`BLOCK`].
+    segment_len: u64,
+    segments: Vec<Segment>,
     etag: EtagSource,
     modified: Option<SystemTime>,
 }
@@ -109,7 +116,8 @@ impl DiskTier {
             reservation: Some(reservation),
             written: 0,
             md5: (meta.etag == EtagSource::Md5).then(Md5::new),
-            blocks: BlockCrcs::default(),
+            segment_len: segment_len_for(len, None),
+            segments: vec![Segment::default()],
             etag: meta.etag,
             modified: meta.modified,
         })
@@ -141,49 +149,97 @@ impl Spool {
         self.written
     }
 
-    /// CRC32C of the body bytes written so far.
-    pub fn crc32c(&self) -> u32 {
-        self.blocks.crc32c()
+    /// Cuts the body into segments of `segment_len` bytes (a multiple of [`BLOCK`]) that may be
+    /// written independently with [`Spool::write_at`]. Only before the first write, and not for
+    /// a body whose MD5 is computed as it is written.
+    pub fn with_segments(mut self, segment_len: u64) -> Spool {
+        assert!(
+            self.written == 0 && self.md5.is_none(),
+            "segments are set before any write, on a spool with no MD5"
+        );
+        self.segment_len = segment_len_for(self.header.body_len, Some(segment_len));
+        let count = self.header.body_len.div_ceil(self.segment_len).max(1);
+        self.segments = (0..count).map(|_| Segment::default()).collect();
+        self
     }
 
-    /// Appends body bytes, reserving their space first (in steps of at least
-    /// [`RESERVE_STEP`], evicting as needed). Writing more than the declared length fails, and
-    /// so does every write after a failed one.
+    /// CRC32C of the whole body (meaningful once it is complete).
+    pub fn crc32c(&self) -> u32 {
+        self.segments.iter().fold(0, |whole, segment| {
+            crc32c::crc32c_combine(whole, segment.blocks.crc32c(), segment.written as usize)
+        })
+    }
+
+    /// Appends body bytes after those written so far (a spool of one segment).
     pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
-        let end = self.written + data.len() as u64;
+        self.write_at(self.written, data).await
+    }
+
+    /// Writes body bytes at `at`, which must be where the segment holding it has been written
+    /// up to (a run may go on into the next segments, from their starts). Space is reserved
+    /// first, in steps of at least [`RESERVE_STEP`], evicting as needed. Writing past the
+    /// declared length fails, and so does every write after a failed one.
+    pub async fn write_at(&mut self, at: u64, data: Bytes) -> Result<(), StoreError> {
+        let end = at + data.len() as u64;
         if end > self.header.body_len {
             return Err(StoreError::LengthMismatch {
                 declared: self.header.body_len,
                 received: end,
             });
         }
+        // The segments this write touches, each from where it stands.
+        let mut pieces = Vec::new();
+        let mut pos = at;
+        while pos < end {
+            let index = (pos / self.segment_len) as usize;
+            let segment_start = index as u64 * self.segment_len;
+            if self.segments[index].written != pos - segment_start {
+                return Err(StoreError::Io(std::io::Error::other(format!(
+                    "spool write at {pos} is not where segment {index} stands"
+                ))));
+            }
+            let piece_end = end.min(segment_start + self.segment_len);
+            pieces.push((index, (pos - at) as usize..(piece_end - at) as usize));
+            pos = piece_end;
+        }
+        // Checked all before taking any: a refused write leaves the spool as it was.
+        let mut pieces: Vec<_> = pieces
+            .into_iter()
+            .map(|(index, span)| {
+                let blocks = std::mem::take(&mut self.segments[index].blocks);
+                (index, span, blocks)
+            })
+            .collect();
         let mut reservation = self.reservation.take().ok_or_else(spool_failed)?;
         let file = self.file.clone();
-        let at = self.header.header_len + self.written;
-        let needed = at + data.len() as u64;
+        let file_at = self.header.header_len + at;
+        let needed = file_at + data.len() as u64;
         let mut md5 = self.md5.take();
-        let mut blocks = std::mem::take(&mut self.blocks);
-        let (md5, blocks, reservation) = self
+        let (md5, pieces, reservation) = self
             .disk
-            .blocking(
-                move |_| -> Result<(Option<Md5>, BlockCrcs, Reservation), StoreError> {
-                    if needed > reservation.reserved() {
-                        let step = (needed - reservation.reserved()).max(RESERVE_STEP);
-                        reservation.grow(step)?;
-                    }
-                    file.write_all_at(&data, at)?;
-                    if let Some(md5) = md5.as_mut() {
-                        md5.update(&data);
-                    }
-                    blocks.append(&data);
-                    Ok((md5, blocks, reservation))
-                },
-            )
+            .blocking(move |_| -> Result<_, StoreError> {
+                if needed > reservation.reserved() {
+                    let step = (needed - reservation.reserved()).max(RESERVE_STEP);
+                    reservation.grow(step)?;
+                }
+                file.write_all_at(&data, file_at)?;
+                if let Some(md5) = md5.as_mut() {
+                    md5.update(&data);
+                }
+                for (_, span, blocks) in pieces.iter_mut() {
+                    blocks.append(&data[span.clone()]);
+                }
+                Ok((md5, pieces, reservation))
+            })
             .await??;
         self.md5 = md5;
-        self.blocks = blocks;
+        for (index, span, blocks) in pieces {
+            let segment = &mut self.segments[index];
+            segment.blocks = blocks;
+            segment.written += span.len() as u64;
+        }
         self.reservation = Some(reservation);
-        self.written = end;
+        self.written += end - at;
         Ok(())
     }
 
@@ -203,13 +259,17 @@ impl Spool {
             _ => None,
         };
         let header = EntryHeader {
-            crc32c: self.blocks.crc32c(),
+            crc32c: self.crc32c(),
             modified: self.modified.unwrap_or_else(SystemTime::now),
             etag,
             ..self.header
         };
         let sealed = header.clone();
-        let table = std::mem::take(&mut self.blocks).finish();
+        // Every segment but the last is whole blocks: the tables join end to end.
+        let table: Vec<u8> = std::mem::take(&mut self.segments)
+            .into_iter()
+            .flat_map(|segment| segment.blocks.finish())
+            .collect();
         let table_at = header.header_len + header.body_len;
         let Spool {
             disk,
@@ -230,6 +290,22 @@ impl Spool {
             })
             .await??;
         Ok((header, committed))
+    }
+}
+
+/// One independently written piece of a spool's body.
+#[derive(Debug, Default)]
+struct Segment {
+    written: u64,
+    blocks: BlockCrcs,
+}
+
+/// The segment length of a `len`-byte body: `wanted` rounded up to whole blocks, or the whole
+/// body as one segment.
+fn segment_len_for(len: u64, wanted: Option<u64>) -> u64 {
+    match wanted {
+        Some(wanted) => wanted.div_ceil(BLOCK).max(1) * BLOCK,
+        None => len.div_ceil(BLOCK).max(1) * BLOCK,
     }
 }
 

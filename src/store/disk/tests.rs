@@ -692,3 +692,56 @@ async fn ranges_are_served_and_verified_block_by_block() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(disk.get(&key(1)).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_segmented_spool_written_out_of_order_stores_the_same_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 20 << 20))
+        .await
+        .unwrap();
+    let block = crate::store::entry_file::BLOCK as usize;
+    let segment = 2 * block;
+    let len = 3 * segment + 1000;
+    let data = pattern(len, 9);
+    let mut spool = disk
+        .spool(&key(1), len as u64)
+        .await
+        .unwrap()
+        .with_segments(segment as u64);
+    // The last segment first, then the middle one in two writes, then a run from the start
+    // that goes on into the second segment.
+    let write = |from: usize, to: usize| Bytes::copy_from_slice(&data[from..to]);
+    spool
+        .write_at(3 * segment as u64, write(3 * segment, len))
+        .await
+        .unwrap();
+    spool
+        .write_at(2 * segment as u64, write(2 * segment, 2 * segment + 777))
+        .await
+        .unwrap();
+    // Not where its segment stands: refused, nothing written.
+    assert!(spool
+        .write_at(
+            2 * segment as u64 + 1000,
+            write(2 * segment + 1000, 2 * segment + 1001)
+        )
+        .await
+        .is_err());
+    spool
+        .write_at(
+            2 * segment as u64 + 777,
+            write(2 * segment + 777, 3 * segment),
+        )
+        .await
+        .unwrap();
+    spool.write_at(0, write(0, 2 * segment)).await.unwrap();
+    assert_eq!(spool.written(), len as u64);
+    assert_eq!(spool.crc32c(), crc32c::crc32c(&data));
+    let (header, committed) = spool.finish(Commit::Cached).await.unwrap();
+    assert!(committed);
+    assert_eq!(header.crc32c, crc32c::crc32c(&data));
+    assert!(read_all(&disk, &key(1)).await.unwrap().unwrap() == data);
+    // The block table is right too: ranges are verified against it.
+    let (_, got) = read_range(&disk, &key(1), &format!("bytes={}-", block + 5)).await;
+    assert!(got.unwrap() == data[block + 5..]);
+}
