@@ -4,13 +4,17 @@
 #   nginx      static files from disk (sendfile): the ceiling for serving a local file
 #   SeaweedFS  direct S3 GETs: what a build pod gets without the proxy
 #   daemon     Gradle GETs of the same bodies (memory hit for the small one, disk hit for the large)
+#   runner     a 1 GiB GitLab Runner cache archive through the daemon's S3 front, cold, warm,
+#              16-way ranged and uploaded, against SeaweedFS and nginx (benches/runner_load.py)
 #
 # The load generator (wrk) shares the two cores with the server, so absolute numbers say little;
 # the ratios against the peers measured seconds apart are the result.
-# Usage: benches/load.sh [seconds per run]   (needs: nginx, wrk, weed; builds --release)
+# Usage: benches/load.sh [seconds per run] [runner repeats]
+#   (needs: nginx, wrk, weed, curl, python3 with boto3; builds --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
+repeats=${2:-3}
 work=$(mktemp -d /tmp/bcp-load.XXXXXX)
 chmod 755 "$work" # nginx workers run as an unprivileged user
 pids=()
@@ -32,6 +36,8 @@ large_key=00000000000000000000000268435456
 mkdir -p "$work/www/cache"
 head -c 32768 /dev/urandom > "$work/www/cache/$small_key"
 head -c 268435456 /dev/urandom > "$work/www/cache/$large_key"
+mkdir -p "$work/www/runner"
+head -c 1073741824 /dev/urandom > "$work/www/runner/archive"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -60,7 +66,8 @@ nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
 # SeaweedFS: direct S3 GETs, made public so that wrk needs no signature.
-endpoint=$(BCP_SEAWEEDFS_PORT=$(free_port) scripts/seaweedfs.sh start "$work/seaweedfs")
+# Its own ports (S3 and the next four), so it can run beside the tests' SeaweedFS on 8333.
+endpoint=$(BCP_SEAWEEDFS_PORT=${BCP_LOAD_SEAWEEDFS_PORT:-28333} scripts/seaweedfs.sh start "$work/seaweedfs")
 python3 - "$endpoint" "$work/www/cache" "$small_key" "$large_key" <<'PY'
 import sys, json, boto3
 endpoint, folder, small, large = sys.argv[1:]
@@ -124,3 +131,40 @@ for case in "small $small_key 16" "large $large_key 4"; do
       printf "%-34s %14.0f %14.1f %10s %10.2f %10.2f\n", name, r, t/1048576, bad, (nt>0?t/nt:0), (st>0?t/st:0) }'
   done
 done
+
+# The runner's cases: a second daemon with SeaweedFS behind it and its S3 front on.
+cat > "$work/runner.toml" <<CONF
+[listen]
+gradle = "127.0.0.1:0"
+s3 = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[disk]
+dir = "$work/runner-data"
+max_size = "8GiB"
+[s3]
+bucket = "bench"
+endpoint = "$endpoint"
+force_path_style = true
+region = "us-east-1"
+[[s3_api.buckets]]
+name = "runner"
+backend_bucket = "bench"
+backend_prefix = "runner/"
+write = "through"
+freshness = "revalidate"
+[[s3_api.credentials]]
+access_key = "runner"
+secret_key = "runner-secret-0123456789"
+buckets = { runner = "readwrite" }
+[log]
+level = "warn"
+CONF
+AWS_ACCESS_KEY_ID=AK AWS_SECRET_ACCESS_KEY=SK AWS_EC2_METADATA_DISABLED=true \
+  "$bin" serve --config "$work/runner.toml" > "$work/runner.out" 2> "$work/runner.err" &
+runner_pid=$!
+pids+=($runner_pid)
+for _ in $(seq 1 100); do grep -q ready "$work/runner.out" 2>/dev/null && break; sleep 0.1; done
+s3_addr=$(sed -n 's/.* s3=\([^ ]*\).*/\1/p' "$work/runner.out")
+[ -n "$s3_addr" ] || { echo "the runner daemon did not start:" >&2; cat "$work/runner.err" >&2; exit 1; }
+python3 benches/runner_load.py "$endpoint" "http://$s3_addr" "$runner_pid" \
+  "http://127.0.0.1:$nginx_port/runner/archive" "$work/www/runner/archive" "$repeats"

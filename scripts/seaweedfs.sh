@@ -6,6 +6,13 @@ set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?state directory}
 port=${BCP_SEAWEEDFS_PORT:-8333}
+# Its other servers listen too (gRPC on each port + 10000): next to the S3 port when that is
+# moved, so a second SeaweedFS (the load harness's) can run beside the tests' one.
+if [ "$port" = 8333 ]; then
+  others=()
+else
+  others=(-master.port=$((port + 1)) -volume.port=$((port + 2)) -filer.port=$((port + 3)) -admin.port=$((port + 4)))
+fi
 
 case "$cmd" in
 start)
@@ -16,7 +23,7 @@ JSON
   weed -logdir="$dir/log" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$port" -s3.config="$dir/s3.json" \
     -s3.localSocket="$dir/s3.sock" -filer.localSocket="$dir/filer.sock" \
-    -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 "${others[@]}" \
     >"$dir/weed.out" 2>&1 &
   echo $! > "$dir/pid"
   for _ in $(seq 1 600); do
