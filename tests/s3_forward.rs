@@ -1,0 +1,381 @@
+//! The S3 forward mode against SeaweedFS as "the real S3": requests signed for SeaweedFS's
+//! host, with keys only SeaweedFS knows, reach the daemon's socket with `Host` naming that
+//! host (as a cluster's DNS or host alias would send them). The daemon has no `[s3]` and no
+//! credentials: S3 alone decides, and the node serves its copy when S3 says it is current.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::presigning::{PresignedRequest, PresigningConfig};
+use common::s3::{self as s3t, client, client_as, endpoint, fresh_bucket, remove_bucket};
+use common::{metric_value, metrics, Daemon, DaemonSpec};
+use md5::{Digest, Md5};
+
+/// The name clients sign for; the tests send its requests to the daemon instead.
+const FORWARDED_HOST: &str = "s3.forward.test";
+const NAMESPACE: &str = "fwd-seaweed";
+const LOCAL_BYTES: &str = "build_cache_proxy_forward_served_bytes_total{source=\"local\"}";
+const S3_BYTES: &str = "build_cache_proxy_forward_served_bytes_total{source=\"s3\"}";
+
+/// SeaweedFS's port: clients sign `s3.forward.test:<port>` and the daemon forwards there.
+fn s3_port() -> u16 {
+    endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("BCP_TEST_S3_ENDPOINT has a port")
+}
+
+/// The endpoint as clients name it.
+fn forwarded_endpoint() -> String {
+    format!("http://{FORWARDED_HOST}:{}", s3_port())
+}
+
+/// The daemon's config: a forward entry and nothing else about S3.
+fn forward_config() -> String {
+    format!(
+        r#"
+[[s3_api.forward]]
+namespace = "{NAMESPACE}"
+hosts = ["{FORWARDED_HOST}"]
+endpoint = "{}"
+"#,
+        endpoint()
+    )
+}
+
+/// Where the AWS SDKs look for credentials in the environment (IRSA's two included).
+const CREDENTIAL_VARIABLES: [&str; 6] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_PROFILE",
+];
+
+fn start(work: &Path) -> Daemon {
+    // No AWS credentials in the daemon's environment either.
+    let mut spec = DaemonSpec::new(&forward_config()).env("AWS_EC2_METADATA_DISABLED", "true");
+    for name in CREDENTIAL_VARIABLES {
+        spec = spec.env(name, "");
+    }
+    Daemon::start_spec(work, spec)
+}
+
+/// A client that signs for the forwarded host with SeaweedFS's keys (which the daemon lacks).
+fn signer() -> aws_sdk_s3::Client {
+    client_as(&forwarded_endpoint(), s3t::ACCESS_KEY, s3t::SECRET_KEY)
+}
+
+fn presigning(expires: Duration) -> PresigningConfig {
+    PresigningConfig::expires_in(expires).unwrap()
+}
+
+/// Sends a presigned request to the daemon: the URL's path and query and its headers as they
+/// are, `Host` naming the forwarded host.
+async fn send(
+    daemon: &Daemon,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> reqwest::Response {
+    let url: reqwest::Url = url.parse().unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut to_daemon = url.clone();
+    to_daemon.set_host(Some("127.0.0.1")).unwrap();
+    to_daemon.set_port(Some(daemon.s3.port())).unwrap();
+    let mut request = reqwest::Client::new()
+        .request(method.parse().unwrap(), to_daemon)
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    request.send().await.unwrap()
+}
+
+async fn send_presigned(
+    daemon: &Daemon,
+    presigned: &PresignedRequest,
+    extra: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> reqwest::Response {
+    let mut headers: Vec<(&str, &str)> = presigned.headers().collect();
+    headers.extend_from_slice(extra);
+    send(daemon, presigned.method(), presigned.uri(), &headers, body).await
+}
+
+async fn presigned_get(bucket: &str, key: &str) -> PresignedRequest {
+    signer()
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap()
+}
+
+async fn presigned_put(bucket: &str, key: &str) -> PresignedRequest {
+    signer()
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+async fn counters(daemon: &Daemon) -> (f64, f64) {
+    let text = metrics(daemon).await;
+    (
+        metric_value(&text, LOCAL_BYTES),
+        metric_value(&text, S3_BYTES),
+    )
+}
+
+async fn get_body(daemon: &Daemon, presigned: &PresignedRequest) -> (u16, Vec<u8>) {
+    let response = send_presigned(daemon, presigned, &[], None).await;
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_put_get_head_are_authorized_by_s3_and_served_from_the_node() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-presigned").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+
+    // PUT through the daemon: S3 has it, and so does the node.
+    let uploaded = pattern(3 << 20, 1);
+    let put = presigned_put(&bucket, "cache/archive.zip").await;
+    let response = send_presigned(&daemon, &put, &[], Some(uploaded.clone())).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"{}\"", hex::encode(Md5::digest(&uploaded))));
+    assert_eq!(
+        s3t::object(&s3, &bucket, "cache/archive.zip")
+            .await
+            .as_deref(),
+        Some(&uploaded[..])
+    );
+
+    // GET: S3 answers 304 to the node's If-None-Match, the bytes come from the node.
+    let get = presigned_get(&bucket, "cache/archive.zip").await;
+    let (local_before, s3_before) = counters(&daemon).await;
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!(status, 200);
+    assert!(body == uploaded, "GET after PUT returned other bytes");
+    let (local, from_s3) = counters(&daemon).await;
+    assert_eq!(local - local_before, uploaded.len() as f64);
+    assert_eq!(from_s3, s3_before);
+
+    // A range of the cached object is served locally too.
+    let response = send_presigned(&daemon, &get, &[("range", "bytes=100-199")], None).await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes 100-199/{}", uploaded.len()).as_str()
+    );
+    assert_eq!(&response.bytes().await.unwrap()[..], &uploaded[100..200]);
+    assert_eq!(counters(&daemon).await.0 - local, 100.0);
+
+    // HEAD goes to S3 and returns S3's headers.
+    let head = signer()
+        .head_object()
+        .bucket(&bucket)
+        .key("cache/archive.zip")
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let response = send_presigned(&daemon, &head, &[], None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(
+        response.headers()["content-length"],
+        uploaded.len().to_string().as_str()
+    );
+
+    // An object written to S3 directly: the first GET streams from S3 (and fills), the
+    // second is served from the node.
+    let direct = pattern(700_000, 7);
+    s3t::put_object(&s3, &bucket, "direct.bin", direct.clone()).await;
+    let get = presigned_get(&bucket, "direct.bin").await;
+    let (local_before, s3_before) = counters(&daemon).await;
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!(status, 200);
+    assert!(body == direct);
+    let (local_after_first, s3_after_first) = counters(&daemon).await;
+    assert_eq!(s3_after_first - s3_before, direct.len() as f64);
+    assert_eq!(local_after_first, local_before);
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!(status, 200);
+    assert!(body == direct);
+    let (local_after_second, s3_after_second) = counters(&daemon).await;
+    assert_eq!(local_after_second - local_after_first, direct.len() as f64);
+    assert_eq!(s3_after_second, s3_after_first);
+
+    // Changed behind the node's back: served new, then the new bytes are local.
+    let changed = pattern(500_000, 9);
+    s3t::put_object(&s3, &bucket, "direct.bin", changed.clone()).await;
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!(status, 200);
+    assert!(body == changed, "a changed object must be served new");
+    let local_now = counters(&daemon).await.0;
+    let (_, body) = get_body(&daemon, &get).await;
+    assert!(body == changed);
+    assert_eq!(counters(&daemon).await.0 - local_now, changed.len() as f64);
+
+    // Deleted behind the node's back: S3's 404, and the copy is gone.
+    s3.delete_object()
+        .bucket(&bucket)
+        .key("direct.bin")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("NoSuchKey"));
+
+    let metrics_text = metrics(&daemon).await;
+    assert!(
+        metric_value(
+            &metrics_text,
+            "build_cache_proxy_forward_requests_total{operation=\"GetObject\",status=\"304\"}"
+        ) >= 4.0,
+        "{metrics_text}"
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_expired_wrong_method_or_unknown_key_urls_get_403_even_when_cached() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-refused").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let data = pattern(200_000, 3);
+    let put = presigned_put(&bucket, "secret.bin").await;
+    let response = send_presigned(&daemon, &put, &[], Some(data.clone())).await;
+    assert_eq!(response.status(), 200);
+    // Cached: a good GET is served from the node.
+    let get = presigned_get(&bucket, "secret.bin").await;
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!((status, body == data), (200, true));
+    let (local_cached, _) = counters(&daemon).await;
+    assert_eq!(local_cached, data.len() as f64);
+
+    // One character of the signature changed.
+    let url = get.uri().to_string();
+    let at = url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &url[at..at + 1] == "0" { "1" } else { "0" };
+    let tampered = format!("{}{flipped}{}", &url[..at], &url[at + 1..]);
+    let response = send(&daemon, "GET", &tampered, &[], None).await;
+    assert_eq!(response.status(), 403);
+
+    // Another key in the same URL (the signature was for secret.bin).
+    let other = url.replace("/secret.bin?", "/secret.bim?");
+    assert_eq!(send(&daemon, "GET", &other, &[], None).await.status(), 403);
+
+    // Expired: valid for a minute, an hour ago.
+    let expired = signer()
+        .get_object()
+        .bucket(&bucket)
+        .key("secret.bin")
+        .presigned(
+            PresigningConfig::builder()
+                .start_time(SystemTime::now() - Duration::from_secs(3600))
+                .expires_in(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        send_presigned(&daemon, &expired, &[], None).await.status(),
+        403
+    );
+
+    // The PUT URL used for a GET, and the GET URL for a HEAD.
+    assert_eq!(
+        send(&daemon, "GET", put.uri(), &[], None).await.status(),
+        403
+    );
+    assert_eq!(
+        send(&daemon, "HEAD", get.uri(), &[], None).await.status(),
+        403
+    );
+
+    // Keys SeaweedFS does not know.
+    let stranger = client_as(&forwarded_endpoint(), "AKSTRANGER", "not-the-secret")
+        .get_object()
+        .bucket(&bucket)
+        .key("secret.bin")
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        send_presigned(&daemon, &stranger, &[], None).await.status(),
+        403
+    );
+
+    // None of that was served from the copy.
+    assert_eq!(counters(&daemon).await.0, local_cached);
+    // A refused PUT leaves the copy as it was: the next good GET still gets the old bytes.
+    let tampered_put = put.uri().replace("X-Amz-Expires=600", "X-Amz-Expires=601");
+    let response = send(&daemon, "PUT", &tampered_put, &[], Some(pattern(1000, 5))).await;
+    assert_eq!(response.status(), 403);
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!((status, body == data), (200, true));
+    assert_eq!(s3t::object(&s3, &bucket, "secret.bin").await, Some(data));
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_holds_no_credentials_for_the_forwarded_endpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let config = std::fs::read_to_string(work.path().join("config.toml")).unwrap();
+    let parsed: toml::Table = config.parse().unwrap();
+    // Nothing but the forward entry: no [s3] backend, no credentials, no keys or secrets.
+    assert!(!parsed.contains_key("s3"), "{config}");
+    let api = parsed["s3_api"].as_table().unwrap();
+    assert_eq!(api.keys().collect::<Vec<_>>(), ["forward"], "{config}");
+    for entry in api["forward"].as_array().unwrap() {
+        let mut fields: Vec<&str> = entry
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        fields.sort();
+        assert_eq!(fields, ["endpoint", "hosts", "namespace"], "{config}");
+    }
+    for secret in [s3t::ACCESS_KEY, s3t::SECRET_KEY] {
+        assert!(!config.contains(&format!("\"{secret}\"")), "{config}");
+    }
+    // Nor in its environment.
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.pid())).unwrap();
+    for var in environ.split(|b| *b == 0) {
+        let var = String::from_utf8_lossy(var);
+        if let Some((name, value)) = var.split_once('=') {
+            if CREDENTIAL_VARIABLES.contains(&name) {
+                assert!(value.is_empty(), "the daemon has {name} set");
+            }
+        }
+    }
+}
