@@ -18,6 +18,7 @@ const FORWARDED_HOST: &str = "s3.forward.test";
 const NAMESPACE: &str = "fwd-seaweed";
 const LOCAL_BYTES: &str = "build_cache_proxy_forward_served_bytes_total{source=\"local\"}";
 const S3_BYTES: &str = "build_cache_proxy_forward_served_bytes_total{source=\"s3\"}";
+const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 
 /// SeaweedFS's port: clients sign `s3.forward.test:<port>` and the daemon forwards there.
 fn s3_port() -> u16 {
@@ -378,4 +379,304 @@ async fn the_daemon_holds_no_credentials_for_the_forwarded_endpoint() {
             }
         }
     }
+}
+
+/// The forwarded endpoint as clients that resolve the name to the daemon see it: the
+/// daemon's port (SigV4 signs `Host` with its port, and S3 checks what it receives).
+fn daemon_endpoint(daemon: &Daemon) -> String {
+    format!("http://{FORWARDED_HOST}:{}", daemon.s3.port())
+}
+
+/// An HTTP client that resolves the forwarded host name to the daemon.
+fn resolving_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .resolve(FORWARDED_HOST, "127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Runs a client command to completion; panics with its output on failure.
+async fn run(mut command: tokio::process::Command, what: &str) -> String {
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 300 s"))
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A Python client whose resolver maps the forwarded host to the daemon.
+fn python(work: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .env("PYTHONPATH", format!("{CLIENTS}/resolve"))
+        .env("BCP_TEST_RESOLVE", format!("{FORWARDED_HOST}=127.0.0.1"))
+        .env("HOME", work)
+        .env("AWS_CONFIG_FILE", work.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", work.join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_PAGER", "")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_S3");
+    command
+}
+
+/// The PUT, GET and HEAD URLs the runner's manager would make with `tool` for SeaweedFS's keys.
+async fn runner_urls(
+    work: &Path,
+    tool: &str,
+    daemon: &Daemon,
+    bucket: &str,
+    key: &str,
+    cachekey: &str,
+) -> [String; 3] {
+    let mut command = python(work);
+    command
+        .arg(format!("{CLIENTS}/runner_presign.py"))
+        .args(["presign", tool, &daemon_endpoint(daemon)])
+        .args([
+            s3t::ACCESS_KEY,
+            s3t::SECRET_KEY,
+            bucket,
+            key,
+            "600",
+            cachekey,
+        ]);
+    let printed = run(command, "runner_presign.py").await;
+    ["put", "get", "head"].map(|method| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(method)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {method} URL in {printed:?}"))
+            .to_string()
+    })
+}
+
+/// GitLab Runner's cache round trip with `tool`'s presigned URLs, signed with keys only S3
+/// knows: the helper's PUT, HEAD, GET from the node, the `bytes=0-0` probe, a miss, a tampered
+/// URL, and (boto3) the manager's GetBucketLocation through the forwarded name.
+async fn runner_flow(tool: &str) {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, &format!("fwd-runner-{tool}")).await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(&work.path().join("node"));
+    let http = resolving_http();
+    let key = format!("runner/abc123/project/42/{tool}-default-protected");
+    let cachekey = format!("{tool}-default-protected");
+    let archive = pattern(5 << 20, 11);
+    let [put_url, get_url, head_url] =
+        runner_urls(work.path(), tool, &daemon, &bucket, &key, &cachekey).await;
+
+    let mut put = http
+        .put(&put_url)
+        .header("content-type", "application/octet-stream")
+        .header("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT");
+    // minio presigns the host alone, and SeaweedFS (like S3 is documented to) refuses an
+    // x-amz-meta-* header the signature does not cover: with minio's URLs the metadata cannot
+    // travel, whoever forwards them. boto3 signs it into the URL.
+    let signs_metadata = tool == "boto3";
+    if signs_metadata {
+        put = put.header("x-amz-meta-cachekey", &cachekey);
+    }
+    let put = put.body(archive.clone()).send().await.unwrap();
+    assert_eq!(put.status(), 200, "PUT: {:?}", put.text().await);
+    assert!(s3t::object(&s3, &bucket, &key).await == Some(archive.clone()));
+
+    let head = http.head(&head_url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    if signs_metadata {
+        assert_eq!(head.headers()["x-amz-meta-cachekey"], cachekey.as_str());
+    }
+    assert_eq!(
+        head.headers()["content-length"],
+        archive.len().to_string().as_str()
+    );
+
+    let (local_before, _) = counters(&daemon).await;
+    let get = http.get(&get_url).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    if signs_metadata {
+        assert_eq!(get.headers()["x-amz-meta-cachekey"], cachekey.as_str());
+    }
+    assert_eq!(get.headers()["content-type"], "application/octet-stream");
+    assert!(get.headers().contains_key("last-modified"));
+    assert!(get.bytes().await.unwrap() == archive[..]);
+    assert_eq!(
+        counters(&daemon).await.0 - local_before,
+        archive.len() as f64,
+        "the GET after the upload is served from the node"
+    );
+
+    let probe = http
+        .get(&get_url)
+        .header("range", "bytes=0-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 206);
+    assert_eq!(
+        probe.headers()["content-range"],
+        format!("bytes 0-0/{}", archive.len()).as_str()
+    );
+    assert_eq!(probe.bytes().await.unwrap()[..], archive[..1]);
+
+    let [_, missing, _] = runner_urls(
+        work.path(),
+        tool,
+        &daemon,
+        &bucket,
+        "runner/abc123/project/42/never",
+        "never",
+    )
+    .await;
+    let response = http.get(&missing).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains("NoSuchKey"));
+
+    let at = get_url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &get_url[at..at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    let tampered = format!("{}{flipped}{}", &get_url[..at], &get_url[at + 1..]);
+    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
+    assert_eq!(
+        http.put(&get_url).body("x").send().await.unwrap().status(),
+        403
+    );
+
+    if tool == "boto3" {
+        let mut command = python(work.path());
+        command
+            .arg(format!("{CLIENTS}/runner_presign.py"))
+            .args(["location", &daemon_endpoint(&daemon)])
+            .args([s3t::ACCESS_KEY, s3t::SECRET_KEY, &bucket]);
+        let location = run(command, "GetBucketLocation").await;
+        assert_eq!(
+            location.trim(),
+            "",
+            "us-east-1 is the empty LocationConstraint"
+        );
+        let text = metrics(&daemon).await;
+        assert_eq!(
+            metric_value(
+                &text,
+                "build_cache_proxy_forward_requests_total{operation=\"GetBucketLocation\",status=\"200\"}"
+            ),
+            1.0,
+            "{text}"
+        );
+    }
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_flow_with_minio_presigned_urls_for_s3() {
+    runner_flow("minio").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_flow_with_boto3_presigned_urls_for_s3() {
+    runner_flow("boto3").await;
+}
+
+/// The aws CLI with header auth, `--endpoint-url` naming the forwarded host (resolved to the
+/// daemon): a multipart upload, a download served from the node after it was filled, `ls`,
+/// `rm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_with_header_auth_through_the_forwarded_name() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-awscli").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(&work.path().join("node"));
+    let data = pattern(20 << 20, 13);
+    let (file, back) = (work.path().join("up.bin"), work.path().join("down.bin"));
+    std::fs::write(&file, &data).unwrap();
+    let aws = |args: Vec<String>| {
+        let mut command = python(work.path());
+        command
+            .args(["-m", "awscli", "--endpoint-url", &daemon_endpoint(&daemon)])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", s3t::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3t::SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", s3t::REGION);
+        command
+    };
+    let target = format!("s3://{bucket}/dir/big.bin");
+    let s = |v: &str| v.to_string();
+    run(
+        aws(vec![
+            s("s3"),
+            s("cp"),
+            file.display().to_string(),
+            target.clone(),
+        ]),
+        "aws s3 cp up",
+    )
+    .await;
+    assert!(s3t::object(&s3, &bucket, "dir/big.bin").await == Some(data.clone()));
+    // `s3 cp` downloads 20 MiB in ranged GETs: passed through (a range of an object the node
+    // does not hold is not cached).
+    run(
+        aws(vec![
+            s("s3"),
+            s("cp"),
+            target.clone(),
+            back.display().to_string(),
+        ]),
+        "aws s3 cp down",
+    )
+    .await;
+    assert!(std::fs::read(&back).unwrap() == data);
+    // A whole-object GetObject, twice: the first fills the node (the multipart ETag is S3's,
+    // kept as is), the second is served from it after S3's 304.
+    for round in 0..2 {
+        let local_before = counters(&daemon).await.0;
+        run(
+            aws(vec![
+                s("s3api"),
+                s("get-object"),
+                s("--bucket"),
+                bucket.clone(),
+                s("--key"),
+                s("dir/big.bin"),
+                back.display().to_string(),
+            ]),
+            "aws s3api get-object",
+        )
+        .await;
+        assert!(std::fs::read(&back).unwrap() == data);
+        let served_locally = counters(&daemon).await.0 - local_before;
+        let expected = if round == 0 { 0.0 } else { data.len() as f64 };
+        assert_eq!(served_locally, expected, "round {round}");
+    }
+    let listed = run(
+        aws(vec![s("s3"), s("ls"), format!("s3://{bucket}/dir/")]),
+        "aws s3 ls",
+    )
+    .await;
+    assert!(listed.contains("big.bin"), "{listed}");
+    run(aws(vec![s("s3"), s("rm"), target.clone()]), "aws s3 rm").await;
+    assert_eq!(s3t::object(&s3, &bucket, "dir/big.bin").await, None);
+    let text = metrics(&daemon).await;
+    assert!(
+        metric_value(
+            &text,
+            "build_cache_proxy_forward_requests_total{operation=\"UploadPart\",status=\"200\"}"
+        ) >= 3.0,
+        "{text}"
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
 }
