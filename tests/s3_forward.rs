@@ -680,3 +680,85 @@ async fn the_aws_cli_with_header_auth_through_the_forwarded_name() {
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
 }
+
+/// The AWS SDK for Java v1 jar `scripts/setup.sh` keeps (or `BCP_TEST_AWS_JAVA_SDK_JAR`).
+fn java_sdk_jar() -> std::path::PathBuf {
+    let jar = match std::env::var_os("BCP_TEST_AWS_JAVA_SDK_JAR") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache"))
+            .join("build-cache-proxy/aws-java-sdk-bundle-1.11.901.jar"),
+    };
+    assert!(
+        jar.is_file(),
+        "{} is missing: run scripts/setup.sh (or set BCP_TEST_AWS_JAVA_SDK_JAR)",
+        jar.display()
+    );
+    jar
+}
+
+/// The `s3Upload` step's SDK with header auth (aws-chunked `putObject` with Content-MD5, a
+/// TransferManager multipart upload, both read back), its endpoint the forwarded host name
+/// resolved to the daemon by the JVM's hosts file. Both objects reach SeaweedFS; the SDK
+/// itself checks the ETags against its MD5s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_java_sdk_v1_through_the_forwarded_name() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-java").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(&work.path().join("node"));
+    let (key, big_key) = ("releases/app-1.0.jar", "releases/app-1.0-dist.tar");
+    let jar = pattern(3 << 20, 21);
+    let dist = pattern(12 << 20, 22);
+    let (jar_file, dist_file) = (work.path().join("app.jar"), work.path().join("dist.tar"));
+    std::fs::write(&jar_file, &jar).unwrap();
+    std::fs::write(&dist_file, &dist).unwrap();
+    let hosts = work.path().join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 {FORWARDED_HOST}\n")).unwrap();
+
+    let mut command = tokio::process::Command::new("java");
+    command
+        .arg(format!("-Djdk.net.hosts.file={}", hosts.display()))
+        .arg("-cp")
+        .arg(java_sdk_jar())
+        .arg(format!("{CLIENTS}/S3Upload.java"))
+        .args([
+            &daemon_endpoint(&daemon),
+            s3t::ACCESS_KEY,
+            s3t::SECRET_KEY,
+            &bucket,
+            key,
+        ])
+        .arg(&jar_file)
+        .arg(big_key)
+        .arg(&dist_file)
+        .env("HOME", work.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_REGION")
+        .env_remove("JAVA_TOOL_OPTIONS");
+    let printed = run(command, "java S3Upload").await;
+    assert!(printed.contains("exists-before false"), "{printed}");
+    assert!(
+        printed.contains(&format!("put-etag {}", hex::encode(Md5::digest(&jar)))),
+        "{printed}"
+    );
+    assert!(printed.contains("exists-after true"), "{printed}");
+    assert!(
+        printed.contains(&format!("read-back {big_key}")),
+        "{printed}"
+    );
+    assert!(s3t::object(&s3, &bucket, key).await == Some(jar));
+    assert!(s3t::object(&s3, &bucket, big_key).await == Some(dist));
+    let text = metrics(&daemon).await;
+    assert!(
+        metric_value(
+            &text,
+            "build_cache_proxy_forward_requests_total{operation=\"PutObject\",status=\"200\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
