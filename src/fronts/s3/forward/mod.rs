@@ -130,20 +130,10 @@ impl<B: Backend> Forward<B> {
     }
 
     fn endpoint_for(&self, headers: &HeaderMap) -> Option<&Endpoint> {
-        let host = headers.get(http::header::HOST)?.to_str().ok()?;
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
-        .to_ascii_lowercase();
-        self.endpoints.iter().find(|endpoint| {
-            endpoint.hosts.iter().any(|base| {
-                name == *base
-                    || name
-                        .strip_suffix(base.as_str())
-                        .is_some_and(|bucket| bucket.len() > 1 && bucket.ends_with('.'))
-            })
-        })
+        let name = host_name(headers)?;
+        self.endpoints
+            .iter()
+            .find(|endpoint| names_host(&endpoint.hosts, &name))
     }
 
     /// Forwards one request (which [`Forward::claims`]) and answers with S3's answer, or with
@@ -228,5 +218,52 @@ impl<B: Backend> Forward<B> {
             response.headers_mut().insert("x-amz-request-id", value);
         }
         response
+    }
+}
+
+/// The request's `Host`, lowercase and without its port.
+fn host_name(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    Some(name.to_ascii_lowercase())
+}
+
+/// Whether `name` is one of `hosts` or a bucket under one (`<bucket>.<host>`).
+fn names_host(hosts: &[String], name: &str) -> bool {
+    hosts.iter().any(|base| {
+        name == base
+            || name
+                .strip_suffix(base.as_str())
+                .and_then(|bucket| bucket.strip_suffix('.'))
+                .is_some_and(|bucket| !bucket.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, host.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_hosts_are_matched_by_name_path_or_virtual_host_style_with_any_port() {
+        let hosts = vec!["s3.eu-west-1.amazonaws.com".to_string()];
+        let matches = |host: &str| names_host(&hosts, &host_name(&with_host(host)).unwrap());
+        assert!(matches("s3.eu-west-1.amazonaws.com"));
+        assert!(matches("S3.EU-WEST-1.amazonaws.com:443"));
+        assert!(matches("my-bucket.s3.eu-west-1.amazonaws.com"));
+        assert!(matches("my.dotted.bucket.s3.eu-west-1.amazonaws.com:80"));
+        assert!(!matches(".s3.eu-west-1.amazonaws.com"));
+        assert!(!matches("evil-s3.eu-west-1.amazonaws.com"));
+        assert!(!matches("s3.eu-west-1.amazonaws.com.evil.test"));
+        assert!(!matches("127.0.0.1:9000"));
+        assert_eq!(host_name(&HeaderMap::new()), None);
     }
 }

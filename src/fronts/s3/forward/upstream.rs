@@ -212,3 +212,63 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind_and_the_signed_ones_go_on_as_they_are() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "s3.eu-west-1.amazonaws.com"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=..."),
+            ("x-amz-date", "20260101T000000Z"),
+            ("x-amz-meta-a", "1"),
+            ("x-amz-meta-a", "2"),
+            ("expect", "100-continue"),
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "hop"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let out = end_to_end(&headers);
+        let names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "authorization",
+                "x-amz-date",
+                "x-amz-meta-a",
+                "expect"
+            ]
+        );
+        assert_eq!(out.get_all("x-amz-meta-a").iter().count(), 2);
+        assert_eq!(out["host"], "s3.eu-west-1.amazonaws.com");
+    }
+
+    #[test]
+    fn the_outgoing_request_keeps_the_path_and_query_as_sent() {
+        let endpoint: Uri = "https://s3.eu-west-1.amazonaws.com".parse().unwrap();
+        let (parts, _) = Request::builder()
+            .method("GET")
+            .uri("/bucket/a%2Bb%20c?X-Amz-Signature=ab%2Fcd&x-id=GetObject")
+            .header("host", "s3.eu-west-1.amazonaws.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let out = outgoing(&endpoint, &parts, crate::server::body::empty()).unwrap();
+        assert_eq!(
+            out.uri().to_string(),
+            "https://s3.eu-west-1.amazonaws.com/bucket/a%2Bb%20c?X-Amz-Signature=ab%2Fcd&x-id=GetObject"
+        );
+        assert_eq!(out.headers()["host"], "s3.eu-west-1.amazonaws.com");
+    }
+}
