@@ -118,9 +118,15 @@ impl<B: Backend> Forward<B> {
         let answer = self.upstream.send(request);
         tokio::pin!(pump, answer);
         let (answer, copy) = tokio::select! {
-            // S3 answered before the body was through (a refusal, or the last byte's answer
-            // while the pump sees the end): the pump finishes with what is left.
-            answer = &mut answer => (answer, pump.await),
+            // S3 answered before the pump saw the body's end: usually the answer to the last
+            // byte, and the end follows at once. An early refusal may leave the client still
+            // sending and S3 no longer reading: the pump is given up after the body stall
+            // timeout (the client's rest is then read and thrown away, up to the discard cap).
+            answer = &mut answer => {
+                let stall = self.uploads.body.stall_timeout;
+                let copy = tokio::time::timeout(stall, &mut pump).await.ok().flatten();
+                (answer, copy)
+            }
             copy = &mut pump => {
                 let timeout = target.endpoint.response_timeout;
                 let answer = tokio::time::timeout(timeout, answer)
