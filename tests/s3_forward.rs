@@ -762,3 +762,48 @@ async fn the_java_sdk_v1_through_the_forwarded_name() {
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
 }
+
+/// S3 out of reach: a retryable S3 error from the node, never its copy (nobody could say
+/// whether the request may read it), counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_s3_is_a_503_never_the_nodes_copy() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-unreachable").await;
+    let work = tempfile::tempdir().unwrap();
+    // The node holds the object...
+    let daemon = start(work.path());
+    let data = pattern(100_000, 17);
+    let put = presigned_put(&bucket, "held.bin").await;
+    assert_eq!(
+        send_presigned(&daemon, &put, &[], Some(data.clone()))
+            .await
+            .status(),
+        200
+    );
+    assert!(daemon.stop().success());
+    // ...and restarts on the same disk with S3 out of reach (a port nothing listens on).
+    let config = forward_config().replace(&endpoint(), "http://127.0.0.1:9");
+    let daemon = Daemon::start_spec(work.path(), DaemonSpec::new(&config));
+    let get = presigned_get(&bucket, "held.bin").await;
+    let response = send_presigned(&daemon, &get, &[], None).await;
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("<Code>ServiceUnavailable</Code>"), "{body}");
+    let text = metrics(&daemon).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "build_cache_proxy_forward_requests_total{operation=\"GetObject\",status=\"unreachable\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric_value(&text, LOCAL_BYTES), 0.0);
+    assert_eq!(
+        metric_value(&text, "build_cache_proxy_disk_entries"),
+        1.0,
+        "the copy is on the node's disk: {text}"
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
