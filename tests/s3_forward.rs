@@ -807,3 +807,60 @@ async fn an_unreachable_s3_is_a_503_never_the_nodes_copy() {
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
 }
+
+/// The runner's parallel download on a cold node: the `bytes=0-0` probe and the ranges are S3's
+/// answers, passed through, and the whole object is fetched once in the background (the URL
+/// signs `host` only, so S3 authorizes it without the range); the next job's GET is local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_gets_on_a_cold_node_fetch_the_whole_object_once_in_the_background() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-ranges").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let archive = pattern(6 << 20, 23);
+    s3t::put_object(&s3, &bucket, "cache.zip", archive.clone()).await;
+    let get = presigned_get(&bucket, "cache.zip").await;
+
+    let probe = send_presigned(&daemon, &get, &[("range", "bytes=0-0")], None).await;
+    assert_eq!(probe.status(), 206);
+    assert_eq!(
+        probe.headers()["content-range"],
+        format!("bytes 0-0/{}", archive.len()).as_str()
+    );
+    let part = 2 << 20;
+    let ranges: Vec<(usize, usize)> = (0..archive.len())
+        .step_by(part)
+        .map(|start| (start, (start + part).min(archive.len()) - 1))
+        .collect();
+    let fetched = futures_util::future::join_all(ranges.iter().map(|(start, end)| {
+        let range = format!("bytes={start}-{end}");
+        let (daemon, get) = (&daemon, &get);
+        async move {
+            let response = send_presigned(daemon, get, &[("range", &range)], None).await;
+            assert_eq!(response.status(), 206);
+            response.bytes().await.unwrap()
+        }
+    }))
+    .await;
+    let joined: Vec<u8> = fetched.iter().flat_map(|b| b.iter().copied()).collect();
+    assert!(joined == archive, "the ranges put together are the object");
+
+    let fill =
+        "build_cache_proxy_forward_requests_total{operation=\"GetObjectFill\",status=\"200\"}";
+    common::eventually("the background fill", Duration::from_secs(30), || async {
+        let text = metrics(&daemon).await;
+        metric_value(&text, "build_cache_proxy_disk_entries") == 1.0
+    })
+    .await;
+    assert_eq!(metric_value(&metrics(&daemon).await, fill), 1.0);
+    let local_before = counters(&daemon).await.0;
+    let (status, body) = get_body(&daemon, &get).await;
+    assert_eq!(status, 200);
+    assert!(body == archive);
+    assert_eq!(
+        counters(&daemon).await.0 - local_before,
+        archive.len() as f64
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}

@@ -8,6 +8,8 @@
 //!   ([`read`]). A 200 streams to the client and into a new copy ([`fill`]).
 //! - PutObject streams to S3 and into a copy that becomes visible only if S3 answered 200
 //!   ([`write`]).
+//! - A ranged GetObject of a key the node does not hold is passed through, and the whole object
+//!   is fetched once in the background when the signature allows it ([`prefetch`]).
 //! - Everything else is passed through; deletes, copies and completed multipart uploads drop
 //!   the local copy of their key when S3 accepts them ([`pass`]).
 //!
@@ -17,6 +19,7 @@
 
 mod fill;
 mod pass;
+mod prefetch;
 mod read;
 mod upstream;
 mod write;
@@ -73,6 +76,7 @@ pub struct Forward<B: Backend = S3Tier> {
     uploads: UploadLimits,
     answers: BodyAnswers,
     metrics: Arc<Metrics>,
+    prefetches: prefetch::Prefetches,
 }
 
 impl<B: Backend> Forward<B> {
@@ -120,6 +124,7 @@ impl<B: Backend> Forward<B> {
             uploads,
             answers,
             metrics,
+            prefetches: prefetch::Prefetches::default(),
         }))
     }
 

@@ -2,7 +2,8 @@
 //! `If-None-Match: <the copy's ETag>` added: S3 checks the client's signature and answers 304
 //! only when it allows the read and the copy is current, and the node then serves its copy
 //! (the client's `Range` applied locally). Any other answer is S3's, passed back as it is; a
-//! 200 for the whole object also refills the copy, a 404 drops it.
+//! 200 for the whole object also refills the copy, a 404 drops it, and a 206 for a key the
+//! node does not hold starts a background fill of the whole object.
 //!
 //! A request with conditional headers of its own is passed through without the node's: its
 //! preconditions are S3's to evaluate, and adding one would change their meaning. A HEAD is
@@ -14,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::fill::tee_into_copy;
+use super::prefetch::Prefetch;
 use super::upstream::{body_stream, header_str, quoted, unquoted_etag};
 use super::{Forward, Target};
 use crate::fronts::reply::{content_length, with_tier};
@@ -106,7 +108,22 @@ impl<B: Backend> Forward<B> {
                 self.drop_copy(&key, &ticket).await;
                 self.relay(answer, target, true)
             }
+            StatusCode::PARTIAL_CONTENT if !conditional && plain_query => {
+                self.prefetch(target).start(&self.prefetches, &parts, key);
+                self.relay(answer, target, true)
+            }
             _ => self.relay(answer, target, status.is_success()),
+        }
+    }
+
+    /// A background fill of the endpoint's object (see [`super::prefetch`]).
+    fn prefetch(&self, target: &Target<'_>) -> Prefetch<B> {
+        Prefetch {
+            upstream: self.upstream.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            endpoint: target.endpoint.uri.clone(),
+            timeout: target.endpoint.response_timeout,
         }
     }
 
