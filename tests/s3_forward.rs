@@ -864,3 +864,81 @@ async fn ranged_gets_on_a_cold_node_fetch_the_whole_object_once_in_the_backgroun
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
 }
+
+/// Bodies stream both ways: a 512 MiB upload through the daemon (to S3 and into the copy), its
+/// download from the node after S3's 304, and a download of a new version from S3 (to the
+/// client and into the copy), all under 128 MiB of daemon RSS. The client bodies are streamed
+/// too, so the test itself stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_stream_through_the_forward_mode_in_bounded_memory() {
+    use futures_util::StreamExt;
+    const LEN: u64 = 512 << 20;
+    const PIECE: usize = 1 << 20;
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-large").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let piece = |i: usize, seed: u8| pattern(PIECE, seed.wrapping_add(i as u8));
+
+    let put = presigned_put(&bucket, "big.bin").await;
+    let pieces = futures_util::stream::iter(0..(LEN as usize / PIECE))
+        .map(move |i| Ok::<_, std::io::Error>(piece(i, 1)));
+    let url: reqwest::Url = put.uri().parse().unwrap();
+    let mut to_daemon = url.clone();
+    to_daemon.set_host(Some("127.0.0.1")).unwrap();
+    to_daemon.set_port(Some(daemon.s3.port())).unwrap();
+    let response = reqwest::Client::new()
+        .put(to_daemon)
+        .header("host", format!("{FORWARDED_HOST}:{}", s3_port()))
+        .header("content-length", LEN)
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    // Reads the whole body, checking it piece by piece against the pattern of `seed`.
+    async fn read_checked(response: reqwest::Response, seed: u8) -> u64 {
+        assert_eq!(response.status(), 200);
+        let mut stream = response.bytes_stream();
+        let (mut at, mut pending) = (0usize, Vec::new());
+        while let Some(chunk) = stream.next().await {
+            pending.extend_from_slice(&chunk.unwrap());
+            while pending.len() >= PIECE {
+                let expected = pattern(PIECE, seed.wrapping_add((at / PIECE) as u8));
+                assert!(pending[..PIECE] == expected[..], "bytes differ at {at}");
+                pending.drain(..PIECE);
+                at += PIECE;
+            }
+        }
+        assert!(pending.is_empty());
+        at as u64
+    }
+    let get = presigned_get(&bucket, "big.bin").await;
+    let local_before = counters(&daemon).await.0;
+    let got = read_checked(send_presigned(&daemon, &get, &[], None).await, 1).await;
+    assert_eq!(got, LEN);
+    assert_eq!(counters(&daemon).await.0 - local_before, LEN as f64);
+
+    // A new version written to S3 directly: streamed from S3 through the node.
+    const PART: usize = 64 << 20;
+    s3t::put_large_object(&s3, &bucket, "big.bin", LEN, PART, |part| {
+        (0..PART / PIECE)
+            .flat_map(|i| piece(part * (PART / PIECE) + i, 101))
+            .collect()
+    })
+    .await;
+    let s3_before = counters(&daemon).await.1;
+    let got = read_checked(send_presigned(&daemon, &get, &[], None).await, 101).await;
+    assert_eq!(got, LEN);
+    assert_eq!(counters(&daemon).await.1 - s3_before, LEN as f64);
+
+    let peak = daemon.peak_rss();
+    assert!(peak < 128 << 20, "daemon peak RSS {} MiB", peak >> 20);
+    eprintln!(
+        "forward mode, 3 × 512 MiB: daemon peak RSS {} MiB",
+        peak >> 20
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
