@@ -452,6 +452,12 @@ impl Config {
         names: &mut std::collections::HashSet<&'a str>,
     ) -> Result<(), ConfigError> {
         use crate::store::key::Namespace;
+        if !self.s3_api.forward.is_empty() && self.listen.s3.is_empty() {
+            return Err(ConfigError::invalid(
+                "s3_api.forward",
+                "is served on the S3 listener, which listen.s3 = \"\" turns off",
+            ));
+        }
         let mut hosts = std::collections::HashSet::new();
         for (i, forward) in self.s3_api.forward.iter().enumerate() {
             let key = format!("s3_api.forward[{i}]");

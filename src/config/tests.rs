@@ -474,3 +474,10 @@ fn forward_entries_need_their_own_namespace_hosts_and_an_http_endpoint() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn forward_entries_need_the_s3_listener() {
+    let text = "[listen]\ns3 = \"\"\n\n[[s3_api.forward]]\nnamespace = \"fwd\"\nhosts = [\"s3.test\"]\nendpoint = \"https://s3.test\"\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("listen.s3"), "{err}");
+}
