@@ -9,7 +9,7 @@
 //! preconditions are S3's to evaluate, and adding one would change their meaning. A HEAD is
 //! passed through too: it has no body to save, and S3's headers are the exact answer.
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
@@ -19,8 +19,6 @@ use super::prefetch::Prefetch;
 use super::upstream::{body_stream, header_str, quoted, unquoted_etag};
 use super::{Forward, Target};
 use crate::fronts::reply::{content_length, with_tier};
-use crate::fronts::s3::error::{S3Error, S3ErrorCode};
-use crate::fronts::s3::front::{error_response, request_id};
 use crate::fronts::s3::object_headers::{get_options, put_options};
 use crate::fronts::s3::objects::found;
 use crate::server::body::{self, ResponseBody};
@@ -81,11 +79,12 @@ impl<B: Backend> Forward<B> {
         self.answered(target, status);
         match status {
             StatusCode::NOT_MODIFIED if local.is_some() => {
-                if let Some(response) = self.serve_copy(&key, &options).await {
+                let vouched = local.as_deref().unwrap_or_default();
+                if let Some(response) = self.serve_copy(&key, &options, vouched).await {
                     return response;
                 }
-                // The copy went away after S3's answer (evicted): S3's answer is needed after
-                // all. The request is re-sent as the client made it (its signature still holds
+                // The copy went away (or was replaced) after S3's answer: S3's answer is needed
+                // after all. The request is re-sent as the client made it (its signature still holds
                 // within its expiry); rare enough not to be worth more.
                 tracing::debug!(key = %key, "S3 forward: local copy gone after a 304; asking again");
                 return match self.send_bodiless(&parts, target, None).await {
@@ -97,7 +96,9 @@ impl<B: Backend> Forward<B> {
                 };
             }
             StatusCode::OK if options.range.is_none() && plain_query => {
-                self.relay_and_fill(answer, target, key, ticket).await
+                let stale = local.is_some();
+                self.relay_and_fill(answer, target, key, ticket, stale)
+                    .await
             }
             StatusCode::NOT_FOUND => {
                 self.drop_copy(&key, &ticket).await;
@@ -150,8 +151,13 @@ impl<B: Backend> Forward<B> {
     }
 
     /// The local copy, as S3 would have served it (the client's range applied); `None` when
-    /// there is no copy any more.
-    async fn serve_copy(&self, key: &Key, options: &GetOptions) -> Option<Response<ResponseBody>> {
+    /// there is no copy any more, or it is no longer the one with the ETag S3 `vouched` for.
+    async fn serve_copy(
+        &self,
+        key: &Key,
+        options: &GetOptions,
+        vouched: &str,
+    ) -> Option<Response<ResponseBody>> {
         let read = match self.store.read_local_copy(key, options).await {
             Ok(read) => read?,
             Err(e) => {
@@ -160,6 +166,7 @@ impl<B: Backend> Forward<B> {
             }
         };
         match read {
+            Read::Found { object, .. } if object.meta.etag.as_deref() != Some(vouched) => None,
             Read::Found { object, span } => {
                 let Object { meta, body, tier } = object;
                 self.metrics
@@ -171,36 +178,34 @@ impl<B: Backend> Forward<B> {
                 set_outcome(&mut response, "hit");
                 Some(response)
             }
-            Read::RangeNotSatisfiable(len) => {
-                let err = S3Error::new(
-                    S3ErrorCode::InvalidRange,
-                    format!("The requested range is not satisfiable (the object has {len} bytes)"),
-                );
-                let mut response = error_response(&err, None, &request_id(), false);
-                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                    response.headers_mut().insert(header::CONTENT_RANGE, value);
-                }
-                Some(response)
-            }
-            // No preconditions were asked of the copy: only a missing copy gets here.
-            Read::Missing | Read::NotModified(_) | Read::PreconditionFailed => None,
+            // No copy any more, or a range it cannot satisfy (S3 gives the 416 with the length
+            // of the object it holds); no preconditions were asked of the copy.
+            Read::RangeNotSatisfiable(_)
+            | Read::Missing
+            | Read::NotModified(_)
+            | Read::PreconditionFailed => None,
         }
     }
 
     /// S3's 200 for a whole object, streamed to the client and into a new local copy (when it
-    /// has a length and an ETag, and fits the disk tier).
+    /// has a length and an ETag, and fits the disk tier). A `stale` copy that cannot be
+    /// replaced is dropped: it would only cost a 200 on every read.
     async fn relay_and_fill(
         &self,
         answer: Response<Incoming>,
         target: &Target<'_>,
         key: Key,
         ticket: crate::store::disk::FillTicket,
+        stale: bool,
     ) -> Response<ResponseBody> {
         let headers = answer.headers();
         let len = content_length(headers);
         let etag = unquoted_etag(headers);
         let fits = len.is_some_and(|len| len <= self.store.disk().settings().max_size);
         let (Some(len), Some(etag), true) = (len, etag, fits) else {
+            if stale {
+                self.drop_copy(&key, &ticket).await;
+            }
             return self.relay(answer, target, true);
         };
         let meta = EntryMeta {
@@ -213,6 +218,9 @@ impl<B: Backend> Forward<B> {
             Ok(copy) => copy,
             Err(e) => {
                 tracing::debug!(key = %key, error = %e, "S3 forward: no room for a local copy");
+                if stale {
+                    self.drop_copy(&key, &ticket).await;
+                }
                 return self.relay(answer, target, true);
             }
         };
