@@ -102,6 +102,9 @@ render emptydir --set cache.type=emptyDir --set cache.emptyDir.sizeLimit=25Gi
 grep -q 'internalTrafficPolicy: Local' "$work/default.yaml" || fail "the Service must be node-local"
 grep -q 'name: s3$' "$work/default.yaml" && fail "the default render opens the S3 port although s3Api is off"
 grep -q 'targetPort: s3' "$work/s3-api.yaml" || fail "s3Api.enabled must expose the S3 port"
+grep -q 'hostIP: "169.254.20.11"' "$work/s3-api.yaml" || fail "s3Api.hostPort must publish the S3 port on the link-local address"
+grep -q '^ *\[\[s3_api.forward\]\]' "$work/s3-api.yaml" || fail "s3Api.forward must render [[s3_api.forward]]"
+grep -q 'hostPort:' "$work/default.yaml" && fail "the default render publishes a host port"
 
 must_not_render() { # reason [helm args...]
   local reason=$1; shift
@@ -115,6 +118,9 @@ must_not_render "TLS has no Secret" --set tls.enabled=true
 must_not_render "a user has no password and no existing Secret" \
   --set 'auth.gradleUsers[0].name=ci,auth.gradleUsers[0].access=read,auth.gradleUsers[0].passwordKey=p'
 must_not_render "a config value is a table" --set config.disk.dir_options.x=1
+must_not_render "a forwarded endpoint has a path" --set s3Api.enabled=true \
+  --set "s3Api.forward[0].namespace=fwd" --set "s3Api.forward[0].hosts[0]=s3.test" \
+  --set "s3Api.forward[0].endpoint=https://s3.test/bucket"
 say "ok: bad values are refused at render time"
 
 # ---- the rendered config, checked by the daemon -----------------------------------------------

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, FreshnessPolicy, WritePolicy};
 use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
+use crate::fronts::s3::forward::Forward;
 use crate::fronts::s3::front::S3Front;
 use crate::metrics::Metrics;
 use crate::server::body::BodyLimits;
@@ -224,13 +225,31 @@ impl Daemon {
                     anyhow::anyhow!("multipart uploads in {}: {e}", config.disk.dir.display())
                 })?;
             multipart.start(shutdown.subscribe());
-            let front = Arc::new(S3Front::new(
+            let front = S3Front::new(
                 store.clone(),
                 multipart,
                 &config.s3_api,
                 uploads.clone(),
                 metrics.clone(),
-            ));
+            );
+            // No credentials here: the clients' own signatures go to S3 with their requests.
+            let forward = Forward::new(
+                &config.s3_api.forward,
+                store.clone(),
+                uploads.clone(),
+                front.body_answers(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("s3_api.forward: {e}"))?;
+            for entry in &config.s3_api.forward {
+                tracing::info!(
+                    namespace = %entry.namespace,
+                    hosts = ?entry.hosts,
+                    endpoint = %entry.endpoint,
+                    "S3 forward mode configured"
+                );
+            }
+            let front = Arc::new(front.with_forward(forward));
             tasks.spawn(server::serve(
                 listener,
                 front,
@@ -318,6 +337,20 @@ pub fn policies(config: &Config) -> Policies {
             },
             max_object_size: bucket.max_object_size.map(|size| size.as_u64()),
             location,
+        };
+        policies = policies.with(namespace, policy);
+    }
+    // A forwarded endpoint's copies are this node's alone: the clients' requests write S3, and
+    // S3 is asked (with the client's signature) before a copy is served.
+    for forward in &config.s3_api.forward {
+        let Ok(namespace) = Namespace::new(&forward.namespace) else {
+            continue;
+        };
+        let policy = NamespacePolicy {
+            write: WriteMode::Local,
+            freshness: Freshness::Immutable,
+            max_object_size: None,
+            location: None,
         };
         policies = policies.with(namespace, policy);
     }

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub request_timeouts: IntCounterVec,
     pub uploads_in_progress: IntGauge,
     pub uploads_declared_bytes: IntGauge,
+    /// The S3 forward mode: requests sent on to the real S3, and where served bytes came from.
+    pub forward_requests: IntCounterVec,
+    pub forward_bytes: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -313,6 +316,22 @@ impl Metrics {
                 "Bytes the uploads in progress declared (Content-Length).",
             ))
             .unwrap(),
+            forward_requests: IntCounterVec::new(
+                opts(
+                    "forward_requests_total",
+                    "Requests of the S3 forward mode sent on to the real S3, by operation and S3's status.",
+                ),
+                &["operation", "status"],
+            )
+            .unwrap(),
+            forward_bytes: IntCounterVec::new(
+                opts(
+                    "forward_served_bytes_total",
+                    "Object bytes the S3 forward mode served, by source: local (S3 answered 304) or s3 (streamed from S3).",
+                ),
+                &["source"],
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -344,6 +363,9 @@ impl Metrics {
         }
         for listener in TLS_LISTENER_NAMES {
             m.tls_handshake_failures.with_label_values(&[listener]);
+        }
+        for source in ["local", "s3"] {
+            m.forward_bytes.with_label_values(&[source]);
         }
         for result in ["ok", "error"] {
             m.tls_certificate_reloads.with_label_values(&[result]);
@@ -390,6 +412,8 @@ impl Metrics {
             Box::new(self.request_timeouts.clone()),
             Box::new(self.uploads_in_progress.clone()),
             Box::new(self.uploads_declared_bytes.clone()),
+            Box::new(self.forward_requests.clone()),
+            Box::new(self.forward_bytes.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");

@@ -443,6 +443,82 @@ impl Config {
                 ));
             }
         }
+        self.validate_s3_api_forward(&mut names)
+    }
+
+    /// Each forwarded endpoint: a namespace of its own, host names, and an http(s) URL.
+    fn validate_s3_api_forward<'a>(
+        &'a self,
+        names: &mut std::collections::HashSet<&'a str>,
+    ) -> Result<(), ConfigError> {
+        use crate::store::key::Namespace;
+        if !self.s3_api.forward.is_empty() && self.listen.s3.is_empty() {
+            return Err(ConfigError::invalid(
+                "s3_api.forward",
+                "is served on the S3 listener, which listen.s3 = \"\" turns off",
+            ));
+        }
+        let mut hosts = std::collections::HashSet::new();
+        for (i, forward) in self.s3_api.forward.iter().enumerate() {
+            let key = format!("s3_api.forward[{i}]");
+            if Namespace::new(&forward.namespace).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.namespace"),
+                    format!(
+                        "{:?} is not a namespace: 3 to 63 lowercase letters, digits, '-' and '.', not gradle or tmp",
+                        forward.namespace
+                    ),
+                ));
+            }
+            if !names.insert(forward.namespace.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.namespace"),
+                    format!(
+                        "{:?} is already a bucket's or another forward's namespace",
+                        forward.namespace
+                    ),
+                ));
+            }
+            if forward.hosts.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.hosts"),
+                    "must name at least one S3 host name",
+                ));
+            }
+            for host in &forward.hosts {
+                let valid = !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !valid {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.hosts"),
+                        format!("{host:?} is not a host name (no scheme, no port)"),
+                    ));
+                }
+                if !hosts.insert(host.to_ascii_lowercase()) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.hosts"),
+                        format!("{host:?} is forwarded twice"),
+                    ));
+                }
+            }
+            let endpoint: Result<http::Uri, _> = forward.endpoint.parse();
+            let valid = endpoint.as_ref().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+            });
+            if !valid {
+                return Err(ConfigError::invalid(
+                    format!("{key}.endpoint"),
+                    format!(
+                        "{:?} is not an endpoint URL like https://s3.eu-west-1.amazonaws.com (no path)",
+                        forward.endpoint
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -427,3 +427,57 @@ fn bucket_contradictions_name_their_key() {
     ));
     assert!(e.contains("bucket"), "unknown keys are refused: {e}");
 }
+
+#[test]
+fn forward_entries_need_their_own_namespace_hosts_and_an_http_endpoint() {
+    let entry = |namespace: &str, hosts: &str, endpoint: &str| {
+        format!(
+            "[[s3_api.buckets]]\nname = \"runner-cache\"\nwrite = \"local\"\n\n[[s3_api.forward]]\nnamespace = \"{namespace}\"\nhosts = {hosts}\nendpoint = \"{endpoint}\"\n"
+        )
+    };
+    let good = entry(
+        "s3-eu-west-1",
+        r#"["s3.eu-west-1.amazonaws.com"]"#,
+        "https://s3.eu-west-1.amazonaws.com",
+    );
+    let config = parse(&good).unwrap();
+    let forward = &config.s3_api.forward[0];
+    assert_eq!(forward.hosts, ["s3.eu-west-1.amazonaws.com"]);
+    assert_eq!(forward.response_timeout, Duration::from_secs(60));
+    for (text, field) in [
+        (
+            entry("runner-cache", r#"["s3.test"]"#, "http://127.0.0.1:8333"),
+            "s3_api.forward[0].namespace",
+        ),
+        (
+            entry("gradle", r#"["s3.test"]"#, "http://127.0.0.1:8333"),
+            "s3_api.forward[0].namespace",
+        ),
+        (
+            entry("fwd", "[]", "http://127.0.0.1:8333"),
+            "s3_api.forward[0].hosts",
+        ),
+        (
+            entry("fwd", r#"["s3.test:8333"]"#, "http://127.0.0.1:8333"),
+            "s3_api.forward[0].hosts",
+        ),
+        (
+            entry("fwd", r#"["s3.test"]"#, "ftp://127.0.0.1:8333"),
+            "s3_api.forward[0].endpoint",
+        ),
+        (
+            entry("fwd", r#"["s3.test"]"#, "https://s3.test/bucket"),
+            "s3_api.forward[0].endpoint",
+        ),
+    ] {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
+
+#[test]
+fn forward_entries_need_the_s3_listener() {
+    let text = "[listen]\ns3 = \"\"\n\n[[s3_api.forward]]\nnamespace = \"fwd\"\nhosts = [\"s3.test\"]\nendpoint = \"https://s3.test\"\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("listen.s3"), "{err}");
+}

@@ -295,6 +295,9 @@ pub struct S3ApiConfig {
     pub buckets: Vec<S3ApiBucket>,
     /// The access keys clients sign with (`[[s3_api.credentials]]`).
     pub credentials: Vec<S3ApiCredential>,
+    /// Host names whose requests are forwarded, signed as they are, to the real S3
+    /// (`[[s3_api.forward]]`): S3 authorizes them, the node serves the bytes.
+    pub forward: Vec<S3ApiForward>,
 }
 
 impl Default for S3ApiConfig {
@@ -304,6 +307,7 @@ impl Default for S3ApiConfig {
             virtual_hosts: Vec::new(),
             buckets: Vec::new(),
             credentials: Vec::new(),
+            forward: Vec::new(),
         }
     }
 }
@@ -332,6 +336,37 @@ impl std::fmt::Debug for S3ApiCredential {
             .field("buckets", &self.buckets)
             .finish_non_exhaustive()
     }
+}
+
+/// A forwarded S3 endpoint: requests whose `Host` is one of `hosts` (or `<bucket>.<host>`)
+/// were signed by the client for the real S3 and are sent there unchanged; the daemon holds
+/// no credentials for them. Objects are cached under `namespace` as `<bucket>/<key>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3ApiForward {
+    /// The cache namespace of this endpoint's objects (bucket naming rules; must not be an
+    /// `[[s3_api.buckets]]` name). Never written to `[s3]`: the clients' own requests do that.
+    pub namespace: String,
+    /// The S3 host names clients sign for, without a port, e.g. `s3.eu-west-1.amazonaws.com`.
+    /// `<bucket>.<host>` (virtual-host style) is forwarded too.
+    pub hosts: Vec<String>,
+    /// Where the requests go: `https://s3.eu-west-1.amazonaws.com` (or `http://` for a test
+    /// server). The `Host` header stays the client's, so its signature still holds.
+    pub endpoint: String,
+    /// Longest wait for a connection to the endpoint.
+    #[serde(default = "default_forward_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the endpoint's response head once the request (and its body) is sent.
+    #[serde(default = "default_forward_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+}
+
+fn default_forward_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_forward_response_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// One bucket of the S3 front.

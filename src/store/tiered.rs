@@ -27,6 +27,8 @@
 //! A listing ([`TieredStore::list`]) is the backend's merged with what the queue still owes
 //! it, or the disk tier's own for a namespace with no backend.
 
+mod local_copy;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

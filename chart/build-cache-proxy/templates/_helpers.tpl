@@ -209,6 +209,11 @@ secret_key_file = {{ printf "%s/%s" (include "bcp.secretDir" $) .secretKeyKey | 
 [[s3_api.buckets]]
 {{- include "bcp.tomlKeys" (list "s3_api.buckets" .) }}
 {{- end }}
+{{- range $v.s3Api.forward }}
+
+[[s3_api.forward]]
+{{- include "bcp.tomlKeys" (list "s3_api.forward" .) }}
+{{- end }}
 {{- end }}
 {{ end }}
 

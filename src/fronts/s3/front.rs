@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::error::{S3Error, S3ErrorCode};
+use super::forward::Forward;
 use super::route::{Operation, Route, Router};
 use super::sigv4::{self, SecretKey, Verified};
 use super::xml;
@@ -50,6 +51,8 @@ pub struct S3Front<B: Backend = S3Tier> {
     pub(super) metrics: Arc<Metrics>,
     /// When the front started: the creation date ListBuckets reports.
     started: SystemTime,
+    /// Requests addressed to a forwarded S3 host go there instead (see [`super::forward`]).
+    forward: Option<Forward<B>>,
 }
 
 /// A request that passed routing, authentication and authorization.
@@ -115,7 +118,20 @@ impl<B: Backend> S3Front<B> {
             uploads,
             metrics,
             started: SystemTime::now(),
+            forward: None,
         }
+    }
+
+    /// Hands requests for the forwarded S3 hosts (`[[s3_api.forward]]`) to `forward`.
+    pub fn with_forward(mut self, forward: Option<Forward<B>>) -> Self {
+        self.forward = forward;
+        self
+    }
+
+    /// What the front's refusals of slow bodies and its answers to bodies look like; the
+    /// forward mode answers the same way.
+    pub fn body_answers(&self) -> BodyAnswers {
+        self.answers.clone()
     }
 
     /// Routing, signature and access: everything decided from the request head.
@@ -292,6 +308,9 @@ impl<B: Backend> Front for S3Front<B> {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        if let Some(forward) = self.forward.as_ref().filter(|f| f.claims(req.headers())) {
+            return forward.handle(req).await;
+        }
         let request_id = request_id();
         let head_only = req.method() == Method::HEAD;
         let (mut response, operation, bucket) = match self.authorize(&req, &request_id) {

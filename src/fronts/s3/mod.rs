@@ -7,6 +7,7 @@ pub mod checksum;
 pub mod chunked;
 pub mod digest;
 pub mod error;
+pub mod forward;
 pub mod front;
 mod multipart;
 pub mod object_headers;

@@ -306,7 +306,7 @@ fn insert(headers: &mut http::HeaderMap, name: header::HeaderName, value: &str) 
 
 /// A 200 (or with a range, a 206) for `span` of the object: S3's object headers, the span's
 /// length, and its `Content-Range`.
-fn found(
+pub(super) fn found(
     meta: &ObjectMeta,
     span: std::ops::Range<u64>,
     ranged: bool,

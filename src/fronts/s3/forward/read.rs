@@ -1,0 +1,245 @@
+//! GetObject and HeadObject. A GET for which the node has a copy goes to S3 with
+//! `If-None-Match: <the copy's ETag>` added: S3 checks the client's signature and answers 304
+//! only when it allows the read and the copy is current, and the node then serves its copy
+//! (the client's `Range` applied locally). Any other answer is S3's, passed back as it is; a
+//! 200 for the whole object also refills the copy, a 404 drops it, and a 206 for a key the
+//! node does not hold starts a background fill of the whole object.
+//!
+//! A request with conditional headers of its own is passed through without the node's: its
+//! preconditions are S3's to evaluate, and adding one would change their meaning. A HEAD is
+//! passed through too: it has no body to save, and S3's headers are the exact answer.
+
+use http::header;
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::fill::tee_into_copy;
+use super::prefetch::Prefetch;
+use super::upstream::{body_stream, header_str, quoted, unquoted_etag};
+use super::{Forward, Target};
+use crate::fronts::reply::{content_length, with_tier};
+use crate::fronts::s3::object_headers::{get_options, put_options};
+use crate::fronts::s3::objects::found;
+use crate::server::body::{self, ResponseBody};
+use crate::store::backend::{Backend, GetOptions};
+use crate::store::disk::spool::{EntryMeta, EtagSource};
+use crate::store::{Key, Object, Read};
+
+/// Headers with which a client states its own preconditions.
+const CONDITIONAL: [header::HeaderName; 4] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+impl<B: Backend> Forward<B> {
+    pub(super) async fn get(
+        &self,
+        req: Request<Incoming>,
+        target: &Target<'_>,
+    ) -> Response<ResponseBody> {
+        let Some(key) = target.key.clone() else {
+            return self.pass(req, target, false).await;
+        };
+        // A GET with a body is no object read we know how to answer locally.
+        if super::pass::has_body(&req) {
+            return self.pass(req, target, false).await;
+        }
+        let conditional = CONDITIONAL.iter().any(|h| req.headers().contains_key(h));
+        let options = get_options(req.headers());
+        // Query parameters that change the answer (`response-content-type`, `partNumber`)
+        // make it no copy of the object as stored.
+        let plain_query = req.uri().query().is_none_or(|q| {
+            !q.split('&')
+                .any(|p| p.starts_with("response-") || p.starts_with("partNumber"))
+        });
+        let (parts, _) = req.into_parts();
+        let ticket = self.store.begin_copy();
+        let local = match conditional || !plain_query {
+            true => None,
+            false => self
+                .store
+                .local_copy_meta(&key)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|meta| meta.etag),
+        };
+        let extra = local
+            .as_deref()
+            .and_then(quoted)
+            .map(|etag| (header::IF_NONE_MATCH, etag));
+        let answer = match self.send_bodiless(&parts, target, extra).await {
+            Ok(answer) => answer,
+            Err(e) => return self.failed(&parts.method, parts.uri.path(), target.operation, &e),
+        };
+        let status = answer.status();
+        self.answered(target, status);
+        match status {
+            StatusCode::NOT_MODIFIED if local.is_some() => {
+                let vouched = local.as_deref().unwrap_or_default();
+                if let Some(response) = self.serve_copy(&key, &options, vouched).await {
+                    return response;
+                }
+                // The copy went away (or was replaced) after S3's answer: S3's answer is needed
+                // after all. The request is re-sent as the client made it (its signature still holds
+                // within its expiry); rare enough not to be worth more.
+                tracing::debug!(key = %key, "S3 forward: local copy gone after a 304; asking again");
+                return match self.send_bodiless(&parts, target, None).await {
+                    Ok(answer) => {
+                        self.answered(target, answer.status());
+                        self.relay(answer, target, true)
+                    }
+                    Err(e) => self.failed(&parts.method, parts.uri.path(), target.operation, &e),
+                };
+            }
+            StatusCode::OK if options.range.is_none() && plain_query => {
+                let stale = local.is_some();
+                self.relay_and_fill(answer, target, key, ticket, stale)
+                    .await
+            }
+            StatusCode::NOT_FOUND => {
+                self.drop_copy(&key, &ticket).await;
+                self.relay(answer, target, false)
+            }
+            // 206 despite our If-None-Match: the object changed; the copy is stale.
+            StatusCode::PARTIAL_CONTENT | StatusCode::OK if local.is_some() => {
+                self.drop_copy(&key, &ticket).await;
+                self.relay(answer, target, true)
+            }
+            StatusCode::PARTIAL_CONTENT if !conditional && plain_query => {
+                self.prefetch(target).start(&self.prefetches, &parts, key);
+                self.relay(answer, target, true)
+            }
+            _ => self.relay(answer, target, status.is_success()),
+        }
+    }
+
+    /// A background fill of the endpoint's object (see [`super::prefetch`]).
+    fn prefetch(&self, target: &Target<'_>) -> Prefetch<B> {
+        Prefetch {
+            upstream: self.upstream.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            endpoint: target.endpoint.uri.clone(),
+            timeout: target.endpoint.response_timeout,
+        }
+    }
+
+    pub(super) async fn head(
+        &self,
+        req: Request<Incoming>,
+        target: &Target<'_>,
+    ) -> Response<ResponseBody> {
+        let Some(key) = target.key.clone() else {
+            return self.pass(req, target, false).await;
+        };
+        let ticket = self.store.begin_copy();
+        let (parts, _) = req.into_parts();
+        match self.send_bodiless(&parts, target, None).await {
+            Ok(answer) => {
+                self.answered(target, answer.status());
+                if answer.status() == StatusCode::NOT_FOUND {
+                    self.drop_copy(&key, &ticket).await;
+                }
+                self.relay(answer, target, false)
+            }
+            Err(e) => self.failed(&parts.method, parts.uri.path(), target.operation, &e),
+        }
+    }
+
+    /// The local copy, as S3 would have served it (the client's range applied); `None` when
+    /// there is no copy any more, or it is no longer the one with the ETag S3 `vouched` for.
+    async fn serve_copy(
+        &self,
+        key: &Key,
+        options: &GetOptions,
+        vouched: &str,
+    ) -> Option<Response<ResponseBody>> {
+        let read = match self.store.read_local_copy(key, options).await {
+            Ok(read) => read?,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "S3 forward: local copy unreadable");
+                return None;
+            }
+        };
+        match read {
+            Read::Found { object, .. } if object.meta.etag.as_deref() != Some(vouched) => None,
+            Read::Found { object, span } => {
+                let Object { meta, body, tier } = object;
+                self.metrics
+                    .forward_bytes
+                    .with_label_values(&["local"])
+                    .inc_by(span.end - span.start);
+                let response = found(&meta, span, options.range.is_some(), body::stream(body));
+                let mut response = with_tier(response, tier);
+                set_outcome(&mut response, "hit");
+                Some(response)
+            }
+            // No copy any more, or a range it cannot satisfy (S3 gives the 416 with the length
+            // of the object it holds); no preconditions were asked of the copy.
+            Read::RangeNotSatisfiable(_)
+            | Read::Missing
+            | Read::NotModified(_)
+            | Read::PreconditionFailed => None,
+        }
+    }
+
+    /// S3's 200 for a whole object, streamed to the client and into a new local copy (when it
+    /// has a length and an ETag, and fits the disk tier). A `stale` copy that cannot be
+    /// replaced is dropped: it would only cost a 200 on every read.
+    async fn relay_and_fill(
+        &self,
+        answer: Response<Incoming>,
+        target: &Target<'_>,
+        key: Key,
+        ticket: crate::store::disk::FillTicket,
+        stale: bool,
+    ) -> Response<ResponseBody> {
+        let headers = answer.headers();
+        let len = content_length(headers);
+        let etag = unquoted_etag(headers);
+        let fits = len.is_some_and(|len| len <= self.store.disk().settings().max_size);
+        let (Some(len), Some(etag), true) = (len, etag, fits) else {
+            if stale {
+                self.drop_copy(&key, &ticket).await;
+            }
+            return self.relay(answer, target, true);
+        };
+        let meta = EntryMeta {
+            attrs: put_options(headers).map(|o| o.attrs).unwrap_or_default(),
+            etag: EtagSource::Known(etag),
+            modified: header_str(headers, "last-modified")
+                .and_then(|date| httpdate::parse_http_date(date).ok()),
+        };
+        let copy = match self.store.start_copy(&key, len, meta).await {
+            Ok(copy) => copy,
+            Err(e) => {
+                tracing::debug!(key = %key, error = %e, "S3 forward: no room for a local copy");
+                if stale {
+                    self.drop_copy(&key, &ticket).await;
+                }
+                return self.relay(answer, target, true);
+            }
+        };
+        let (parts, incoming) = answer.into_parts();
+        let from_s3 = body_stream(incoming, target.endpoint.response_timeout);
+        let to_client = tee_into_copy(self.store.clone(), key, ticket, copy, from_s3);
+        self.respond_as_s3(
+            parts.status,
+            &parts.headers,
+            body::stream(self.counted_from_s3(to_client)),
+        )
+    }
+}
+
+fn set_outcome(response: &mut Response<ResponseBody>, outcome: &'static str) {
+    if let Some(o) = response
+        .extensions_mut()
+        .get_mut::<crate::server::access::Outcome>()
+    {
+        o.outcome = outcome;
+    }
+}
