@@ -701,7 +701,9 @@ fn java_sdk_jar() -> std::path::PathBuf {
 /// The `s3Upload` step's SDK with header auth (aws-chunked `putObject` with Content-MD5, a
 /// TransferManager multipart upload, both read back), its endpoint the forwarded host name
 /// resolved to the daemon by the JVM's hosts file. Both objects reach SeaweedFS; the SDK
-/// itself checks the ETags against its MD5s.
+/// itself checks the ETags against its MD5s. The aws-chunked upload leaves a copy on the node
+/// (its framing decoded, its signatures left to S3), so the SDK's read-back of it is S3's 304
+/// and the node's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_java_sdk_v1_through_the_forwarded_name() {
     let s3 = client(&endpoint());
@@ -749,8 +751,8 @@ async fn the_java_sdk_v1_through_the_forwarded_name() {
         printed.contains(&format!("read-back {big_key}")),
         "{printed}"
     );
-    assert!(s3t::object(&s3, &bucket, key).await == Some(jar));
-    assert!(s3t::object(&s3, &bucket, big_key).await == Some(dist));
+    assert!(s3t::object(&s3, &bucket, key).await == Some(jar.clone()));
+    assert!(s3t::object(&s3, &bucket, big_key).await == Some(dist.clone()));
     let text = metrics(&daemon).await;
     assert!(
         metric_value(
@@ -759,6 +761,17 @@ async fn the_java_sdk_v1_through_the_forwarded_name() {
         ) >= 1.0,
         "{text}"
     );
+    assert_eq!(
+        metric_value(
+            &text,
+            "build_cache_proxy_forward_requests_total{operation=\"GetObject\",status=\"304\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // The putObject's object from the node; the multipart one (never kept) from S3.
+    assert_eq!(metric_value(&text, LOCAL_BYTES), jar.len() as f64, "{text}");
+    assert_eq!(metric_value(&text, S3_BYTES), dist.len() as f64, "{text}");
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
 }
