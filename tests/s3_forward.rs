@@ -701,7 +701,9 @@ fn java_sdk_jar() -> std::path::PathBuf {
 /// The `s3Upload` step's SDK with header auth (aws-chunked `putObject` with Content-MD5, a
 /// TransferManager multipart upload, both read back), its endpoint the forwarded host name
 /// resolved to the daemon by the JVM's hosts file. Both objects reach SeaweedFS; the SDK
-/// itself checks the ETags against its MD5s.
+/// itself checks the ETags against its MD5s. The aws-chunked upload leaves a copy on the node
+/// (its framing decoded, its signatures left to S3), so the SDK's read-back of it is S3's 304
+/// and the node's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_java_sdk_v1_through_the_forwarded_name() {
     let s3 = client(&endpoint());
@@ -749,8 +751,8 @@ async fn the_java_sdk_v1_through_the_forwarded_name() {
         printed.contains(&format!("read-back {big_key}")),
         "{printed}"
     );
-    assert!(s3t::object(&s3, &bucket, key).await == Some(jar));
-    assert!(s3t::object(&s3, &bucket, big_key).await == Some(dist));
+    assert!(s3t::object(&s3, &bucket, key).await == Some(jar.clone()));
+    assert!(s3t::object(&s3, &bucket, big_key).await == Some(dist.clone()));
     let text = metrics(&daemon).await;
     assert!(
         metric_value(
@@ -759,6 +761,17 @@ async fn the_java_sdk_v1_through_the_forwarded_name() {
         ) >= 1.0,
         "{text}"
     );
+    assert_eq!(
+        metric_value(
+            &text,
+            "build_cache_proxy_forward_requests_total{operation=\"GetObject\",status=\"304\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // The putObject's object from the node; the multipart one (never kept) from S3.
+    assert_eq!(metric_value(&text, LOCAL_BYTES), jar.len() as f64, "{text}");
+    assert_eq!(metric_value(&text, S3_BYTES), dist.len() as f64, "{text}");
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
 }
@@ -860,6 +873,72 @@ async fn ranged_gets_on_a_cold_node_fetch_the_whole_object_once_in_the_backgroun
     assert_eq!(
         counters(&daemon).await.0 - local_before,
         archive.len() as f64
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+/// Concurrent cold GETs of one object: the first one's 200 fills the copy, and the others,
+/// each sent to S3 with `If-None-Match: <the fill's ETag>` and answered 304 (so S3 authorized
+/// every one of them), read the fill's bytes as they arrive. The object comes from S3 once,
+/// not once per request; every client gets all of it. A GET signed for another key, made at
+/// the same time, gets S3's 403 and none of the fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_gets_read_one_fill_after_s3_authorized_each() {
+    use futures_util::StreamExt;
+    const WAITERS: usize = 4;
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-flight").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let object = pattern(64 << 20, 31);
+    let digest = hex::encode(Md5::digest(&object));
+    s3t::put_object(&s3, &bucket, "cache/big.zip", object.clone()).await;
+    let get = presigned_get(&bucket, "cache/big.zip").await;
+    let forged = get.uri().replace("X-Amz-Signature=", "X-Amz-Signature=0");
+
+    let whole_gets = futures_util::future::join_all((0..WAITERS).map(|_| {
+        let (daemon, get) = (&daemon, &get);
+        async move {
+            let response = send_presigned(daemon, get, &[], None).await;
+            assert_eq!(response.status(), 200);
+            let mut body = response.bytes_stream();
+            let (mut md5, mut len) = (Md5::new(), 0);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.unwrap();
+                len += chunk.len();
+                md5.update(&chunk);
+            }
+            (len, hex::encode(md5.finalize()))
+        }
+    }));
+    let refused = async {
+        let headers: Vec<(&str, &str)> = get.headers().collect();
+        send(&daemon, "GET", &forged, &headers, None).await.status()
+    };
+    let (bodies, refused) = tokio::join!(whole_gets, refused);
+    assert_eq!(refused, 403);
+    for (len, md5) in bodies {
+        assert_eq!((len, md5.as_str()), (object.len(), digest.as_str()));
+    }
+    let text = metrics(&daemon).await;
+    let (local, from_s3) = (
+        metric_value(&text, LOCAL_BYTES),
+        metric_value(&text, S3_BYTES),
+    );
+    assert_eq!(from_s3, object.len() as f64, "{text}");
+    assert_eq!(local, ((WAITERS - 1) * object.len()) as f64, "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "build_cache_proxy_forward_requests_total{operation=\"GetObject\",status=\"304\"}"
+        ),
+        (WAITERS - 1) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "build_cache_proxy_single_flight_waiters"),
+        0.0
     );
     drop(daemon);
     remove_bucket(&s3, &bucket).await;

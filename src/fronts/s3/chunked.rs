@@ -12,6 +12,12 @@
 //! `x-amz-decoded-content-length` all checked out: whoever consumes the stream (the store, an
 //! upload to S3) never sees the whole declared length of a body that then fails.
 //!
+//! A third mode reads the framing alone ([`ChunkSignatures::Unchecked`]): for the forward mode,
+//! which passes a signed body on to S3 unchanged and keeps a copy of its data, and has no key to
+//! check the chunk signatures with (S3 checks them). The signatures must be there and be hex;
+//! the chunks then stream through as unsigned ones do, with the same limits and checks of the
+//! length and the trailer checksum.
+//!
 //! Errors are [`S3Error`]s inside `io::Error`s ([`S3Error::from_body_error`] gets them back).
 
 use std::collections::VecDeque;
@@ -42,11 +48,29 @@ const MAX_TRAILER_SECTION: usize = 4096;
 /// front can answer `x-amz-checksum-*` back as S3 does.
 pub type TrailerChecksum = Arc<OnceLock<(ChecksumAlgorithm, Vec<u8>)>>;
 
+/// What the chunk headers (and the trailer) carry and what is done with it.
+#[derive(Debug, Clone)]
+pub enum ChunkSignatures {
+    /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: no chunk extension at all.
+    None,
+    /// `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]` of a request this node verified: each
+    /// chunk's signature is checked before its bytes are released.
+    Checked(ChunkSigning),
+    /// Signed chunks someone else verifies (S3, for a forwarded upload): every chunk header
+    /// must carry a hex `chunk-signature`, which is not checked.
+    Unchecked,
+}
+
+impl ChunkSignatures {
+    fn signed(&self) -> bool {
+        !matches!(self, ChunkSignatures::None)
+    }
+}
+
 /// How to decode one `aws-chunked` body.
 #[derive(Debug, Clone)]
 pub struct ChunkedOptions {
-    /// `Some` for signed chunks (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`).
-    pub signing: Option<ChunkSigning>,
+    pub signatures: ChunkSignatures,
     /// Whether trailers may follow the final chunk (the `-TRAILER` variants); with signed chunks
     /// the trailer then carries its own signature.
     pub trailer: bool,
@@ -60,11 +84,42 @@ pub struct ChunkedOptions {
 impl ChunkedOptions {
     /// The options for a verified request, or `None` when its body is not `aws-chunked`.
     pub fn for_request(payload: &Payload, headers: &HeaderMap) -> Result<Option<Self>, S3Error> {
-        let (signing, trailer) = match payload {
-            Payload::SignedChunks { signing, trailer } => (Some(signing.clone()), *trailer),
-            Payload::UnsignedChunksWithTrailer => (None, true),
+        let (signatures, trailer) = match payload {
+            Payload::SignedChunks { signing, trailer } => {
+                (ChunkSignatures::Checked(signing.clone()), *trailer)
+            }
+            Payload::UnsignedChunksWithTrailer => (ChunkSignatures::None, true),
             Payload::Unsigned | Payload::Sha256(_) => return Ok(None),
         };
+        Self::from_headers(signatures, trailer, headers).map(Some)
+    }
+
+    /// The options to read the framing of a body this node passes on without verifying its
+    /// request (the S3 forward mode), from its `x-amz-content-sha256`; `None` when the body is
+    /// not `aws-chunked`.
+    pub fn framing_only(headers: &HeaderMap) -> Result<Option<Self>, S3Error> {
+        let Some(payload) = headers.get("x-amz-content-sha256") else {
+            return Ok(None);
+        };
+        let (signatures, trailer) = match payload.as_bytes() {
+            b"STREAMING-UNSIGNED-PAYLOAD-TRAILER" => (ChunkSignatures::None, true),
+            b"STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | b"STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD" => {
+                (ChunkSignatures::Unchecked, false)
+            }
+            b"STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+            | b"STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER" => {
+                (ChunkSignatures::Unchecked, true)
+            }
+            _ => return Ok(None),
+        };
+        Self::from_headers(signatures, trailer, headers).map(Some)
+    }
+
+    fn from_headers(
+        signatures: ChunkSignatures,
+        trailer: bool,
+        headers: &HeaderMap,
+    ) -> Result<Self, S3Error> {
         let decoded_length = headers
             .get("x-amz-decoded-content-length")
             .ok_or_else(|| {
@@ -103,13 +158,13 @@ impl ChunkedOptions {
                     })?,
             ),
         };
-        Ok(Some(Self {
-            signing,
+        Ok(Self {
+            signatures,
             trailer,
             trailer_checksum,
             decoded_length,
             max_chunk: DEFAULT_MAX_CHUNK,
-        }))
+        })
     }
 }
 
@@ -173,10 +228,10 @@ where
     S: Stream<Item = io::Result<Bytes>> + Unpin,
 {
     pub fn new(inner: S, options: ChunkedOptions) -> Self {
-        let previous_signature = options
-            .signing
-            .as_ref()
-            .map_or([0; 32], |signing| signing.seed_signature);
+        let previous_signature = match &options.signatures {
+            ChunkSignatures::Checked(signing) => signing.seed_signature,
+            ChunkSignatures::None | ChunkSignatures::Unchecked => [0; 32],
+        };
         Self {
             inner,
             inner_ended: false,
@@ -236,8 +291,8 @@ where
                 .then(|| u64::from_str_radix(size, 16).ok())
                 .flatten()
                 .ok_or_else(|| framing("A chunk size is not hexadecimal."))?;
-        match (&self.options.signing, signature) {
-            (Some(_), Some(extension)) => {
+        match (&self.options.signatures, signature) {
+            (ChunkSignatures::Checked(_), Some(extension)) => {
                 let hex_signature = extension
                     .strip_prefix("chunk-signature=")
                     .filter(|sig| sig.len() == 64)
@@ -245,9 +300,23 @@ where
                 hex::decode_to_slice(hex_signature, &mut self.chunk_signature)
                     .map_err(|_| framing("A chunk signature is not hexadecimal."))?;
             }
-            (Some(_), None) => return Err(framing("A chunk header has no chunk-signature.")),
-            (None, Some(_)) => return Err(framing("An unsigned chunk carries a chunk extension.")),
-            (None, None) => {}
+            // Any length: SigV4a's ECDSA signatures are longer than SigV4's 64 digits.
+            (ChunkSignatures::Unchecked, Some(extension)) => {
+                let hex_signature = extension
+                    .strip_prefix("chunk-signature=")
+                    .filter(|sig| !sig.is_empty())
+                    .ok_or_else(|| framing("A chunk header has no chunk-signature."))?;
+                if !hex_signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(framing("A chunk signature is not hexadecimal."));
+                }
+            }
+            (ChunkSignatures::Checked(_) | ChunkSignatures::Unchecked, None) => {
+                return Err(framing("A chunk header has no chunk-signature."))
+            }
+            (ChunkSignatures::None, Some(_)) => {
+                return Err(framing("An unsigned chunk carries a chunk extension."))
+            }
+            (ChunkSignatures::None, None) => {}
         }
         if size > self.options.max_chunk as u64 {
             return Err(error(
@@ -264,7 +333,7 @@ where
                 "The chunks hold more data than x-amz-decoded-content-length.",
             ));
         }
-        if self.options.signing.is_some() {
+        if let ChunkSignatures::Checked(_) = self.options.signatures {
             self.chunk_hash = Sha256::new();
             // The byte kept back from the previous chunk goes first: it is verified already.
             let held = self.held.take().unwrap_or_default();
@@ -282,7 +351,7 @@ where
 
     /// Checks the signature of the chunk just read and releases all of it but its last byte.
     fn verify_chunk(&mut self) -> Result<(), S3Error> {
-        let Some(signing) = &self.options.signing else {
+        let ChunkSignatures::Checked(signing) = &self.options.signatures else {
             return Ok(());
         };
         let hash: [u8; 32] = std::mem::take(&mut self.chunk_hash).finalize().into();
@@ -311,7 +380,7 @@ where
         if let Some(checksum) = &mut self.checksum {
             checksum.update(&piece);
         }
-        if self.options.signing.is_some() {
+        if let ChunkSignatures::Checked(_) = self.options.signatures {
             self.chunk_hash.update(&piece);
             self.chunk_data.extend_from_slice(&piece);
         } else if let Some(previous) = self.held.replace(piece) {
@@ -334,13 +403,19 @@ where
         let value = value.trim().to_owned();
         if name == "x-amz-trailer-signature" {
             let mut signature = [0; 32];
-            if self.options.signing.is_none()
-                || self.trailer_signature.is_some()
-                || value.len() != 64
-                || hex::decode_to_slice(&value, &mut signature).is_err()
-            {
+            let well_formed = match self.options.signatures {
+                ChunkSignatures::Checked(_) => {
+                    value.len() == 64 && hex::decode_to_slice(&value, &mut signature).is_ok()
+                }
+                ChunkSignatures::Unchecked => {
+                    !value.is_empty() && value.bytes().all(|b| b.is_ascii_hexdigit())
+                }
+                ChunkSignatures::None => false,
+            };
+            if !well_formed || self.trailer_signature.is_some() {
                 return Err(framing("The trailer signature is malformed."));
             }
+            // Unchecked: zeros, standing only for "present".
             self.trailer_signature = Some(signature);
         } else {
             self.trailers.push((name, value));
@@ -349,10 +424,17 @@ where
     }
 
     fn finish_trailers(&mut self) -> Result<(), S3Error> {
-        if let (Some(signing), true) = (&self.options.signing, self.options.trailer) {
-            let provided = self
-                .trailer_signature
-                .ok_or_else(|| framing("The trailer has no x-amz-trailer-signature."))?;
+        if self.options.signatures.signed()
+            && self.options.trailer
+            && self.trailer_signature.is_none()
+        {
+            return Err(framing("The trailer has no x-amz-trailer-signature."));
+        }
+        if let (ChunkSignatures::Checked(signing), true, Some(provided)) = (
+            &self.options.signatures,
+            self.options.trailer,
+            self.trailer_signature,
+        ) {
             let mut canonical = String::new();
             for (name, value) in &self.trailers {
                 canonical.push_str(name);

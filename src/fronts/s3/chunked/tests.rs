@@ -36,7 +36,7 @@ fn aws_signing() -> ChunkSigning {
 
 fn signed_options(decoded_length: u64) -> ChunkedOptions {
     ChunkedOptions {
-        signing: Some(aws_signing()),
+        signatures: ChunkSignatures::Checked(aws_signing()),
         trailer: false,
         trailer_checksum: None,
         decoded_length,
@@ -329,7 +329,7 @@ fn malformed_framing() {
 
 fn unsigned_options(decoded_length: u64, checksum: Option<ChecksumAlgorithm>) -> ChunkedOptions {
     ChunkedOptions {
-        signing: None,
+        signatures: ChunkSignatures::None,
         trailer: true,
         trailer_checksum: checksum,
         decoded_length,
@@ -441,7 +441,7 @@ fn signed_trailer() {
     };
     let chunks: Vec<&[u8]> = data.chunks(4096).collect();
     let options = || ChunkedOptions {
-        signing: Some(aws_signing()),
+        signatures: ChunkSignatures::Checked(aws_signing()),
         trailer: true,
         trailer_checksum: Some(ChecksumAlgorithm::Crc32c),
         decoded_length: data.len() as u64,
@@ -529,4 +529,67 @@ fn options_from_the_request() {
     assert_eq!(options.trailer_checksum, Some(ChecksumAlgorithm::Crc32));
     headers.insert("x-amz-trailer", "x-amz-meta-foo".parse().unwrap());
     assert!(ChunkedOptions::for_request(&Payload::UnsignedChunksWithTrailer, &headers).is_err());
+}
+
+#[test]
+fn framing_only_reads_signed_chunks_without_checking_them() {
+    let signing = aws_signing();
+    let data = b"forwarded build output".repeat(500);
+    let crc = {
+        let mut hasher = ChecksumAlgorithm::Crc32.hasher();
+        hasher.update(&data);
+        to_base64(&hasher.finalize())
+    };
+    let chunks: Vec<&[u8]> = data.chunks(3000).collect();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-amz-content-sha256",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+            .parse()
+            .unwrap(),
+    );
+    headers.insert(
+        "x-amz-decoded-content-length",
+        data.len().to_string().parse().unwrap(),
+    );
+    headers.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
+    let options = ChunkedOptions::framing_only(&headers).unwrap().unwrap();
+    assert!(matches!(options.signatures, ChunkSignatures::Unchecked));
+    let body = signed_body(&signing, &chunks, Some(&[("x-amz-checksum-crc32", &crc)]));
+    let cuts: Vec<usize> = (1..body.len()).step_by(97).collect();
+    assert_eq!(
+        decode_cut(&body, &cuts, options.clone()),
+        (data.clone(), None)
+    );
+    // A wrong signature is S3's to find; the framing is intact, so the data comes out.
+    let text = String::from_utf8(body).unwrap();
+    let first = text.find("chunk-signature=").unwrap() + "chunk-signature=".len();
+    let mut forged = text.clone();
+    forged.replace_range(first..first + 4, "0000");
+    assert_eq!(
+        decode(forged.as_bytes(), options.clone()),
+        (data.clone(), None)
+    );
+    // Limits and checks still hold: a chunk header with no signature, a wrong trailer checksum.
+    let unsigned = text.replacen(&text[first - 17..first + 64], "", 1);
+    assert_eq!(
+        code(&decode(unsigned.as_bytes(), options.clone())),
+        Some(S3ErrorCode::InvalidRequest)
+    );
+    let wrong = text.replace(&crc, "AAAAAA==");
+    assert_eq!(
+        code(&decode(wrong.as_bytes(), options)),
+        Some(S3ErrorCode::BadDigest)
+    );
+    // Not aws-chunked, or a payload we do not know: no options, no copy.
+    for payload in ["UNSIGNED-PAYLOAD", "STREAMING-SOMETHING-NEW"] {
+        headers.insert("x-amz-content-sha256", payload.parse().unwrap());
+        assert!(ChunkedOptions::framing_only(&headers).unwrap().is_none());
+    }
+    headers.insert(
+        "x-amz-content-sha256",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD".parse().unwrap(),
+    );
+    headers.remove("x-amz-decoded-content-length");
+    assert!(ChunkedOptions::framing_only(&headers).is_err());
 }

@@ -4,6 +4,9 @@
 //! pace. The copy is committed only when S3's body ended at its declared length, before the
 //! client gets the last chunk; a client that goes away does not stop the fill (S3 authorized
 //! these bytes, and the next request for them will find them here).
+//!
+//! The fill's [`Leader`], when it has one, tells other GETs of the key how far the copy got
+//! (see [`super::flight`]): they read the same bytes from the spool file instead of from S3.
 
 use std::io;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::flight::Leader;
 use crate::store::backend::Backend;
 use crate::store::disk::spool::Spool;
 use crate::store::disk::FillTicket;
@@ -23,11 +27,13 @@ pub(super) fn tee_into_copy<B: Backend>(
     key: Key,
     ticket: FillTicket,
     copy: Spool,
+    leader: Option<Leader>,
     mut from_s3: ByteStream,
 ) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
     tokio::spawn(async move {
-        let mut copy = Some(copy);
+        // The leader goes with the copy: waiters can follow only while it is written.
+        let mut copy = Some((copy, leader));
         let mut client = Some(tx);
         // Each chunk goes to the client one step behind the copy, and the last one only after
         // the commit: a client that has the whole body finds the copy on its next request.
@@ -43,10 +49,17 @@ pub(super) fn tee_into_copy<B: Backend>(
                     return;
                 }
             };
-            if let Some(spool) = copy.as_mut() {
-                if let Err(e) = spool.write(chunk.clone()).await {
-                    tracing::debug!(key = %key, error = %e, "S3 forward: no local copy of this object");
-                    copy = None;
+            if let Some((spool, leader)) = copy.as_mut() {
+                match spool.write(chunk.clone()).await {
+                    Ok(()) => {
+                        if let Some(leader) = leader {
+                            leader.progress(spool.written());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(key = %key, error = %e, "S3 forward: no local copy of this object");
+                        copy = None;
+                    }
                 }
             }
             let previous = held.replace(chunk);
@@ -59,7 +72,11 @@ pub(super) fn tee_into_copy<B: Backend>(
                 return;
             }
         }
-        if let Some(spool) = copy {
+        if let Some((spool, leader)) = copy {
+            // S3's body ended; whether at its declared length, the spool knows.
+            if let Some(leader) = leader.filter(|_| spool.written() == spool.len()) {
+                leader.complete();
+            }
             if let Err(e) = store.commit_copy(&key, spool, &ticket).await {
                 tracing::debug!(key = %key, error = %e, "S3 forward: local copy not committed");
             }

@@ -8,6 +8,8 @@
 //!   ([`read`]). A 200 streams to the client and into a new copy ([`fill`]).
 //! - PutObject streams to S3 and into a copy that becomes visible only if S3 answered 200
 //!   ([`write`]).
+//! - GETs of a key whose copy is being filled ask S3 about the fill's object and, on its 304,
+//!   read the fill's bytes as they arrive ([`flight`]).
 //! - A ranged GetObject of a key the node does not hold is passed through, and the whole object
 //!   is fetched once in the background when the signature allows it ([`prefetch`]).
 //! - Everything else is passed through; deletes, copies and completed multipart uploads drop
@@ -18,6 +20,7 @@
 //! object. The namespace never reaches the daemon's own `[s3]` backend.
 
 mod fill;
+mod flight;
 mod pass;
 mod prefetch;
 mod read;
@@ -77,6 +80,7 @@ pub struct Forward<B: Backend = S3Tier> {
     answers: BodyAnswers,
     metrics: Arc<Metrics>,
     prefetches: prefetch::Prefetches,
+    flights: Arc<flight::Flights>,
 }
 
 impl<B: Backend> Forward<B> {
@@ -125,6 +129,7 @@ impl<B: Backend> Forward<B> {
             answers,
             metrics,
             prefetches: prefetch::Prefetches::default(),
+            flights: Arc::default(),
         }))
     }
 

@@ -14,6 +14,7 @@ use hyper::Request;
 use super::upstream::{body_stream, end_to_end, outgoing, UpstreamError as Failed};
 use super::{Forward, Target};
 use crate::fronts::reply::{content_length, respond};
+use crate::fronts::s3::chunked::{AwsChunkedDecoder, ChunkedOptions};
 use crate::server::body::{self, Received, ResponseBody};
 use crate::server::limits::Permit;
 use crate::server::ConnInfo;
@@ -95,7 +96,7 @@ impl<B: Backend> Forward<B> {
         &self,
         req: Request<Incoming>,
         target: &Target<'_>,
-        copy: Option<Spool>,
+        copy: Option<UploadCopy>,
     ) -> Exchanged {
         let (parts, incoming) = req.into_parts();
         let (client_body, upload) = body::upload(incoming, self.uploads.body);
@@ -236,20 +237,86 @@ pub(super) fn has_body(req: &Request<Incoming>) -> bool {
         || content_length(req.headers()).is_some_and(|len| len > 0)
 }
 
-/// Moves the client's body to S3 chunk by chunk, writing each chunk to `copy` first. Returns
+/// The local copy an upload writes as its body passes to S3.
+pub(super) enum UploadCopy {
+    /// The body is the object's bytes. (Boxed: a spool is large beside the other variant.)
+    Plain(Box<Spool>),
+    /// An `aws-chunked` body: a task reads its framing (not its signatures, which S3 checks)
+    /// and writes the data it carries. A framing the decoder refuses just ends the copy; the
+    /// body still goes to S3 as the client sent it.
+    Decoded {
+        framed: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+        task: tokio::task::JoinHandle<Option<Spool>>,
+    },
+}
+
+impl UploadCopy {
+    /// A copy of the data inside an `aws-chunked` body; `spool` holds its decoded length.
+    pub fn decoded(mut spool: Spool, options: ChunkedOptions) -> UploadCopy {
+        // Two chunks in flight, as toward S3: the slower of the two sets the pace.
+        let (framed, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
+        let task = tokio::spawn(async move {
+            let framed: ByteStream =
+                Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
+            let mut data = AwsChunkedDecoder::new(framed, options);
+            while let Some(item) = data.next().await {
+                let written = match item {
+                    Ok(chunk) => spool.write(chunk).await.map_err(io::Error::other),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "S3 forward: no local copy of this aws-chunked upload");
+                    return None;
+                }
+            }
+            Some(spool)
+        });
+        UploadCopy::Decoded { framed, task }
+    }
+
+    /// Takes the next piece of the body as it goes to S3; false when the copy is given up.
+    async fn write(&mut self, chunk: &Bytes) -> bool {
+        match self {
+            UploadCopy::Plain(spool) => match spool.write(chunk.clone()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "S3 forward: no local copy of this upload");
+                    false
+                }
+            },
+            // The task is gone only when it gave the copy up.
+            UploadCopy::Decoded { framed, .. } => framed.send(Ok(chunk.clone())).await.is_ok(),
+        }
+    }
+
+    /// The written copy, after the body's end.
+    async fn finish(self) -> Option<Spool> {
+        match self {
+            UploadCopy::Plain(spool) => Some(*spool),
+            UploadCopy::Decoded { framed, task } => {
+                // The end of the framed stream: the decoder checks the final chunk and length.
+                drop(framed);
+                task.await.ok().flatten()
+            }
+        }
+    }
+}
+
+/// Moves the client's body to S3 chunk by chunk, giving each chunk to `copy` first. Returns
 /// the copy if every byte went both ways (a failed disk write just ends the copy; a failed
 /// client body or S3 no longer reading ends both).
 async fn pump(
     mut client_body: ByteStream,
     tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
-    mut copy: Option<Spool>,
+    mut copy: Option<UploadCopy>,
 ) -> Option<Spool> {
     while let Some(item) = client_body.next().await {
         match item {
             Ok(chunk) => {
-                if let Some(spool) = copy.as_mut() {
-                    if let Err(e) = spool.write(chunk.clone()).await {
-                        tracing::debug!(error = %e, "S3 forward: no local copy of this upload");
+                if let Some(sink) = copy.as_mut() {
+                    if !sink.write(&chunk).await {
                         copy = None;
                     }
                 }
@@ -264,5 +331,8 @@ async fn pump(
             }
         }
     }
-    copy
+    match copy {
+        Some(sink) => sink.finish().await,
+        None => None,
+    }
 }

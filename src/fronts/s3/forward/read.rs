@@ -5,6 +5,11 @@
 //! 200 for the whole object also refills the copy, a 404 drops it, and a 206 for a key the
 //! node does not hold starts a background fill of the whole object.
 //!
+//! A GET of a key whose fill is running (another request's 200 being written to a copy) goes
+//! to S3 with `If-None-Match: <that fill's ETag>`, and S3's 304 lets it read the fill's bytes
+//! as they arrive instead of the whole object from S3 again; GETs that arrive together wait for
+//! the first one's answer head to know ([`super::flight`]).
+//!
 //! A request with conditional headers of its own is passed through without the node's: its
 //! preconditions are S3's to evaluate, and adding one would change their meaning. A HEAD is
 //! passed through too: it has no body to save, and S3's headers are the exact answer.
@@ -14,7 +19,10 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
+use std::sync::Arc;
+
 use super::fill::tee_into_copy;
+use super::flight::{Follower, Leader, Role, Source};
 use super::prefetch::Prefetch;
 use super::upstream::{body_stream, header_str, quoted, unquoted_etag};
 use super::{Forward, Target};
@@ -24,7 +32,7 @@ use crate::fronts::s3::objects::found;
 use crate::server::body::{self, ResponseBody};
 use crate::store::backend::{Backend, GetOptions};
 use crate::store::disk::spool::{EntryMeta, EtagSource};
-use crate::store::{Key, Object, Read};
+use crate::store::{Key, Object, ObjectMeta, Read, Tier};
 
 /// Headers with which a client states its own preconditions.
 const CONDITIONAL: [header::HeaderName; 4] = [
@@ -57,9 +65,16 @@ impl<B: Backend> Forward<B> {
         });
         let (parts, _) = req.into_parts();
         let ticket = self.store.begin_copy();
-        let local = match conditional || !plain_query {
-            true => None,
-            false => self
+        // Only a request that states no preconditions of its own may be given the node's.
+        let ours_to_ask = !conditional && plain_query;
+        // A running fill is the newest object the node knows of: asked about before the copy.
+        let mut role = match ours_to_ask {
+            true => self.flights.running(&key).map(Role::Follow),
+            false => None,
+        };
+        let local = match ours_to_ask && role.is_none() {
+            false => None,
+            true => self
                 .store
                 .local_copy_meta(&key)
                 .await
@@ -67,7 +82,17 @@ impl<B: Backend> Forward<B> {
                 .flatten()
                 .and_then(|meta| meta.etag),
         };
-        let extra = local
+        if ours_to_ask && role.is_none() && local.is_none() {
+            let may_lead = options.range.is_none();
+            let patience = target.endpoint.response_timeout;
+            role = Some(self.flights.role(&key, may_lead, patience).await);
+        }
+        let role = role.unwrap_or(Role::Alone);
+        let asked = match &role {
+            Role::Follow(follower) => Some(follower.source.etag().to_string()),
+            Role::Alone | Role::Lead(_) => local.clone(),
+        };
+        let extra = asked
             .as_deref()
             .and_then(quoted)
             .map(|etag| (header::IF_NONE_MATCH, etag));
@@ -77,15 +102,26 @@ impl<B: Backend> Forward<B> {
         };
         let status = answer.status();
         self.answered(target, status);
+        let (leader, follower) = match role {
+            Role::Lead(leader) => (Some(leader), None),
+            Role::Follow(follower) => (None, Some(follower)),
+            Role::Alone => (None, None),
+        };
         match status {
-            StatusCode::NOT_MODIFIED if local.is_some() => {
-                let vouched = local.as_deref().unwrap_or_default();
-                if let Some(response) = self.serve_copy(&key, &options, vouched).await {
+            StatusCode::NOT_MODIFIED if asked.is_some() => {
+                let served = match follower {
+                    Some(follower) => self.serve_fill(follower, &options),
+                    None => {
+                        let vouched = asked.as_deref().unwrap_or_default();
+                        self.serve_copy(&key, &options, vouched).await
+                    }
+                };
+                if let Some(response) = served {
                     return response;
                 }
-                // The copy went away (or was replaced) after S3's answer: S3's answer is needed
-                // after all. The request is re-sent as the client made it (its signature still holds
-                // within its expiry); rare enough not to be worth more.
+                // The copy went away (or was replaced, or the fill failed) after S3's answer:
+                // S3's answer is needed after all. The request is re-sent as the client made it
+                // (its signature still holds within its expiry); rare enough not to be worth more.
                 tracing::debug!(key = %key, "S3 forward: local copy gone after a 304; asking again");
                 return match self.send_bodiless(&parts, target, None).await {
                     Ok(answer) => {
@@ -97,7 +133,7 @@ impl<B: Backend> Forward<B> {
             }
             StatusCode::OK if options.range.is_none() && plain_query => {
                 let stale = local.is_some();
-                self.relay_and_fill(answer, target, key, ticket, stale)
+                self.relay_and_fill(answer, target, key, ticket, stale, leader)
                     .await
             }
             StatusCode::NOT_FOUND => {
@@ -187,9 +223,39 @@ impl<B: Backend> Forward<B> {
         }
     }
 
+    /// The running fill's object, as S3 would have served it (the client's range applied to
+    /// the growing file); `None` when the fill already failed or the range is S3's to refuse.
+    fn serve_fill(
+        &self,
+        follower: Follower,
+        options: &GetOptions,
+    ) -> Option<Response<ResponseBody>> {
+        if follower.failed() {
+            return None;
+        }
+        let meta = follower.source.meta.clone();
+        let span = match options.range {
+            None => 0..meta.len,
+            Some(range) => range.resolve(meta.len)?,
+        };
+        let from_fill = follower.tail(span.clone(), self.metrics.clone());
+        let counter = self.metrics.forward_bytes.with_label_values(&["local"]);
+        let counted: crate::store::ByteStream =
+            Box::pin(futures_util::StreamExt::inspect(from_fill, move |chunk| {
+                if let Ok(chunk) = chunk {
+                    counter.inc_by(chunk.len() as u64);
+                }
+            }));
+        let response = found(&meta, span, options.range.is_some(), body::stream(counted));
+        let mut response = with_tier(response, Tier::Disk);
+        set_outcome(&mut response, "hit");
+        Some(response)
+    }
+
     /// S3's 200 for a whole object, streamed to the client and into a new local copy (when it
     /// has a length and an ETag, and fits the disk tier). A `stale` copy that cannot be
-    /// replaced is dropped: it would only cost a 200 on every read.
+    /// replaced is dropped: it would only cost a 200 on every read. The fill is announced to
+    /// other GETs of the key through `leader` (or a leader taken now, when the key has none).
     async fn relay_and_fill(
         &self,
         answer: Response<Incoming>,
@@ -197,6 +263,7 @@ impl<B: Backend> Forward<B> {
         key: Key,
         ticket: crate::store::disk::FillTicket,
         stale: bool,
+        leader: Option<Leader>,
     ) -> Response<ResponseBody> {
         let headers = answer.headers();
         let len = content_length(headers);
@@ -210,9 +277,16 @@ impl<B: Backend> Forward<B> {
         };
         let meta = EntryMeta {
             attrs: put_options(headers).map(|o| o.attrs).unwrap_or_default(),
-            etag: EtagSource::Known(etag),
+            etag: EtagSource::Known(etag.clone()),
             modified: header_str(headers, "last-modified")
                 .and_then(|date| httpdate::parse_http_date(date).ok()),
+        };
+        let object = ObjectMeta {
+            len,
+            modified: meta.modified.unwrap_or_else(std::time::SystemTime::now),
+            crc32c: None,
+            etag: Some(etag),
+            attrs: meta.attrs.clone(),
         };
         let copy = match self.store.start_copy(&key, len, meta).await {
             Ok(copy) => copy,
@@ -224,9 +298,17 @@ impl<B: Backend> Forward<B> {
                 return self.relay(answer, target, true);
             }
         };
+        let leader = leader.or_else(|| self.flights.lead_if_free(&key));
+        if let Some(leader) = &leader {
+            leader.filling(Arc::new(Source {
+                meta: object,
+                file: copy.file(),
+                body_offset: copy.body_offset(),
+            }));
+        }
         let (parts, incoming) = answer.into_parts();
         let from_s3 = body_stream(incoming, target.endpoint.response_timeout);
-        let to_client = tee_into_copy(self.store.clone(), key, ticket, copy, from_s3);
+        let to_client = tee_into_copy(self.store.clone(), key, ticket, copy, leader, from_s3);
         self.respond_as_s3(
             parts.status,
             &parts.headers,

@@ -2,21 +2,26 @@
 //! visible only if S3 answered 200, and only with S3's ETag (the copy's MD5 must equal it, so
 //! an object whose ETag is no MD5 — SSE-KMS — is simply not kept, and its next GET fills it).
 //!
-//! An `aws-chunked` body (the Java SDK v1's signed chunks, the newer SDKs' trailers) is
-//! forwarded as it is and not kept: the copy would need the decoded bytes, and decoding without
-//! the signing key cannot check the chunk signatures the way S3 does. Its first GET fills it.
+//! An `aws-chunked` body (the Java SDK v1's signed chunks, the newer SDKs' trailers) goes to
+//! S3 byte for byte as it came, and its framing alone is decoded on the way to write the copy
+//! (of `x-amz-decoded-content-length` bytes). The node has no key to check the chunk
+//! signatures with and needs none: S3 checks them, and the copy counts only if S3 answered 200
+//! with an ETag equal to the decoded data's MD5. A framing the decoder refuses (a malformed
+//! body, a chunk over its 1 MiB limit) only means no copy; S3 judges the body itself.
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
+use super::pass::UploadCopy;
 use super::upstream::unquoted_etag;
 use super::{Forward, Target};
 use crate::fronts::reply::content_length;
+use crate::fronts::s3::chunked::ChunkedOptions;
 use crate::fronts::s3::object_headers::put_options;
 use crate::server::body::ResponseBody;
 use crate::store::backend::Backend;
-use crate::store::disk::spool::{EntryMeta, EtagSource, Spool};
+use crate::store::disk::spool::{EntryMeta, EtagSource};
 use crate::store::Key;
 
 impl<B: Backend> Forward<B> {
@@ -59,19 +64,26 @@ impl<B: Backend> Forward<B> {
         self.answers.answer_received(response, exchanged.got)
     }
 
-    /// The local copy an upload writes as it passes, when it can have one: a plain body (not
-    /// aws-chunked) with a declared length the disk tier can hold.
-    async fn start_upload_copy(&self, req: &Request<Incoming>, key: &Key) -> Option<Spool> {
+    /// The local copy an upload writes as it passes, when it can have one: a body with a
+    /// declared length (for `aws-chunked`, its decoded length) the disk tier can hold.
+    async fn start_upload_copy(&self, req: &Request<Incoming>, key: &Key) -> Option<UploadCopy> {
         let headers = req.headers();
-        let chunked = headers
+        let chunked = match ChunkedOptions::framing_only(headers) {
+            Ok(chunked) => chunked,
+            // No decoded length to write: S3 will say what it thinks of the request.
+            Err(_) => return None,
+        };
+        let encoded_chunked = headers
             .get(http::header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("aws-chunked"))
-            || headers
-                .get("x-amz-content-sha256")
-                .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
-        let len = content_length(headers)?;
-        if chunked || len > self.store.disk().settings().max_size {
+            .is_some_and(|v| v.to_ascii_lowercase().contains("aws-chunked"));
+        let len = match &chunked {
+            Some(options) => options.decoded_length,
+            // An aws-chunked body whose payload names no framing we know: no copy.
+            None if encoded_chunked => return None,
+            None => content_length(headers)?,
+        };
+        if len > self.store.disk().settings().max_size {
             return None;
         }
         let meta = EntryMeta {
@@ -80,7 +92,10 @@ impl<B: Backend> Forward<B> {
             modified: None,
         };
         match self.store.start_copy(key, len, meta).await {
-            Ok(spool) => Some(spool),
+            Ok(spool) => Some(match chunked {
+                Some(options) => UploadCopy::decoded(spool, options),
+                None => UploadCopy::Plain(Box::new(spool)),
+            }),
             Err(e) => {
                 tracing::debug!(key = %key, error = %e, "S3 forward: no room for the upload's copy");
                 None
