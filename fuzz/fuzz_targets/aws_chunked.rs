@@ -21,7 +21,8 @@
 //!   anywhere;
 //! - memory beyond the body itself stays within the chunk cap plus the bounded line and trailer
 //!   buffers: a chunk declared larger than the cap is refused, not allocated;
-//! - signed chunks pass under the signing key and under no other;
+//! - signed chunks pass under the signing key and under no other, and decode to the same bytes
+//!   when their signatures are not checked (a forwarded upload's framing);
 //! - for the framed data: unchanged (and within the cap), it decodes to exactly the data; changed,
 //!   it is refused or, when signed or checksummed, still decodes to exactly the data (a change
 //!   such as the case of a hex digit that the framing ignores); a signed body never releases a
@@ -39,7 +40,7 @@ use std::task::{Context, Poll, Waker};
 
 use build_cache_proxy::fronts::s3::checksum::{to_base64, ChecksumAlgorithm};
 use build_cache_proxy::fronts::s3::chunked::{
-    AwsChunkedDecoder, ChunkedOptions, DEFAULT_MAX_CHUNK,
+    AwsChunkedDecoder, ChunkSignatures, ChunkedOptions, DEFAULT_MAX_CHUNK,
 };
 use build_cache_proxy::fronts::s3::error::{S3Error, S3ErrorCode};
 use build_cache_proxy::fronts::s3::sigv4::{ChunkSigning, SecretKey, SigningKey};
@@ -362,20 +363,24 @@ fuzz_target!(|data: &[u8]| {
     };
     let cut_count = u.u8() % 17;
     let cuts: Vec<usize> = (0..cut_count).map(|_| u.u16()).collect();
-    let options = |signing: Option<ChunkSigning>, decoded_length: u64| ChunkedOptions {
-        signing,
+    let options = |signatures: ChunkSignatures, decoded_length: u64| ChunkedOptions {
+        signatures,
         trailer,
         trailer_checksum: checksum,
         decoded_length,
         max_chunk,
     };
-    let key = signed.then(|| signing(true));
+    // The signatures the target's framing carries: checked with the known key, or none.
+    let known = || match signed {
+        true => ChunkSignatures::Checked(signing(true)),
+        false => ChunkSignatures::None,
+    };
 
     if flags & FRAMED_BY_TARGET == 0 {
         let decoded_length = u.u32();
         let body = u.rest();
-        let whole = decode(cut(body, &[]), options(key.clone(), decoded_length), None);
-        let pieces = decode(cut(body, &cuts), options(key.clone(), decoded_length), None);
+        let whole = decode(cut(body, &[]), options(known(), decoded_length), None);
+        let pieces = decode(cut(body, &cuts), options(known(), decoded_length), None);
         assert_eq!(
             whole.result(),
             pieces.result(),
@@ -384,12 +389,24 @@ fuzz_target!(|data: &[u8]| {
         if signed && matches!(whole, Outcome::Clean { .. }) {
             let other = decode(
                 cut(body, &[]),
-                options(Some(signing(false)), decoded_length),
+                options(ChunkSignatures::Checked(signing(false)), decoded_length),
                 None,
             );
             assert!(
                 matches!(&other, Outcome::Failed { error, .. } if error.code == S3ErrorCode::SignatureDoesNotMatch),
                 "a body signed with one key passed under another: {other:?}"
+            );
+            // A forwarded upload's framing is decoded without the key (S3 checks the
+            // signatures): what passes the check must decode to the same bytes without it.
+            let unchecked = decode(
+                cut(body, &cuts),
+                options(ChunkSignatures::Unchecked, decoded_length),
+                None,
+            );
+            assert_eq!(
+                unchecked.result(),
+                whole.result(),
+                "the framing decoded without the key differs"
             );
         }
         return;
@@ -400,6 +417,7 @@ fuzz_target!(|data: &[u8]| {
     let change = u.u8();
     let at = u.u16();
     let payload = u.rest();
+    let key = signed.then(|| signing(true));
     let mut body = frame(payload, &sizes, key.as_ref(), trailer, checksum);
     let mut decoded_length = payload.len() as u64;
     let position = at % body.len();
@@ -433,12 +451,12 @@ fuzz_target!(|data: &[u8]| {
     let expected = key.is_some().then_some(payload);
     let whole = decode(
         cut(&body, &[]),
-        options(key.clone(), decoded_length),
+        options(known(), decoded_length),
         expected,
     );
     let pieces = decode(
         cut(&body, &cuts),
-        options(key.clone(), decoded_length),
+        options(known(), decoded_length),
         expected,
     );
     assert_eq!(
@@ -486,12 +504,22 @@ fuzz_target!(|data: &[u8]| {
     if signed && matches!(whole, Outcome::Clean { .. }) {
         let other = decode(
             cut(&body, &[]),
-            options(Some(signing(false)), decoded_length),
+            options(ChunkSignatures::Checked(signing(false)), decoded_length),
             None,
         );
         assert!(
             matches!(&other, Outcome::Failed { error, .. } if error.code == S3ErrorCode::SignatureDoesNotMatch),
             "a body signed with one key passed under another: {other:?}"
+        );
+        let unchecked = decode(
+            cut(&body, &cuts),
+            options(ChunkSignatures::Unchecked, decoded_length),
+            None,
+        );
+        assert_eq!(
+            unchecked.result(),
+            whole.result(),
+            "the framing decoded without the key differs"
         );
     }
 });
