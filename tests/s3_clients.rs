@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
+use common::clients::{java_sdk_jar, run};
 use common::s3::{self as s3t, client, client_as, endpoint, fresh_bucket, remove_bucket};
 use common::{metric_value, metrics, Daemon};
 use hmac::{Hmac, KeyInit, Mac};
@@ -24,9 +25,6 @@ const BUCKET: &str = "ci-cache";
 const BACKEND_PREFIX: &str = "cache/";
 const REGION: &str = "us-east-1";
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-/// How long one client command may take; a 100 MiB CLI upload through a debug build is the
-/// slowest, at well under a minute here.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn node_config(backend: &str, write: &str) -> String {
     s3t::config(
@@ -90,23 +88,6 @@ async fn received_from_s3(daemon: &Daemon) -> f64 {
         &metrics(daemon).await,
         "build_cache_proxy_s3_received_bytes_total",
     )
-}
-
-/// Runs a client command to completion, with a deadline; panics with its output on failure.
-async fn run(mut command: tokio::process::Command, what: &str) -> String {
-    command.kill_on_drop(true);
-    let output = tokio::time::timeout(CLIENT_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CLIENT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// Runs `tests/clients/runner_presign.py` with `args`.
@@ -890,25 +871,6 @@ async fn a_put_whose_body_does_not_match_its_sha256_or_md5_stores_nothing() {
     }
     drop(daemon);
     remove_bucket(&s3, &backend).await;
-}
-
-/// The AWS SDK for Java v1 jar `scripts/setup.sh` keeps (or `BCP_TEST_AWS_JAVA_SDK_JAR`).
-fn java_sdk_jar() -> PathBuf {
-    let jar = match std::env::var_os("BCP_TEST_AWS_JAVA_SDK_JAR") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-            cache.join("build-cache-proxy/aws-java-sdk-bundle-1.11.901.jar")
-        }
-    };
-    assert!(
-        jar.is_file(),
-        "{} is missing: run scripts/setup.sh (or set BCP_TEST_AWS_JAVA_SDK_JAR)",
-        jar.display()
-    );
-    jar
 }
 
 /// The `s3Upload` step with the SDK the gradle-s3 plugin uses: a HEAD miss, `putObject` (an

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::presigning::{PresignedRequest, PresigningConfig};
+use common::clients::{java_sdk_jar, run};
 use common::s3::{self as s3t, client, client_as, endpoint, fresh_bucket, remove_bucket};
 use common::{metric_value, metrics, Daemon, DaemonSpec};
 use md5::{Digest, Md5};
@@ -395,23 +396,6 @@ fn resolving_http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Runs a client command to completion; panics with its output on failure.
-async fn run(mut command: tokio::process::Command, what: &str) -> String {
-    command.kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within 300 s"))
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 /// A Python client whose resolver maps the forwarded host to the daemon.
 fn python(work: &Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new("python3");
@@ -679,23 +663,6 @@ async fn the_aws_cli_with_header_auth_through_the_forwarded_name() {
     );
     drop(daemon);
     remove_bucket(&s3, &bucket).await;
-}
-
-/// The AWS SDK for Java v1 jar `scripts/setup.sh` keeps (or `BCP_TEST_AWS_JAVA_SDK_JAR`).
-fn java_sdk_jar() -> std::path::PathBuf {
-    let jar = match std::env::var_os("BCP_TEST_AWS_JAVA_SDK_JAR") {
-        Some(path) => std::path::PathBuf::from(path),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache"))
-            .join("build-cache-proxy/aws-java-sdk-bundle-1.11.901.jar"),
-    };
-    assert!(
-        jar.is_file(),
-        "{} is missing: run scripts/setup.sh (or set BCP_TEST_AWS_JAVA_SDK_JAR)",
-        jar.display()
-    );
-    jar
 }
 
 /// The `s3Upload` step's SDK with header auth (aws-chunked `putObject` with Content-MD5, a

@@ -45,7 +45,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -55,7 +54,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions, Verdict};
-use super::disk::spool::{EntryMeta, EtagSource, Spool};
+use super::disk::spool::{read_spooled, EntryMeta, EtagSource, Spool};
 use super::disk::{Commit, DiskTier, FillOrder, FillTicket};
 use super::memory::{MemoryEntry, MemoryTier};
 use super::s3::S3Tier;
@@ -1013,15 +1012,12 @@ impl Tail {
     }
 
     async fn read(&self, n: usize) -> io::Result<Bytes> {
-        let file = self.source.file.clone();
-        let at = self.source.body_offset + self.pos;
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, at)?;
-            Ok(Bytes::from(buf))
-        })
+        read_spooled(
+            self.source.file.clone(),
+            self.source.body_offset + self.pos,
+            n,
+        )
         .await
-        .map_err(io::Error::other)?
     }
 }
 

@@ -2,6 +2,7 @@
 //! temp dir, and waits for the "ready" line it prints once every listener is bound.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod clients;
 pub mod gradle;
 pub mod s3;
 

@@ -293,6 +293,18 @@ impl Spool {
     }
 }
 
+/// Reads `n` bytes at `at` of a spool's file (its body starts at [`Spool::body_offset`]) off the
+/// async threads: how readers tail a spool that another task is writing.
+pub async fn read_spooled(file: Arc<std::fs::File>, at: u64, n: usize) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, at)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// One independently written piece of a spool's body.
 #[derive(Debug, Default)]
 struct Segment {

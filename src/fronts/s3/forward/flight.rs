@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +27,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::store::disk::spool::read_spooled;
 use crate::store::{ByteStream, Key, ObjectMeta};
 
 /// The most a waiter reads from the spool file at once.
@@ -305,15 +305,12 @@ impl Tail {
     }
 
     async fn read(&self, n: usize) -> io::Result<Bytes> {
-        let file = self.source.file.clone();
-        let at = self.source.body_offset + self.pos;
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, at)?;
-            Ok(Bytes::from(buf))
-        })
+        read_spooled(
+            self.source.file.clone(),
+            self.source.body_offset + self.pos,
+            n,
+        )
         .await
-        .map_err(io::Error::other)?
     }
 }
 
