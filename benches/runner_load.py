@@ -18,30 +18,21 @@ Cases (each repeated, alternating with its peer; the median is reported):
                   ÷  direct PUT to SeaweedFS
 The daemon's peak RSS is reset before each of its runs (/proc/PID/clear_refs) and read after.
 """
+import os
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
-from botocore.config import Config
+# The same boto3 client the runner tests presign with (path style, SigV4, us-east-1).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "clients"))
+from runner_presign import boto3_client as client  # noqa: E402
 
 RUNNER_KEY, RUNNER_SECRET = "runner", "runner-secret-0123456789"
 PART = 16 << 20
 WAYS = 16
 MIB = 1 << 20
-
-
-def client(endpoint, access, secret):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access,
-        aws_secret_access_key=secret,
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
 
 
 def presign(s3, method, bucket, key):

@@ -702,15 +702,10 @@ impl<B: Backend> Downloads<B> {
                             write(batch, spool).await?;
                         }
                         // Every download goes on until it meets a claimed segment, so nothing
-                        // is left; if something were, fetch it rather than fail.
+                        // is left; if something were, fetch it rather than fail (and if nothing
+                        // is left to fetch, the check below fails the fill).
                         if spool.written() < len {
-                            let Some(gap) = self.claims.first_unclaimed() else {
-                                return Err(format!(
-                                    "S3 downloads ended with {} of {len} bytes",
-                                    spool.written()
-                                ));
-                            };
-                            waiting.insert(gap);
+                            waiting.extend(self.claims.first_unclaimed());
                         }
                     }
                     self.start_waiting(&mut waiting, &mut running, &batches_tx, tx);
