@@ -2,7 +2,9 @@
 //! system's roots, or plain HTTP for a test server), and the translation of a client's request
 //! into the one sent on, byte for byte what the client signed: method, path and query as they
 //! came, every header including `Host` and `Authorization`. Only hop-by-hop headers, which
-//! belong to each connection and which no S3 client signs, are left behind.
+//! belong to each connection and which no S3 client signs, are left behind; a `Connection`
+//! header can add names to those, but never the ones that say what the request is and who
+//! signed it ([`end_to_end`]).
 
 use std::io;
 use std::sync::Arc;
@@ -134,7 +136,8 @@ pub fn outgoing(
     Ok(request)
 }
 
-/// The headers without the hop-by-hop ones (and those the `Connection` header names).
+/// The headers without the hop-by-hop ones (and those the `Connection` header names, unless
+/// [`kept_end_to_end`]).
 pub fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -145,12 +148,26 @@ pub fn end_to_end(headers: &HeaderMap) -> HeaderMap {
         .collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(name) || named.iter().any(|n| n == name.as_str()) {
+        let named_hop = named.iter().any(|n| n == name.as_str()) && !kept_end_to_end(name);
+        if HOP_BY_HOP.contains(name) || named_hop {
             continue;
         }
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// Headers that `Connection` may not make hop-by-hop: `Host` (routed, cached and signed by
+/// the node's reading of it; `Connection: host` would send S3 a request without one),
+/// `Authorization` and every `x-amz-*` (the signature and what it covers), and
+/// `Content-Length` (the body goes on with the framing it came with). RFC 9110 §7.6.1 forbids
+/// clients to name such headers; one that does gets them passed on, never dropped behind the
+/// node's back.
+fn kept_end_to_end(name: &HeaderName) -> bool {
+    *name == header::HOST
+        || *name == header::AUTHORIZATION
+        || *name == header::CONTENT_LENGTH
+        || name.as_str().starts_with("x-amz-")
 }
 
 /// S3's response body as a stream that fails when S3 pauses longer than `stall`.
@@ -252,6 +269,45 @@ mod tests {
         );
         assert_eq!(out.get_all("x-amz-meta-a").iter().count(), 2);
         assert_eq!(out["host"], "s3.eu-west-1.amazonaws.com");
+    }
+
+    /// Found by a hostile client: `Connection: host` sent S3 a request without `Host`. What
+    /// says what the request is and who signed it stays, whatever `Connection` names.
+    #[test]
+    fn connection_cannot_name_what_the_signature_covers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "bucket.s3.eu-west-1.amazonaws.com"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=..."),
+            ("x-amz-date", "20260101T000000Z"),
+            ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+            ("x-amz-security-token", "token"),
+            ("content-length", "5"),
+            (
+                "connection",
+                "Host, authorization,X-Amz-Date, x-amz-content-sha256",
+            ),
+            ("connection", "x-amz-security-token, content-length, x-hop"),
+            ("x-hop", "1"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let out = end_to_end(&headers);
+        let names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "authorization",
+                "x-amz-date",
+                "x-amz-content-sha256",
+                "x-amz-security-token",
+                "content-length"
+            ]
+        );
     }
 
     #[test]
