@@ -37,6 +37,10 @@ pub struct Outcome {
     /// The protocol's name for what was asked (S3: `GetObject`, `PutObject`, ...), for fronts
     /// with more than one kind of request per method.
     pub operation: Option<&'static str>,
+    /// Where the request was addressed (`host[:port]`), as the front read it: for the S3
+    /// listener, whose bucket may be in the host, the same authority it routed and checked the
+    /// signature against.
+    pub authority: Option<String>,
 }
 
 impl Outcome {
@@ -170,6 +174,7 @@ impl Drop for Record {
             operation = self.outcome.operation.unwrap_or("-"),
             tier = self.outcome.tier.map(Tier::as_str).unwrap_or("-"),
             namespace = self.outcome.namespace.as_deref().unwrap_or("-"),
+            authority = self.outcome.authority.as_deref().unwrap_or("-"),
             bytes_in = self.outcome.received,
             bytes_out = self.sent,
             duration_ms = elapsed.as_secs_f64() * 1000.0,

@@ -1,5 +1,6 @@
-//! The S3 front itself: every request is routed, its SigV4 signature checked against the
-//! configured access keys, the key's access to the bucket checked, and then the operation is
+//! The S3 front itself: every request head is read once ([`ParsedRequest`]: authority, path,
+//! decoded query), then handed to the forward mode when it names a forwarded host, or routed,
+//! its SigV4 signature checked against the configured access keys, the key's access to the bucket checked, and then the operation is
 //! carried out on the store ([`super::objects`], [`super::buckets`]). Every answer that is not
 //! a success is S3 XML with a request id, and every request is one access-log line counted by
 //! operation.
@@ -15,6 +16,7 @@ use hyper::Request;
 
 use super::error::{S3Error, S3ErrorCode};
 use super::forward::Forward;
+use super::request::ParsedRequest;
 use super::route::{Operation, Route, Router};
 use super::sigv4::{self, SecretKey, Verified};
 use super::xml;
@@ -134,13 +136,19 @@ impl<B: Backend> S3Front<B> {
         self.answers.clone()
     }
 
-    /// Routing, signature and access: everything decided from the request head.
-    fn authorize(&self, req: &Request<Incoming>, request_id: &str) -> Result<Authorized, S3Error> {
-        let route = self.router.route(req.method(), req.uri(), req.headers())?;
+    /// Routing, signature and access: everything decided from the request head, all of it read
+    /// from `parsed`.
+    fn authorize(
+        &self,
+        req: &Request<Incoming>,
+        parsed: &ParsedRequest,
+        request_id: &str,
+    ) -> Result<Authorized, S3Error> {
+        let route = self.router.route(req.method(), parsed, req.headers())?;
         let lookup = |access_key: &str| self.credentials.get(access_key).cloned();
         let verified = sigv4::verify(
             req.method(),
-            req.uri(),
+            parsed,
             req.headers(),
             SystemTime::now(),
             &lookup,
@@ -307,13 +315,27 @@ impl<B: Backend> Front for S3Front<B> {
         "s3"
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        if let Some(forward) = self.forward.as_ref().filter(|f| f.claims(req.headers())) {
-            return forward.handle(req).await;
-        }
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let request_id = request_id();
         let head_only = req.method() == Method::HEAD;
-        let (mut response, operation, bucket) = match self.authorize(&req, &request_id) {
+        // Neither the front nor the forward mode may act on a request whose address two
+        // readers could take differently: such a request is refused before either sees it.
+        let parsed = ParsedRequest::parse(req.uri(), req.version(), req.headers());
+        let authority = parsed
+            .as_ref()
+            .ok()
+            .and_then(|p| p.authority())
+            .map(|a| a.as_sent().to_owned());
+        if let Ok(parsed) = &parsed {
+            parsed.complete_host(req.headers_mut());
+            if let Some(forward) = self.forward.as_ref().filter(|f| f.claims(parsed)) {
+                let mut response = forward.handle(req, parsed).await;
+                in_authority(&mut response, authority);
+                return response;
+            }
+        }
+        let authorized = parsed.and_then(|parsed| self.authorize(&req, &parsed, &request_id));
+        let (mut response, operation, bucket) = match authorized {
             Ok(auth) => {
                 let operation = auth.route.operation.name();
                 let bucket = auth.route.bucket.clone();
@@ -334,7 +356,15 @@ impl<B: Backend> Front for S3Front<B> {
         if let Some(bucket) = bucket {
             in_namespace(&mut response, &bucket);
         }
+        in_authority(&mut response, authority);
         response
+    }
+}
+
+/// Records the authority the request was read as addressed to, for the access log.
+fn in_authority(response: &mut Response<ResponseBody>, authority: Option<String>) {
+    if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
+        outcome.authority = authority;
     }
 }
 

@@ -1,15 +1,17 @@
-//! Turns a request line and its `Host` into an S3 [`Operation`] on a bucket and key.
+//! Turns a [`ParsedRequest`] (the request head read once: authority, path, decoded query) into
+//! an S3 [`Operation`] on a bucket and key.
 //!
 //! Path style (`/bucket/key…`) always works; virtual-host style (`bucket.<base>/key…`) works for
-//! the configured base host names. The key is the rest of the path, percent-decoded once, with
+//! the configured base host names, matched against the request's one authority (the same one
+//! its SigV4 signature is checked against). The key is the rest of the path, percent-decoded once, with
 //! its `/`s. Only the operations of this front are recognised; any other subresource
 //! (`?acl`, `?tagging`, `?versioning`, …) is [`Operation::NotImplemented`].
 
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method};
 use percent_encoding::percent_decode_str;
 
 use super::error::{S3Error, S3ErrorCode};
-use super::sigv4::parse_query;
+use super::request::{Addressing, Authority, ParsedRequest};
 use super::xml::MAX_PARTS;
 
 /// S3's limit on a key's length, in bytes.
@@ -141,6 +143,8 @@ pub struct Route {
     pub key: Option<String>,
     /// The query's parameters, decoded (listing parameters and the like).
     pub query: Vec<(String, String)>,
+    /// Whether the bucket came from the path or the host.
+    pub addressing: Addressing,
 }
 
 impl Route {
@@ -177,19 +181,33 @@ impl Router {
         }
     }
 
-    pub fn route(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Route, S3Error> {
-        let path = uri.path();
+    /// Routes `request`; `headers` are read only for what selects an operation
+    /// (`x-amz-copy-source`).
+    pub fn route(
+        &self,
+        method: &Method,
+        request: &ParsedRequest,
+        headers: &HeaderMap,
+    ) -> Result<Route, S3Error> {
         let invalid_uri =
             || S3Error::new(S3ErrorCode::InvalidURI, "Couldn't parse the specified URI.");
-        let path = path.strip_prefix('/').ok_or_else(invalid_uri)?;
+        let path = request.path().strip_prefix('/').ok_or_else(invalid_uri)?;
         let decoded = percent_decode_str(path)
             .decode_utf8()
             .map_err(|_| invalid_uri())?;
-        let (bucket, key) = match self.virtual_host_bucket(headers) {
-            Some(bucket) => (Some(bucket), Some(decoded.into_owned())),
+        let (addressing, bucket, key) = match self.virtual_host_bucket(request.authority()) {
+            Some(bucket) => (
+                Addressing::VirtualHost,
+                Some(bucket),
+                Some(decoded.into_owned()),
+            ),
             None => match decoded.split_once('/') {
-                Some((bucket, key)) => (Some(bucket.to_owned()), Some(key.to_owned())),
-                None => (Some(decoded.into_owned()), None),
+                Some((bucket, key)) => (
+                    Addressing::Path,
+                    Some(bucket.to_owned()),
+                    Some(key.to_owned()),
+                ),
+                None => (Addressing::Path, Some(decoded.into_owned()), None),
             },
         };
         let key = key.filter(|k| !k.is_empty());
@@ -210,33 +228,20 @@ impl Router {
                 "Your key is too long",
             ));
         }
-        let query: Vec<(String, String)> = parse_query(uri.query().unwrap_or(""))
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(&n).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
         let mut route = Route {
             operation: Operation::NotImplemented,
             bucket,
             key,
-            query,
+            query: request.query().to_vec(),
+            addressing,
         };
         route.operation = operation(method, &route, headers)?;
         Ok(route)
     }
 
-    fn virtual_host_bucket(&self, headers: &HeaderMap) -> Option<String> {
-        let host = headers.get(http::header::HOST)?.to_str().ok()?;
-        // Strip a port; an IPv6 literal in brackets never names a bucket.
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
-        .to_ascii_lowercase();
+    /// The bucket a virtual-host style authority (`bucket.<base>[:port]`) names, if it is one.
+    pub fn virtual_host_bucket(&self, authority: Option<&Authority>) -> Option<String> {
+        let name = authority?.host();
         self.virtual_host_bases.iter().find_map(|base| {
             let bucket = name.strip_suffix(base.as_str())?.strip_suffix('.')?;
             (!bucket.is_empty()).then(|| bucket.to_owned())
@@ -391,6 +396,11 @@ fn copy_source(headers: &HeaderMap) -> Result<Operation, S3Error> {
 mod tests {
     use super::*;
 
+    /// `target` as it arrives with `headers` over HTTP/1.1.
+    fn parsed(target: &str, headers: &HeaderMap) -> ParsedRequest {
+        ParsedRequest::parse(&target.parse().unwrap(), http::Version::HTTP_11, headers).unwrap()
+    }
+
     fn route_with(
         router: &Router,
         method: &str,
@@ -405,7 +415,7 @@ mod tests {
                 value.parse().unwrap(),
             );
         }
-        router.route(&method.parse().unwrap(), &target.parse().unwrap(), &map)
+        router.route(&method.parse().unwrap(), &parsed(target, &map), &map)
     }
 
     fn op(method: &str, target: &str) -> Operation {
@@ -572,7 +582,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("host", "...s3.cache.local".parse().unwrap());
         let err = vhost
-            .route(&Method::GET, &"/k".parse().unwrap(), &headers)
+            .route(&Method::GET, &parsed("/k", &headers), &headers)
             .unwrap_err();
         assert_eq!(err.code, S3ErrorCode::InvalidBucketName);
         for bucket in ["a", "cache", "my.cache-1", "legacy_name", "0"] {
@@ -588,7 +598,7 @@ mod tests {
             let mut map = HeaderMap::new();
             map.insert("host", host.parse().unwrap());
             router
-                .route(&Method::GET, &target.parse().unwrap(), &map)
+                .route(&Method::GET, &parsed(target, &map), &map)
                 .unwrap()
         };
         let route = vhost("cache.s3.cache.local:9000", "/a/b.zip");
@@ -611,6 +621,39 @@ mod tests {
         let other = vhost("xs3.cache.local", "/cache/a");
         assert_eq!(other.bucket.as_deref(), Some("cache"));
         assert_eq!(vhost("[::1]:9000", "/").operation, Operation::ListBuckets);
+        assert_eq!(route.addressing, Addressing::VirtualHost);
+        assert_eq!(path.addressing, Addressing::Path);
+    }
+
+    /// The authority routed is the request's one authority: an absolute-form target with a
+    /// `Host` that names the same place routes as either would, and an HTTP/1.0 request with
+    /// only the target routes by the target (as its signature is checked).
+    #[test]
+    fn an_absolute_form_target_routes_by_its_authority() {
+        let router = Router::new(["vhost.test".to_owned()]);
+        let target: http::Uri = "http://runner-cache.vhost.test:9000/other/secret.txt"
+            .parse()
+            .unwrap();
+        let none = HeaderMap::new();
+        let only_target = ParsedRequest::parse(&target, http::Version::HTTP_10, &none).unwrap();
+        let mut host = HeaderMap::new();
+        host.insert("host", "Runner-Cache.vhost.test:9000".parse().unwrap());
+        let both = ParsedRequest::parse(&target, http::Version::HTTP_11, &host).unwrap();
+        for request in [only_target, both] {
+            let route = router.route(&Method::GET, &request, &none).unwrap();
+            assert_eq!(
+                (
+                    route.bucket.as_deref(),
+                    route.key.as_deref(),
+                    route.addressing
+                ),
+                (
+                    Some("runner-cache"),
+                    Some("other/secret.txt"),
+                    Addressing::VirtualHost
+                )
+            );
+        }
     }
 
     #[test]

@@ -9,17 +9,22 @@
 //! S3's canonical URI is the path URI-encoded once (the path as sent is decoded, then encoded with
 //! AWS's rules, `/` kept, no normalisation of `.`/`..` or `//`); the canonical query has every
 //! parameter but `X-Amz-Signature`, encoded the same way and sorted.
+//!
+//! The path, the query and the `host` that are checked come from the request's
+//! [`ParsedRequest`], the same value routing reads: a signature covers the bucket and key the
+//! request is then routed to.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method};
 use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::{S3Error, S3ErrorCode};
+use super::request::ParsedRequest;
 
 /// The longest a presigned URL may be valid: seven days, as S3 allows.
 pub const MAX_PRESIGNED_EXPIRES: Duration = Duration::from_secs(604_800);
@@ -283,21 +288,19 @@ impl From<AuthError> for S3Error {
 /// Checks the SigV4 signature of a request (header or presigned), as of `now`.
 pub fn verify<C: CredentialLookup>(
     method: &Method,
-    uri: &Uri,
+    request: &ParsedRequest,
     headers: &HeaderMap,
     now: SystemTime,
     credentials: &C,
 ) -> Result<Verified<C::Principal>, AuthError> {
-    let query = parse_query(uri.query().unwrap_or(""));
-    let presigned = query.iter().any(|(name, _)| name == b"X-Amz-Algorithm");
+    let query = request.query();
+    let presigned = query.iter().any(|(name, _)| name == "X-Amz-Algorithm");
     let authorization = headers.get(http::header::AUTHORIZATION);
     match (authorization, presigned) {
         (Some(_), true) => Err(AuthError::BothMechanisms),
-        (Some(value), false) => {
-            verify_header(method, uri, headers, &query, value, now, credentials)
-        }
-        (None, true) => verify_presigned(method, uri, headers, &query, now, credentials),
-        (None, false) if query.iter().any(|(name, _)| name == b"Signature") => {
+        (Some(value), false) => verify_header(method, request, headers, value, now, credentials),
+        (None, true) => verify_presigned(method, request, headers, now, credentials),
+        (None, false) if query.iter().any(|(name, _)| name == "Signature") => {
             Err(AuthError::Unsupported("Signature Version 2 query auth"))
         }
         (None, false) => Err(AuthError::Anonymous),
@@ -534,9 +537,8 @@ fn classify_payload_hash(value: &str) -> Result<PayloadHash, AuthError> {
 
 fn verify_header<C: CredentialLookup>(
     method: &Method,
-    uri: &Uri,
+    request: &ParsedRequest,
     headers: &HeaderMap,
-    query: &[(Vec<u8>, Vec<u8>)],
     authorization: &http::HeaderValue,
     now: SystemTime,
     credentials: &C,
@@ -569,14 +571,7 @@ fn verify_header<C: CredentialLookup>(
     let (secret, principal) = credentials
         .lookup(auth.credential.access_key)
         .ok_or(AuthError::InvalidAccessKeyId)?;
-    let canonical = canonical_request(
-        method,
-        uri,
-        headers,
-        query,
-        &auth.signed_headers,
-        payload_hash,
-    );
+    let canonical = canonical_request(method, request, headers, &auth.signed_headers, payload_hash);
     let scope = auth.credential.scope();
     let key = SigningKey::derive(
         &secret,
@@ -615,14 +610,13 @@ fn verify_header<C: CredentialLookup>(
 
 fn verify_presigned<C: CredentialLookup>(
     method: &Method,
-    uri: &Uri,
+    request: &ParsedRequest,
     headers: &HeaderMap,
-    query: &[(Vec<u8>, Vec<u8>)],
     now: SystemTime,
     credentials: &C,
 ) -> Result<Verified<C::Principal>, AuthError> {
     let param = |name: &str| -> Result<Option<String>, AuthError> {
-        let mut values = query.iter().filter(|(n, _)| n == name.as_bytes());
+        let mut values = request.query().iter().filter(|(n, _)| n == name);
         let Some((_, value)) = values.next() else {
             return Ok(None);
         };
@@ -631,9 +625,7 @@ fn verify_presigned<C: CredentialLookup>(
                 "{name} appears more than once"
             )));
         }
-        String::from_utf8(value.clone())
-            .map(Some)
-            .map_err(|_| AuthError::QueryMalformed(format!("{name} is not UTF-8")))
+        Ok(Some(value.clone()))
     };
     if param("X-Amz-Security-Token")?.is_some() || headers.contains_key("x-amz-security-token") {
         return Err(AuthError::TemporaryCredentials);
@@ -703,7 +695,7 @@ fn verify_presigned<C: CredentialLookup>(
     let (secret, principal) = credentials
         .lookup(credential.access_key)
         .ok_or(AuthError::InvalidAccessKeyId)?;
-    let canonical = canonical_request(method, uri, headers, query, &signed_headers, &payload_hash);
+    let canonical = canonical_request(method, request, headers, &signed_headers, &payload_hash);
     let key = SigningKey::derive(
         &secret,
         credential.date,
@@ -747,18 +739,14 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
 
-/// The query's parameters, percent-decoded (`+` is kept as `+`: clients encode a space as `%20`).
-/// A parameter without `=` has an empty value, as in `?uploads`.
+/// The query's parameters as bytes, decoded as [`super::request::parse_query`] decodes them
+/// (nothing where that refuses the query, which the front has then refused). For the forward
+/// mode's readers of a raw query; the front reads [`ParsedRequest::query`].
 pub(crate) fn parse_query(raw: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    raw.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_decode_str(name).collect(),
-                percent_decode_str(value).collect(),
-            )
-        })
+    super::request::parse_query(raw)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name.into_bytes(), value.into_bytes()))
         .collect()
 }
 
@@ -775,14 +763,14 @@ pub fn canonical_uri(raw_path: &str) -> String {
     }
 }
 
-fn canonical_query(query: &[(Vec<u8>, Vec<u8>)]) -> String {
+fn canonical_query(query: &[(String, String)]) -> String {
     let mut pairs: Vec<(String, String)> = query
         .iter()
-        .filter(|(name, _)| name != b"X-Amz-Signature")
+        .filter(|(name, _)| name != "X-Amz-Signature")
         .map(|(name, value)| {
             (
-                percent_encode(name, ENCODE_ALL).to_string(),
-                percent_encode(value, ENCODE_ALL).to_string(),
+                percent_encode(name.as_bytes(), ENCODE_ALL).to_string(),
+                percent_encode(value.as_bytes(), ENCODE_ALL).to_string(),
             )
         })
         .collect();
@@ -800,16 +788,22 @@ fn canonical_query(query: &[(Vec<u8>, Vec<u8>)]) -> String {
 }
 
 /// A header's canonical value: all its values trimmed, runs of spaces inside collapsed to one,
-/// joined by `,`. A signed `host` missing from the headers comes from the URI's authority.
-fn canonical_header_value(headers: &HeaderMap, uri: &Uri, name: &str, out: &mut Vec<u8>) {
-    let mut values = headers.get_all(name).iter().peekable();
-    if values.peek().is_none() && name == "host" {
-        if let Some(authority) = uri.authority() {
-            out.extend_from_slice(authority.as_str().as_bytes());
+/// joined by `,`. `host` is the request's one authority as the client sent it (its `Host`, or
+/// the absolute-form target's when an HTTP/1.0 request had no `Host`), the same that routing
+/// took the bucket from.
+fn canonical_header_value(
+    headers: &HeaderMap,
+    request: &ParsedRequest,
+    name: &str,
+    out: &mut Vec<u8>,
+) {
+    if name == "host" {
+        if let Some(authority) = request.authority() {
+            out.extend_from_slice(authority.as_sent().trim().as_bytes());
         }
         return;
     }
-    for (i, value) in values.enumerate() {
+    for (i, value) in headers.get_all(name).iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -830,23 +824,22 @@ fn canonical_header_value(headers: &HeaderMap, uri: &Uri, name: &str, out: &mut 
 
 fn canonical_request(
     method: &Method,
-    uri: &Uri,
+    request: &ParsedRequest,
     headers: &HeaderMap,
-    query: &[(Vec<u8>, Vec<u8>)],
     signed_headers: &[&str],
     payload_hash: &str,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(canonical_uri(uri.path()).as_bytes());
+    out.extend_from_slice(canonical_uri(request.path()).as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(canonical_query(query).as_bytes());
+    out.extend_from_slice(canonical_query(request.query()).as_bytes());
     out.push(b'\n');
     for name in signed_headers {
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
-        canonical_header_value(headers, uri, name, &mut out);
+        canonical_header_value(headers, request, name, &mut out);
         out.push(b'\n');
     }
     out.push(b'\n');

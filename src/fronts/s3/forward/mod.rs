@@ -18,6 +18,11 @@
 //! Objects are cached under the forwarded endpoint's namespace as `<bucket>/<key>`, whether
 //! the client addressed the bucket path style or virtual-host style: both name the same S3
 //! object. The namespace never reaches the daemon's own `[s3]` backend.
+//!
+//! Which endpoint a request is for, and its bucket and key, come from the front's one
+//! [`ParsedRequest`] of it: the same authority (a request with two `Host`s or a `Host` that
+//! disagrees with its absolute-form target never gets here) that goes on to S3 in `Host`,
+//! which is what S3 checks the signature against.
 
 mod fill;
 mod flight;
@@ -31,12 +36,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
-use http::{HeaderMap, Method, Response, StatusCode, Uri};
+use http::{Method, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::Request;
 
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{error_response, request_id};
+use super::request::ParsedRequest;
 use super::route::{Operation, Router};
 use crate::config::S3ApiForward;
 use crate::fronts::reply::{in_namespace, BodyAnswers};
@@ -69,6 +75,9 @@ pub(super) struct Target<'a> {
     operation: &'static str,
     /// The cache key of the object an object operation names (`<bucket>/<key>`).
     key: Option<Key>,
+    /// The request head as the front read it: its decoded query is what decides whether the
+    /// answer is the object as stored (`response-*`, `partNumber`, `versionId`).
+    request: &'a ParsedRequest,
 }
 
 /// The forward mode's handler, consulted by the S3 front for every request.
@@ -133,30 +142,34 @@ impl<B: Backend> Forward<B> {
         }))
     }
 
-    /// Whether the request is addressed to a forwarded host (its `Host`, port aside, is one
-    /// of them or a bucket under one).
-    pub fn claims(&self, headers: &HeaderMap) -> bool {
-        self.endpoint_for(headers).is_some()
+    /// Whether the request is addressed to a forwarded host (its authority, port aside, is
+    /// one of them or a bucket under one).
+    pub fn claims(&self, request: &ParsedRequest) -> bool {
+        self.endpoint_for(request).is_some()
     }
 
-    fn endpoint_for(&self, headers: &HeaderMap) -> Option<&Endpoint> {
-        let name = host_name(headers)?;
+    fn endpoint_for(&self, request: &ParsedRequest) -> Option<&Endpoint> {
+        let name = request.authority()?.host();
         self.endpoints
             .iter()
-            .find(|endpoint| names_host(&endpoint.hosts, &name))
+            .find(|endpoint| names_host(&endpoint.hosts, name))
     }
 
-    /// Forwards one request (which [`Forward::claims`]) and answers with S3's answer, or with
-    /// the node's copy where S3 said it is current.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let Some(endpoint) = self.endpoint_for(req.headers()) else {
-            // `claims` said yes; only a Host changed in between could get here.
+    /// Forwards one request (which [`Forward::claims`], read as `parsed`) and answers with
+    /// S3's answer, or with the node's copy where S3 said it is current.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        parsed: &ParsedRequest,
+    ) -> Response<ResponseBody> {
+        let Some(endpoint) = self.endpoint_for(parsed) else {
+            // The front asks `claims` with this same value first.
             let err = Failed::Unreachable("no forwarded host".into());
             return self.failed(req.method(), req.uri().path(), "Other", &err);
         };
         let route = endpoint
             .router
-            .route(req.method(), req.uri(), req.headers())
+            .route(req.method(), parsed, req.headers())
             .ok();
         let operation = match route.as_ref().map(|r| &r.operation) {
             Some(Operation::NotImplemented) | None => "Other",
@@ -170,6 +183,7 @@ impl<B: Backend> Forward<B> {
             endpoint,
             operation,
             key,
+            request: parsed,
         };
         let mut response = match route.map(|r| r.operation) {
             Some(Operation::GetObject) if target.key.is_some() => self.get(req, &target).await,
@@ -231,16 +245,6 @@ impl<B: Backend> Forward<B> {
     }
 }
 
-/// The request's `Host`, lowercase and without its port.
-fn host_name(headers: &HeaderMap) -> Option<String> {
-    let host = headers.get(http::header::HOST)?.to_str().ok()?;
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    Some(name.to_ascii_lowercase())
-}
-
 /// Whether `name` is one of `hosts` or a bucket under one (`<bucket>.<host>`).
 fn names_host(hosts: &[String], name: &str) -> bool {
     hosts.iter().any(|base| {
@@ -256,16 +260,12 @@ fn names_host(hosts: &[String], name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn with_host(host: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::HOST, host.parse().unwrap());
-        headers
-    }
+    use crate::fronts::s3::request::Authority;
 
     #[test]
     fn forwarded_hosts_are_matched_by_name_path_or_virtual_host_style_with_any_port() {
         let hosts = vec!["s3.eu-west-1.amazonaws.com".to_string()];
-        let matches = |host: &str| names_host(&hosts, &host_name(&with_host(host)).unwrap());
+        let matches = |host: &str| names_host(&hosts, Authority::parse(host).unwrap().host());
         assert!(matches("s3.eu-west-1.amazonaws.com"));
         assert!(matches("S3.EU-WEST-1.amazonaws.com:443"));
         assert!(matches("my-bucket.s3.eu-west-1.amazonaws.com"));
@@ -274,6 +274,5 @@ mod tests {
         assert!(!matches("evil-s3.eu-west-1.amazonaws.com"));
         assert!(!matches("s3.eu-west-1.amazonaws.com.evil.test"));
         assert!(!matches("127.0.0.1:9000"));
-        assert_eq!(host_name(&HeaderMap::new()), None);
     }
 }

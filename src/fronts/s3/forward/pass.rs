@@ -40,7 +40,7 @@ impl<B: Backend> Forward<B> {
         drops_copy: bool,
     ) -> Response<ResponseBody> {
         let ticket = drops_copy.then(|| self.store.begin_copy());
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let (method, path) = (req.method().clone(), target.request.path().to_string());
         let (answer, got) = if has_body(&req) {
             match self.admit(&req) {
                 Err(refused) => return self.answers.refuse(req, *refused).await,

@@ -3,6 +3,7 @@
 //! AKIAIOSFODNN7EXAMPLE) and against requests signed by real clients.
 
 use super::*;
+use http::{Uri, Version};
 
 const AK: &str = "AKIAIOSFODNN7EXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
@@ -22,7 +23,11 @@ fn at(amz_date: &str, offset_secs: i64) -> SystemTime {
 }
 
 /// The request as our server sees it: origin-form URI, `Host` from the URL.
-fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap) {
+fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (Method, ParsedRequest, HeaderMap) {
     let full: Uri = url.parse().expect("fixture URL");
     let mut map = HeaderMap::new();
     map.insert("host", full.authority().unwrap().as_str().parse().unwrap());
@@ -33,7 +38,8 @@ fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> (Method, Uri, H
         );
     }
     let origin: Uri = full.path_and_query().unwrap().as_str().parse().unwrap();
-    (method.parse().unwrap(), origin, map)
+    let parsed = ParsedRequest::parse(&origin, Version::HTTP_11, &map).expect("fixture head");
+    (method.parse().unwrap(), parsed, map)
 }
 
 fn check(
@@ -42,8 +48,8 @@ fn check(
     headers: &[(&str, &str)],
     now: SystemTime,
 ) -> Result<Verified<&'static str>, AuthError> {
-    let (method, uri, headers) = request(method, url, headers);
-    verify(&method, &uri, &headers, now, &lookup)
+    let (method, parsed, headers) = request(method, url, headers);
+    verify(&method, &parsed, &headers, now, &lookup)
 }
 
 const GET_OBJECT_AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41";
@@ -160,6 +166,48 @@ fn aws_example_presigned_url() {
         check("HEAD", AWS_PRESIGNED, &[], at("20130524T000000Z", 0)).unwrap_err(),
         AuthError::SignatureDoesNotMatch
     );
+}
+
+/// The `host` checked is the request's one authority, the one routing reads: AWS's
+/// virtual-host presigned URL sent absolute-form verifies over HTTP/1.0 without `Host` (the
+/// target's authority) and over HTTP/1.1 with a `Host` naming the same place; its path and
+/// query under another host do not. Parameter names are compared decoded, as S3 does.
+#[test]
+fn the_signed_host_is_the_requests_one_authority() {
+    let now = at("20130524T000000Z", 0);
+    let target: Uri = AWS_PRESIGNED.parse().unwrap();
+    let none = HeaderMap::new();
+    let http10 = ParsedRequest::parse(&target, Version::HTTP_10, &none).unwrap();
+    verify(&Method::GET, &http10, &none, now, &lookup).expect("target authority");
+    let mut same = HeaderMap::new();
+    same.insert("host", "ExampleBucket.s3.amazonaws.com".parse().unwrap());
+    // The Host header is what the client signed: here it differs in case from what was.
+    let cased = ParsedRequest::parse(&target, Version::HTTP_11, &same).unwrap();
+    assert_eq!(
+        verify(&Method::GET, &cased, &same, now, &lookup).unwrap_err(),
+        AuthError::SignatureDoesNotMatch
+    );
+    same.insert(
+        "host",
+        "examplebucket.s3.amazonaws.com:443".parse().unwrap(),
+    );
+    let with_port = ParsedRequest::parse(&target, Version::HTTP_11, &same);
+    assert!(
+        with_port.is_ok(),
+        "https's default port names the same place"
+    );
+    let mut other = HeaderMap::new();
+    other.insert("host", "127.0.0.1:9000".parse().unwrap());
+    let origin: Uri = target.path_and_query().unwrap().as_str().parse().unwrap();
+    let elsewhere = ParsedRequest::parse(&origin, Version::HTTP_11, &other).unwrap();
+    assert_eq!(
+        verify(&Method::GET, &elsewhere, &other, now, &lookup).unwrap_err(),
+        AuthError::SignatureDoesNotMatch
+    );
+    let encoded_names = AWS_PRESIGNED
+        .replace("X-Amz-Expires", "X-Amz%2DExpires")
+        .replace("X-Amz-Date", "X%2DAmz-Date");
+    check("GET", &encoded_names, &[], now).expect("names are compared decoded");
 }
 
 #[test]
@@ -570,16 +618,20 @@ fn canonical_forms() {
     assert_eq!(canonical_uri("/%C3%BC"), "/%C3%BC");
     assert_eq!(canonical_uri(""), "/");
     assert_eq!(
-        canonical_query(&parse_query(
-            "b=2&a=&uploads&X-Amz-Signature=zz&a=1&k=a%20b+c"
-        )),
-        "a=&a=1&b=2&k=a%20b%2Bc&uploads="
+        canonical_query(
+            &crate::fronts::s3::request::parse_query(
+                "b=2&a=&uploads&X-Amz-Signature=zz&a=1&k=a%20b+c&response%2Dcontent-type=x"
+            )
+            .unwrap()
+        ),
+        "a=&a=1&b=2&k=a%20b%2Bc&response-content-type=x&uploads="
     );
     let mut headers = HeaderMap::new();
     headers.append("x-amz-meta-a", "  one   two \t three ".parse().unwrap());
     headers.append("x-amz-meta-a", "four".parse().unwrap());
     let mut out = Vec::new();
-    canonical_header_value(&headers, &Uri::from_static("/"), "x-amz-meta-a", &mut out);
+    let (_, parsed, _) = request("GET", "http://127.0.0.1:9000/", &[]);
+    canonical_header_value(&headers, &parsed, "x-amz-meta-a", &mut out);
     assert_eq!(out, b"one two three,four");
 }
 
