@@ -17,10 +17,11 @@
 
 #![no_main]
 
+use build_cache_proxy::fronts::s3::request::ParsedRequest;
 use build_cache_proxy::fronts::s3::route::{Operation, Route, Router, MAX_KEY_LEN};
 use build_cache_proxy::fronts::s3::sigv4::canonical_uri;
 use build_cache_proxy::fronts::s3::xml::MAX_PARTS;
-use http::{HeaderMap, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use libfuzzer_sys::fuzz_target;
 
 const BASE: &str = "s3.cache.local";
@@ -49,14 +50,19 @@ fn route(
     if let Some(copy) = copy {
         headers.insert("x-amz-copy-source", copy.clone());
     }
-    Some(router.route(method, &uri, &headers).map_err(|err| {
+    let refusal = |err: build_cache_proxy::fronts::s3::error::S3Error| {
         assert!(
             err.status().is_client_error(),
             "{err} answers {}",
             err.status()
         );
         err.code.as_str().to_owned()
-    }))
+    };
+    let parsed = match ParsedRequest::parse(&uri, Version::HTTP_11, &headers) {
+        Ok(parsed) => parsed,
+        Err(err) => return Some(Err(refusal(err))),
+    };
+    Some(router.route(method, &parsed, &headers).map_err(refusal))
 }
 
 fuzz_target!(|data: &[u8]| {
