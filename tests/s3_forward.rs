@@ -743,6 +743,32 @@ async fn the_java_sdk_v1_through_the_forwarded_name() {
     remove_bucket(&s3, &bucket).await;
 }
 
+/// `Connection: host` (a client naming its own signed `Host` as hop-by-hop) once made the node
+/// send S3 a request without `Host`. It still goes on: S3 checks the signature against it, and
+/// the upload and the read both succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_host_still_sends_the_signed_host_to_s3() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-connection-host").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let data = pattern(64 << 10, 23);
+    let put = presigned_put(&bucket, "named.bin").await;
+    let response =
+        send_presigned(&daemon, &put, &[("connection", "host")], Some(data.clone())).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(
+        s3t::object(&s3, &bucket, "named.bin").await.as_deref(),
+        Some(&data[..])
+    );
+    let get = presigned_get(&bucket, "named.bin").await;
+    let response = send_presigned(&daemon, &get, &[("connection", "host")], None).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.unwrap() == data, "other bytes");
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
 /// S3 out of reach: a retryable S3 error from the node, never its copy (nobody could say
 /// whether the request may read it), counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
