@@ -19,6 +19,7 @@
 //! the client addressed the bucket path style or virtual-host style: both name the same S3
 //! object. The namespace never reaches the daemon's own `[s3]` backend.
 
+mod cacheable;
 mod fill;
 mod flight;
 mod pass;
@@ -60,6 +61,8 @@ struct Endpoint {
     /// Knows the hosts as virtual-host bases, so `bucket.<host>` routes to `bucket`.
     router: Router,
     response_timeout: Duration,
+    /// Whether SSE-KMS objects get copies (see [`cacheable`]).
+    cache_kms: bool,
 }
 
 /// What a forwarded request is about.
@@ -69,6 +72,8 @@ pub(super) struct Target<'a> {
     operation: &'static str,
     /// The cache key of the object an object operation names (`<bucket>/<key>`).
     key: Option<Key>,
+    /// The query's parameters, names and values decoded as S3 reads them.
+    query: Vec<(String, String)>,
 }
 
 /// The forward mode's handler, consulted by the S3 front for every request.
@@ -111,6 +116,7 @@ impl<B: Backend> Forward<B> {
                 uri,
                 namespace,
                 response_timeout: forward.response_timeout,
+                cache_kms: forward.cache_kms,
             });
         }
         let connect_timeout = config
@@ -170,6 +176,7 @@ impl<B: Backend> Forward<B> {
             endpoint,
             operation,
             key,
+            query: route.as_ref().map(|r| r.query.clone()).unwrap_or_default(),
         };
         let mut response = match route.map(|r| r.operation) {
             Some(Operation::GetObject) if target.key.is_some() => self.get(req, &target).await,
