@@ -1361,7 +1361,9 @@ async fn decoded_lengths_count_per_address_and_a_trickled_declaration_starves_no
     assert_eq!(metric_value(&metrics(&daemon).await, DECLARED), 0.0);
 
     // 14 MiB promised behind 1000 bytes, trickled: within the cap, so it goes on to S3 (which
-    // will judge it), and it holds 14 MiB of the address's share while it lasts.
+    // will judge it), and it holds 14 MiB of the address's share while it lasts. (SeaweedFS
+    // may refuse its made-up signature at once; the node still holds the upload until its
+    // body ends or stalls for `body_stall_timeout`, 30 s, far longer than this test.)
     let (release, hold) = tokio::sync::oneshot::channel::<()>();
     let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(vec![b'0'; 10]) });
     let rest = futures_util::stream::once(async move {
