@@ -37,14 +37,19 @@ fn forwarded_endpoint() -> String {
 
 /// The daemon's config: a forward entry and nothing else about S3.
 fn forward_config() -> String {
+    forward_entry(&endpoint(), "")
+}
+
+/// A forward entry sending to `to`, with `extra` lines in it.
+fn forward_entry(to: &str, extra: &str) -> String {
     format!(
         r#"
 [[s3_api.forward]]
 namespace = "{NAMESPACE}"
 hosts = ["{FORWARDED_HOST}"]
-endpoint = "{}"
-"#,
-        endpoint()
+endpoint = "{to}"
+{extra}
+"#
     )
 }
 
@@ -59,8 +64,12 @@ const CREDENTIAL_VARIABLES: [&str; 6] = [
 ];
 
 fn start(work: &Path) -> Daemon {
+    start_with(work, &forward_config())
+}
+
+fn start_with(work: &Path, config: &str) -> Daemon {
     // No AWS credentials in the daemon's environment either.
-    let mut spec = DaemonSpec::new(&forward_config()).env("AWS_EC2_METADATA_DISABLED", "true");
+    let mut spec = DaemonSpec::new(config).env("AWS_EC2_METADATA_DISABLED", "true");
     for name in CREDENTIAL_VARIABLES {
         spec = spec.env(name, "");
     }
@@ -85,12 +94,24 @@ async fn send(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> reqwest::Response {
+    send_from(reqwest::Client::new(), daemon, method, url, headers, body).await
+}
+
+/// [`send`] with `client` (one bound to another loopback address, say).
+async fn send_from(
+    client: reqwest::Client,
+    daemon: &Daemon,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> reqwest::Response {
     let url: reqwest::Url = url.parse().unwrap();
     let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
     let mut to_daemon = url.clone();
     to_daemon.set_host(Some("127.0.0.1")).unwrap();
     to_daemon.set_port(Some(daemon.s3.port())).unwrap();
-    let mut request = reqwest::Client::new()
+    let mut request = client
         .request(method.parse().unwrap(), to_daemon)
         .header("host", host);
     for (name, value) in headers {
@@ -1010,6 +1031,429 @@ async fn large_objects_stream_through_the_forward_mode_in_bounded_memory() {
     eprintln!(
         "forward mode, 3 × 512 MiB: daemon peak RSS {} MiB",
         peak >> 20
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+/// A GET presigned with `response%2Dcontent-encoding=gzip`: the parameter's name percent-encoded,
+/// which S3 decodes (the signature holds, and S3 applies the override). Its answer is not the
+/// object as stored: it fills no copy, and with a copy on the node it is still S3's to answer,
+/// so later plain GETs never carry the override's headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_overrides_neither_fill_a_copy_nor_are_served_from_one() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-overrides").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let data = pattern(64 << 10, 41);
+    s3t::put_object(&s3, &bucket, "lib.jar", data.clone()).await;
+    let overridden = signer()
+        .get_object()
+        .bucket(&bucket)
+        .key("lib.jar")
+        .response_content_encoding("gzip")
+        .response_content_type("text/html")
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let encoded = overridden
+        .uri()
+        .replace("response-content-encoding=", "response%2Dcontent-encoding=")
+        .replace("response-content-type=", "response%2Dcontent-type=");
+    assert_ne!(encoded, overridden.uri());
+    let headers: Vec<(&str, &str)> = overridden.headers().collect();
+    let plain = presigned_get(&bucket, "lib.jar").await;
+    let overrides = |response: &reqwest::Response| {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        (header("content-encoding"), header("content-type"))
+    };
+
+    // Cold: S3's answer with the overrides, passed through and kept nowhere.
+    let (local_before, s3_before) = counters(&daemon).await;
+    let response = send(&daemon, "GET", &encoded, &headers, None).await;
+    assert_eq!(response.status(), 200);
+    let seen = overrides(&response);
+    assert_eq!(
+        seen,
+        (Some("gzip".into()), Some("text/html".into())),
+        "S3 applies the encoded overrides"
+    );
+    assert!(response.bytes().await.unwrap() == data);
+    assert_eq!(
+        counters(&daemon).await,
+        (local_before, s3_before + data.len() as f64)
+    );
+    assert_eq!(
+        metric_value(&metrics(&daemon).await, "build_cache_proxy_disk_entries"),
+        0.0,
+        "the override's answer filled a copy"
+    );
+
+    // A plain GET: still cold (from S3), and S3's own headers.
+    let response = send_presigned(&daemon, &plain, &[], None).await;
+    assert_eq!(response.status(), 200);
+    assert_ne!(overrides(&response).0.as_deref(), Some("gzip"));
+    assert!(response.bytes().await.unwrap() == data);
+    assert_eq!(
+        counters(&daemon).await,
+        (local_before, s3_before + 2.0 * data.len() as f64)
+    );
+
+    // Now the node has a copy: the override is still S3's to answer, with its headers...
+    let response = send(&daemon, "GET", &encoded, &headers, None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(overrides(&response), seen);
+    assert!(response.bytes().await.unwrap() == data);
+    assert_eq!(
+        counters(&daemon).await,
+        (local_before, s3_before + 3.0 * data.len() as f64)
+    );
+    // ... and plain GETs are served from the untouched copy.
+    for _ in 0..2 {
+        let response = send_presigned(&daemon, &plain, &[], None).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(overrides(&response).0, None);
+        assert_ne!(overrides(&response).1.as_deref(), Some("text/html"));
+        assert!(response.bytes().await.unwrap() == data);
+    }
+    assert_eq!(
+        counters(&daemon).await,
+        (
+            local_before + 2.0 * data.len() as f64,
+            s3_before + 3.0 * data.len() as f64
+        )
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+/// SSE-C: reading the object takes the customer's key, and SeaweedFS answers a keyless GET
+/// with `If-None-Match: <its ETag>` with 304 (and gives SSE-C objects their plaintext's MD5 as
+/// ETag). Neither the PUT through the node nor a GET with the key leaves a copy, so a request
+/// without the key gets S3's refusal, never the node's plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_c_objects_are_passed_through_and_never_served_from_the_node() {
+    use base64::Engine;
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-sse-c").await;
+    let work = tempfile::tempdir().unwrap();
+    let daemon = start(work.path());
+    let key = [7u8; 32];
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (customer_key, customer_md5) = (b64(&key), b64(&Md5::digest(key)));
+    let data = pattern(64 << 10, 43);
+
+    let put = signer()
+        .put_object()
+        .bucket(&bucket)
+        .key("secret.bin")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&customer_key)
+        .sse_customer_key_md5(&customer_md5)
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert!(put
+        .headers()
+        .any(|(name, _)| name.starts_with("x-amz-server-side-encryption-customer-")));
+    let response = send_presigned(&daemon, &put, &[], Some(data.clone())).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    let keyless = presigned_get(&bucket, "secret.bin").await;
+    let with_key = signer()
+        .get_object()
+        .bucket(&bucket)
+        .key("secret.bin")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&customer_key)
+        .sse_customer_key_md5(&customer_md5)
+        .presigned(presigning(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let refused = |status: u16| (400..500).contains(&status);
+    let (status, body) = get_body(&daemon, &keyless).await;
+    assert!(refused(status), "keyless GET after the PUT: {status}");
+    assert!(body != data);
+
+    // With the key: S3's bytes each time, and still no copy for the keyless request.
+    let (local_before, s3_before) = counters(&daemon).await;
+    for _ in 0..2 {
+        let (status, body) = get_body(&daemon, &with_key).await;
+        assert_eq!(status, 200);
+        assert!(body == data);
+    }
+    assert_eq!(
+        counters(&daemon).await,
+        (local_before, s3_before + 2.0 * data.len() as f64)
+    );
+    let (status, body) = get_body(&daemon, &keyless).await;
+    assert!(
+        refused(status),
+        "keyless GET after GETs with the key: {status}"
+    );
+    assert!(body != data);
+    assert_eq!(
+        metric_value(&metrics(&daemon).await, "build_cache_proxy_disk_entries"),
+        0.0
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+/// SeaweedFS behind a relay that adds `x-amz-server-side-encryption: aws:kms` to every answer,
+/// as S3 does for a bucket encrypted with SSE-KMS by default (SeaweedFS needs a KMS of its own
+/// to say so). Requests go on as they came, `Host` included, so signatures still hold.
+struct KmsRelay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KmsRelay {
+    async fn start() -> KmsRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(KmsRelay::relay);
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        KmsRelay { addr, task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn relay(
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
+        use http_body_util::BodyExt;
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("{}{path}", endpoint().trim_end_matches('/'));
+        let mut to_s3 = reqwest::Client::new().request(parts.method, url).body(body);
+        for (name, value) in &parts.headers {
+            to_s3 = to_s3.header(name, value);
+        }
+        let answer = to_s3.send().await.expect("SeaweedFS answers the relay");
+        let mut response = hyper::Response::builder().status(answer.status());
+        for (name, value) in answer.headers() {
+            if name != "transfer-encoding" && name != "connection" {
+                response = response.header(name, value);
+            }
+        }
+        response = response.header("x-amz-server-side-encryption", "aws:kms");
+        let body = answer.bytes().await.expect("SeaweedFS's body");
+        Ok(response.body(http_body_util::Full::new(body)).unwrap())
+    }
+}
+
+impl Drop for KmsRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Two GETs of `data` through `daemon`, each answered as an SSE-KMS object: what the daemon
+/// served of them from the node and from S3.
+async fn two_gets(daemon: &Daemon, get: &PresignedRequest, data: &[u8], etag: &str) -> (f64, f64) {
+    let before = counters(daemon).await;
+    for _ in 0..2 {
+        let response = send_presigned(daemon, get, &[], None).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-amz-server-side-encryption"],
+            "aws:kms"
+        );
+        assert_eq!(response.headers()["etag"], etag);
+        assert!(response.bytes().await.unwrap() == data);
+    }
+    let after = counters(daemon).await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// SSE-KMS objects are passed through unless the forward entry sets `cache_kms = true`; a copy
+/// made while it did is remembered as one, and is not served once the entry no longer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_kms_objects_are_cached_only_where_the_entry_opts_in() {
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-kms").await;
+    let relay = KmsRelay::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(64 << 10, 47);
+    s3t::put_object(&s3, &bucket, "sealed.bin", data.clone()).await;
+    let get = presigned_get(&bucket, "sealed.bin").await;
+    let head = s3.head_object().bucket(&bucket).key("sealed.bin");
+    let etag = head.send().await.unwrap().e_tag().unwrap().to_string();
+    let len = data.len() as f64;
+    let daemon = start_with(work.path(), &forward_entry(&relay.endpoint(), ""));
+    assert_eq!(
+        two_gets(&daemon, &get, &data, &etag).await,
+        (0.0, 2.0 * len),
+        "cache_kms off"
+    );
+    drop(daemon);
+
+    let opted_in = forward_entry(&relay.endpoint(), "cache_kms = true");
+    let daemon = start_with(work.path(), &opted_in);
+    assert_eq!(
+        two_gets(&daemon, &get, &data, &etag).await,
+        (len, len),
+        "cache_kms = true"
+    );
+    drop(daemon);
+
+    // The same disk, the entry no longer opted in: the copy is not the node's to serve.
+    let daemon = start_with(work.path(), &forward_entry(&relay.endpoint(), ""));
+    assert_eq!(
+        metric_value(&metrics(&daemon).await, "build_cache_proxy_disk_entries"),
+        1.0
+    );
+    assert_eq!(
+        two_gets(&daemon, &get, &data, &etag).await,
+        (0.0, 2.0 * len),
+        "cache_kms off again"
+    );
+    drop(daemon);
+    remove_bucket(&s3, &bucket).await;
+}
+
+/// An aws-chunked PUT's `x-amz-decoded-content-length` is what its copy asks of the disk: it
+/// counts against `max_upload_bytes_per_ip` (an 8 GiB declaration behind a 1000-byte body is
+/// refused before anything is reserved), and a declaration its `Content-Length` cannot carry
+/// keeps no copy. Meanwhile another address's upload keeps its copy on a disk that the
+/// trickled declaration, promised up front, would have filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_lengths_count_per_address_and_a_trickled_declaration_starves_no_one() {
+    const DECLARED: &str = "build_cache_proxy_uploads_declared_bytes";
+    let s3 = client(&endpoint());
+    let bucket = fresh_bucket(&s3, "fwd-decoded").await;
+    let work = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[disk]\nmax_size = \"16MiB\"\n\n[gradle]\nmax_entry_size = \"1MiB\"\n\n[limits]\nmax_upload_bytes_per_ip = \"15MiB\"\n{}",
+        forward_config()
+    );
+    let daemon = start_with(work.path(), &config);
+    let url = format!("{}/{bucket}/trickle.bin", forwarded_endpoint());
+    let chunked = |decoded: u64| {
+        vec![
+            ("content-length".to_string(), "1000".to_string()),
+            ("content-encoding".to_string(), "aws-chunked".to_string()),
+            (
+                "x-amz-content-sha256".to_string(),
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD".to_string(),
+            ),
+            (
+                "x-amz-decoded-content-length".to_string(),
+                decoded.to_string(),
+            ),
+            ("x-amz-date".to_string(), "20260101T000000Z".to_string()),
+            (
+                "authorization".to_string(),
+                "AWS4-HMAC-SHA256 Credential=AK/20260101/us-east-1/s3/aws4_request, \
+                 SignedHeaders=content-encoding;host;x-amz-content-sha256;x-amz-date;\
+                 x-amz-decoded-content-length, Signature=00"
+                    .to_string(),
+            ),
+        ]
+    };
+    let send_chunked = |decoded: u64| {
+        let headers = chunked(decoded);
+        let (daemon, url) = (&daemon, &url);
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            send(daemon, "PUT", url, &headers, Some(vec![b'0'; 1000])).await
+        }
+    };
+
+    // 8 GiB of data promised behind 1000 bytes: over the address's cap, refused at once.
+    let response = send_chunked(8 << 30).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.text().await.unwrap().contains("SlowDown"));
+    assert_eq!(metric_value(&metrics(&daemon).await, DECLARED), 0.0);
+
+    // 14 MiB promised behind 1000 bytes, trickled: within the cap, so it goes on to S3 (which
+    // will judge it), and it holds 14 MiB of the address's share while it lasts. (SeaweedFS
+    // may refuse its made-up signature at once; the node still holds the upload until its
+    // body ends or stalls for `body_stall_timeout`, 30 s, far longer than this test.)
+    let (release, hold) = tokio::sync::oneshot::channel::<()>();
+    let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(vec![b'0'; 10]) });
+    let rest = futures_util::stream::once(async move {
+        let _ = hold.await;
+        Ok::<_, std::io::Error>(vec![b'0'; 990])
+    });
+    let trickle = {
+        let mut to_daemon: reqwest::Url = url.parse().unwrap();
+        to_daemon.set_host(Some("127.0.0.1")).unwrap();
+        to_daemon.set_port(Some(daemon.s3.port())).unwrap();
+        let mut request = reqwest::Client::new()
+            .put(to_daemon)
+            .header("host", format!("{FORWARDED_HOST}:{}", s3_port()));
+        for (name, value) in chunked(14 << 20) {
+            request = request.header(name, value);
+        }
+        let body = reqwest::Body::wrap_stream(futures_util::StreamExt::chain(first, rest));
+        tokio::spawn(request.body(body).send())
+    };
+    common::eventually("the trickle admitted", Duration::from_secs(10), || async {
+        metric_value(&metrics(&daemon).await, DECLARED) == (14 << 20) as f64
+    })
+    .await;
+
+    // The same address may not declare more than its share...
+    let response = send_chunked(2 << 20).await;
+    assert_eq!(response.status(), 503);
+    // ... while another address's upload goes through and keeps its copy.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let data = pattern(2 << 20, 53);
+    let put = presigned_put(&bucket, "other.bin").await;
+    let headers: Vec<(&str, &str)> = put.headers().collect();
+    let response = send_from(
+        other,
+        &daemon,
+        "PUT",
+        put.uri(),
+        &headers,
+        Some(data.clone()),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let local_before = counters(&daemon).await.0;
+    let (status, body) = get_body(&daemon, &presigned_get(&bucket, "other.bin").await).await;
+    assert_eq!(status, 200);
+    assert!(body == data);
+    assert_eq!(
+        counters(&daemon).await.0 - local_before,
+        data.len() as f64,
+        "the other address's upload kept no copy"
+    );
+
+    let _ = release.send(());
+    let _ = trickle.await;
+    let text = metrics(&daemon).await;
+    assert!(
+        metric_value(
+            &text,
+            "build_cache_proxy_dropped_puts_total{front=\"s3\",reason=\"max_upload_bytes_per_ip\"}"
+        ) >= 2.0,
+        "{text}"
     );
     drop(daemon);
     remove_bucket(&s3, &bucket).await;

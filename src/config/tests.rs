@@ -444,6 +444,10 @@ fn forward_entries_need_their_own_namespace_hosts_and_an_http_endpoint() {
     let forward = &config.s3_api.forward[0];
     assert_eq!(forward.hosts, ["s3.eu-west-1.amazonaws.com"]);
     assert_eq!(forward.response_timeout, Duration::from_secs(60));
+    // SSE-KMS objects are passed through unless the entry opts in.
+    assert!(!forward.cache_kms);
+    let opted_in = parse(&format!("{good}cache_kms = true\n")).unwrap();
+    assert!(opted_in.s3_api.forward[0].cache_kms);
     for (text, field) in [
         (
             entry("runner-cache", r#"["s3.test"]"#, "http://127.0.0.1:8333"),

@@ -359,6 +359,13 @@ pub struct S3ApiForward {
     /// Longest wait for the endpoint's response head once the request (and its body) is sent.
     #[serde(default = "default_forward_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Whether objects S3 stores under SSE-KMS (`aws:kms`, `aws:kms:dsse`) get a copy on the
+    /// node. Off by default: S3 may answer the node's `If-None-Match` with 304 to a principal
+    /// that may read the object but not decrypt it (`s3:GetObject` without `kms:Decrypt`),
+    /// who would then get the plaintext from the node. Turn it on only where every principal
+    /// that may read the bucket may also use its keys.
+    #[serde(default)]
+    pub cache_kms: bool,
 }
 
 fn default_forward_connect_timeout() -> Duration {

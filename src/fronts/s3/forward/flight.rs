@@ -65,6 +65,9 @@ pub(super) struct Source {
     pub meta: ObjectMeta,
     pub file: Arc<std::fs::File>,
     pub body_offset: u64,
+    /// The SSE-KMS algorithm S3 said the object is stored with, if any (such a fill runs
+    /// only where the entry caches SSE-KMS objects).
+    pub kms: Option<String>,
 }
 
 impl Source {
@@ -338,6 +341,7 @@ mod tests {
             meta,
             file: Arc::new(file),
             body_offset: 16,
+            kms: None,
         })
     }
 

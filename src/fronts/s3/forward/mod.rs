@@ -24,6 +24,7 @@
 //! disagrees with its absolute-form target never gets here) that goes on to S3 in `Host`,
 //! which is what S3 checks the signature against.
 
+mod cacheable;
 mod fill;
 mod flight;
 mod pass;
@@ -66,6 +67,8 @@ struct Endpoint {
     /// Knows the hosts as virtual-host bases, so `bucket.<host>` routes to `bucket`.
     router: Router,
     response_timeout: Duration,
+    /// Whether SSE-KMS objects get copies (see [`cacheable`]).
+    cache_kms: bool,
 }
 
 /// What a forwarded request is about.
@@ -78,6 +81,8 @@ pub(super) struct Target<'a> {
     /// The request head as the front read it: its decoded query is what decides whether the
     /// answer is the object as stored (`response-*`, `partNumber`, `versionId`).
     request: &'a ParsedRequest,
+    /// The query's parameters, names and values decoded as S3 reads them.
+    query: Vec<(String, String)>,
 }
 
 /// The forward mode's handler, consulted by the S3 front for every request.
@@ -120,6 +125,7 @@ impl<B: Backend> Forward<B> {
                 uri,
                 namespace,
                 response_timeout: forward.response_timeout,
+                cache_kms: forward.cache_kms,
             });
         }
         let connect_timeout = config
@@ -184,6 +190,7 @@ impl<B: Backend> Forward<B> {
             operation,
             key,
             request: parsed,
+            query: parsed.query().to_vec(),
         };
         let mut response = match route.map(|r| r.operation) {
             Some(Operation::GetObject) if target.key.is_some() => self.get(req, &target).await,

@@ -197,7 +197,7 @@ impl<B: Backend> Forward<B> {
         let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip()) else {
             return Ok(None);
         };
-        let len = content_length(req.headers()).unwrap_or(0);
+        let len = super::write::declared_upload_len(req.headers());
         match self.uploads.admit(peer, len) {
             Ok(permits) => Ok(Some(permits)),
             Err(reason) => {

@@ -4,6 +4,8 @@
 //! same request without it is one S3 authorizes just the same (the client could have sent it),
 //! so the node sends it once in the background and keeps the answer as its copy; the client's
 //! ranges are passed through meanwhile. One such fill per key at a time, and a few at most.
+//! The answer is kept on the terms of any other fill ([`super::cacheable`]): not for an SSE-C
+//! object, and for an SSE-KMS one only where the entry caches them.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use futures_util::StreamExt;
 use http::header;
 use http::StatusCode;
 
+use super::cacheable::{Sealed, StoredEtag};
 use super::upstream::{body_stream, header_str, outgoing, unquoted_etag, Upstream};
 use crate::fronts::reply::content_length;
 use crate::fronts::s3::object_headers::put_options;
@@ -70,6 +73,8 @@ pub(super) struct Prefetch<B: Backend> {
     pub metrics: Arc<Metrics>,
     pub endpoint: http::Uri,
     pub timeout: Duration,
+    /// The entry's `cache_kms`.
+    pub cache_kms: bool,
 }
 
 impl<B: Backend> Prefetch<B> {
@@ -108,9 +113,13 @@ impl<B: Backend> Prefetch<B> {
             if answer.status() != StatusCode::OK || len > self.store.disk().settings().max_size {
                 return;
             }
+            let sealed = Sealed::of_answer(headers);
+            if !sealed.may_keep(self.cache_kms) {
+                return;
+            }
             let meta = EntryMeta {
                 attrs: put_options(headers).map(|o| o.attrs).unwrap_or_default(),
-                etag: EtagSource::Known(etag),
+                etag: EtagSource::Known(StoredEtag::new(etag, &sealed).to_stored()),
                 modified: header_str(headers, "last-modified")
                     .and_then(|date| httpdate::parse_http_date(date).ok()),
             };

@@ -11,8 +11,11 @@
 //! the first one's answer head to know ([`super::flight`]).
 //!
 //! A request with conditional headers of its own is passed through without the node's: its
-//! preconditions are S3's to evaluate, and adding one would change their meaning. A HEAD is
-//! passed through too: it has no body to save, and S3's headers are the exact answer.
+//! preconditions are S3's to evaluate, and adding one would change their meaning. So is one
+//! whose answer is not the object as stored (query overrides such as `response-*`,
+//! `partNumber`, `versionId`) or that gives an SSE-C key, and S3's answer to it makes no copy;
+//! answers for SSE-KMS objects make one only where the entry allows it ([`super::cacheable`]).
+//! A HEAD is passed through too: it has no body to save, and S3's headers are the exact answer.
 
 use http::header;
 use http::{Response, StatusCode};
@@ -21,6 +24,7 @@ use hyper::Request;
 
 use std::sync::Arc;
 
+use super::cacheable::{changes_the_answer, names_customer_key, Sealed, StoredEtag};
 use super::fill::tee_into_copy;
 use super::flight::{Follower, Leader, Role, Source};
 use super::prefetch::Prefetch;
@@ -57,16 +61,15 @@ impl<B: Backend> Forward<B> {
         }
         let conditional = CONDITIONAL.iter().any(|h| req.headers().contains_key(h));
         let options = get_options(req.headers());
-        // Query parameters that change the answer (`response-content-type`, `partNumber`)
-        // make it no copy of the object as stored.
-        let plain_query = req.uri().query().is_none_or(|q| {
-            !q.split('&')
-                .any(|p| p.starts_with("response-") || p.starts_with("partNumber"))
-        });
+        let cache_kms = target.endpoint.cache_kms;
+        // The answer is the object as stored, and S3's 304 all it takes to read it: no query
+        // parameter changes it (decided from the names as S3 decodes them), and no SSE-C key is
+        // needed to read it.
+        let as_stored = !changes_the_answer(&target.query) && !names_customer_key(req.headers());
         let (parts, _) = req.into_parts();
         let ticket = self.store.begin_copy();
         // Only a request that states no preconditions of its own may be given the node's.
-        let ours_to_ask = !conditional && plain_query;
+        let ours_to_ask = !conditional && as_stored;
         // A running fill is the newest object the node knows of: asked about before the copy.
         let mut role = match ours_to_ask {
             true => self.flights.running(&key).map(Role::Follow),
@@ -80,7 +83,9 @@ impl<B: Backend> Forward<B> {
                 .await
                 .ok()
                 .flatten()
-                .and_then(|meta| meta.etag),
+                .and_then(|meta| meta.etag)
+                // A copy of an SSE-KMS object the entry no longer caches is none to offer.
+                .filter(|stored| StoredEtag::parse(stored).usable(cache_kms)),
         };
         if ours_to_ask && role.is_none() && local.is_none() {
             let may_lead = options.range.is_none();
@@ -88,9 +93,10 @@ impl<B: Backend> Forward<B> {
             role = Some(self.flights.role(&key, may_lead, patience).await);
         }
         let role = role.unwrap_or(Role::Alone);
+        // `local` is the copy's ETag as stored; S3 is asked about the ETag alone.
         let asked = match &role {
             Role::Follow(follower) => Some(follower.source.etag().to_string()),
-            Role::Alone | Role::Lead(_) => local.clone(),
+            Role::Alone | Role::Lead(_) => local.as_deref().map(|s| StoredEtag::parse(s).etag),
         };
         let extra = asked
             .as_deref()
@@ -109,10 +115,14 @@ impl<B: Backend> Forward<B> {
         };
         match status {
             StatusCode::NOT_MODIFIED if asked.is_some() => {
+                // A 304 that says the object needs a key the entry does not trust S3's 304 for
+                // is no leave to serve the node's bytes, whatever the copy remembers.
+                let allowed = Sealed::of_answer(answer.headers()).may_keep(cache_kms);
                 let served = match follower {
+                    _ if !allowed => None,
                     Some(follower) => self.serve_fill(follower, &options),
                     None => {
-                        let vouched = asked.as_deref().unwrap_or_default();
+                        let vouched = local.as_deref().unwrap_or_default();
                         self.serve_copy(&key, &options, vouched).await
                     }
                 };
@@ -131,7 +141,7 @@ impl<B: Backend> Forward<B> {
                     Err(e) => self.failed(&parts.method, parts.uri.path(), target.operation, &e),
                 };
             }
-            StatusCode::OK if options.range.is_none() && plain_query => {
+            StatusCode::OK if options.range.is_none() && as_stored => {
                 let stale = local.is_some();
                 self.relay_and_fill(answer, target, key, ticket, stale, leader)
                     .await
@@ -145,7 +155,7 @@ impl<B: Backend> Forward<B> {
                 self.drop_copy(&key, &ticket).await;
                 self.relay(answer, target, true)
             }
-            StatusCode::PARTIAL_CONTENT if !conditional && plain_query => {
+            StatusCode::PARTIAL_CONTENT if !conditional && as_stored => {
                 self.prefetch(target).start(&self.prefetches, &parts, key);
                 self.relay(answer, target, true)
             }
@@ -161,6 +171,7 @@ impl<B: Backend> Forward<B> {
             metrics: self.metrics.clone(),
             endpoint: target.endpoint.uri.clone(),
             timeout: target.endpoint.response_timeout,
+            cache_kms: target.endpoint.cache_kms,
         }
     }
 
@@ -187,7 +198,8 @@ impl<B: Backend> Forward<B> {
     }
 
     /// The local copy, as S3 would have served it (the client's range applied); `None` when
-    /// there is no copy any more, or it is no longer the one with the ETag S3 `vouched` for.
+    /// there is no copy any more, or it is no longer the one S3 `vouched` for (its ETag as
+    /// stored, see [`StoredEtag`]).
     async fn serve_copy(
         &self,
         key: &Key,
@@ -204,13 +216,19 @@ impl<B: Backend> Forward<B> {
         match read {
             Read::Found { object, .. } if object.meta.etag.as_deref() != Some(vouched) => None,
             Read::Found { object, span } => {
-                let Object { meta, body, tier } = object;
+                let Object {
+                    mut meta,
+                    body,
+                    tier,
+                } = object;
+                let stored = StoredEtag::parse(vouched);
+                meta.etag = Some(stored.etag);
                 self.metrics
                     .forward_bytes
                     .with_label_values(&["local"])
                     .inc_by(span.end - span.start);
                 let response = found(&meta, span, options.range.is_some(), body::stream(body));
-                let mut response = with_tier(response, tier);
+                let mut response = with_sealed(with_tier(response, tier), stored.kms.as_deref());
                 set_outcome(&mut response, "hit");
                 Some(response)
             }
@@ -238,6 +256,7 @@ impl<B: Backend> Forward<B> {
             None => 0..meta.len,
             Some(range) => range.resolve(meta.len)?,
         };
+        let kms = follower.source.kms.clone();
         let from_fill = follower.tail(span.clone(), self.metrics.clone());
         let counter = self.metrics.forward_bytes.with_label_values(&["local"]);
         let counted: crate::store::ByteStream =
@@ -247,13 +266,14 @@ impl<B: Backend> Forward<B> {
                 }
             }));
         let response = found(&meta, span, options.range.is_some(), body::stream(counted));
-        let mut response = with_tier(response, Tier::Disk);
+        let mut response = with_sealed(with_tier(response, Tier::Disk), kms.as_deref());
         set_outcome(&mut response, "hit");
         Some(response)
     }
 
     /// S3's 200 for a whole object, streamed to the client and into a new local copy (when it
-    /// has a length and an ETag, and fits the disk tier). A `stale` copy that cannot be
+    /// has a length and an ETag, fits the disk tier, and is encrypted in no way that keeps
+    /// copies out, see [`Sealed`]). A `stale` copy that cannot be
     /// replaced is dropped: it would only cost a 200 on every read. The fill is announced to
     /// other GETs of the key through `leader` (or a leader taken now, when the key has none).
     async fn relay_and_fill(
@@ -269,15 +289,18 @@ impl<B: Backend> Forward<B> {
         let len = content_length(headers);
         let etag = unquoted_etag(headers);
         let fits = len.is_some_and(|len| len <= self.store.disk().settings().max_size);
-        let (Some(len), Some(etag), true) = (len, etag, fits) else {
+        let sealed = Sealed::of_answer(headers);
+        let keep = sealed.may_keep(target.endpoint.cache_kms);
+        let (Some(len), Some(etag), true, true) = (len, etag, fits, keep) else {
             if stale {
                 self.drop_copy(&key, &ticket).await;
             }
             return self.relay(answer, target, true);
         };
+        let stored = StoredEtag::new(etag.clone(), &sealed);
         let meta = EntryMeta {
             attrs: put_options(headers).map(|o| o.attrs).unwrap_or_default(),
-            etag: EtagSource::Known(etag.clone()),
+            etag: EtagSource::Known(stored.to_stored()),
             modified: header_str(headers, "last-modified")
                 .and_then(|date| httpdate::parse_http_date(date).ok()),
         };
@@ -304,6 +327,7 @@ impl<B: Backend> Forward<B> {
                 meta: object,
                 file: copy.file(),
                 body_offset: copy.body_offset(),
+                kms: stored.kms,
             }));
         }
         let (parts, incoming) = answer.into_parts();
@@ -315,6 +339,17 @@ impl<B: Backend> Forward<B> {
             body::stream(self.counted_from_s3(to_client)),
         )
     }
+}
+
+/// A response served from the node for an SSE-KMS object says so, as S3's would (the key's
+/// id is not kept with the copy).
+fn with_sealed(mut response: Response<ResponseBody>, kms: Option<&str>) -> Response<ResponseBody> {
+    if let Some(value) = kms.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+        response
+            .headers_mut()
+            .insert("x-amz-server-side-encryption", value);
+    }
+    response
 }
 
 fn set_outcome(response: &mut Response<ResponseBody>, outcome: &'static str) {
