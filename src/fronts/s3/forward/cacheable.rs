@@ -163,16 +163,7 @@ mod tests {
             .collect()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        map
-    }
+    use super::super::test_headers as headers;
 
     #[test]
     fn only_a_signatures_parameters_leave_the_answer_as_stored() {

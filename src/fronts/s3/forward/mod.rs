@@ -263,6 +263,20 @@ fn names_host(hosts: &[String], name: &str) -> bool {
     })
 }
 
+/// A header map of `(name, value)` pairs, in order, repeats appended: for the forward mode's
+/// unit tests.
+#[cfg(test)]
+fn test_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

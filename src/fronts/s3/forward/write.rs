@@ -163,16 +163,7 @@ fn asks_sealed(headers: &http::HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
-        let mut map = http::HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(
-                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        map
-    }
+    use super::super::test_headers as headers;
 
     #[test]
     fn an_aws_chunked_upload_declares_its_decoded_length_when_that_is_more() {
