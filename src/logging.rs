@@ -1,4 +1,9 @@
 //! Log output: human-readable or JSON lines on stderr, filtered by `log.level`.
+//!
+//! A log line that cannot be written (stderr on a full disk, a closed pipe) is dropped. By
+//! default the subscriber reports such a failure with `eprintln!`, which panics when stderr
+//! fails, and the panic would end the task that logged: a request's connection, cut off
+//! without an answer, because the node's log disk is full.
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +18,8 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     .map_err(|e| format!("log.level: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match config.format {
         LogFormat::Json => builder
             .json()

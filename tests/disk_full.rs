@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{metric_value, metrics, Daemon};
+use common::{metric_value, metrics, Daemon, DaemonSpec};
 
 /// A tmpfs of `size` mounted at a fresh directory; unmounted on drop.
 struct SmallFs {
@@ -148,6 +148,31 @@ async fn a_full_filesystem_drops_writes_and_keeps_what_is_stored() {
     std::fs::remove_file(&filler).unwrap();
     let ready = reqwest::get(daemon.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+/// The daemon's log on a full disk: every write to stderr fails (`/dev/full` answers ENOSPC).
+/// Each request still gets its answer; the lines it would have logged are dropped.
+#[tokio::test]
+async fn a_log_that_cannot_be_written_costs_no_request() {
+    let work = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new("[memory]\nmax_size = \"0\"\n")
+        .env("RUST_LOG", "debug")
+        .wrapped_in(&["sh", "-c", "exec \"$0\" \"$@\" 2>/dev/full"]);
+    let daemon = Daemon::start_spec(work.path(), spec);
+    for n in 0..5 {
+        let response = put(&daemon, n).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("x-build-cache-proxy-dropped").is_none());
+        let response = reqwest::get(daemon.entry_url(&key(n))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.unwrap() == body(n));
+        let missing = reqwest::get(daemon.entry_url(&key(100 + n))).await.unwrap();
+        assert_eq!(missing.status(), 404);
+        for path in ["/healthz", "/readyz", "/metrics", "/"] {
+            let answer = reqwest::get(daemon.admin_url(path)).await.unwrap();
+            assert_eq!(answer.status(), 200, "{path}");
+        }
+    }
 }
 
 #[tokio::test]
