@@ -106,10 +106,9 @@ async fn run_case(case: &str, method: CopyMethod, total: u64, part_size: u64) {
 
     let before = Usage::now();
     let started = Instant::now();
-    let done = uploads
-        .complete(&key, &id, &listed, Commit::Cached)
-        .await
-        .unwrap();
+    let done = uploads.complete(&key, &id, &listed).await.unwrap();
+    let stats = done.stats;
+    done.sealed.commit(Commit::Cached).await.unwrap();
     let wall = started.elapsed();
     let after = Usage::now();
     assert_eq!(done.meta.len, total);
@@ -121,7 +120,6 @@ async fn run_case(case: &str, method: CopyMethod, total: u64, part_size: u64) {
         (after.rchar - before.rchar) as f64 / 1048576.0,
         after.syscr - before.syscr,
     );
-    let stats = done.stats;
     println!(
         "    copy {:.2} s, table {:.2} s, fsync {:.2} s; in kernel {} MiB, through the process {} MiB, re-read {} MiB",
         stats.copying.as_secs_f64(),

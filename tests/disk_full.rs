@@ -162,7 +162,10 @@ async fn a_log_that_cannot_be_written_costs_no_request() {
     for n in 0..5 {
         let response = put(&daemon, n).await;
         assert_eq!(response.status(), 200);
-        assert!(response.headers().get("x-build-cache-proxy-dropped").is_none());
+        assert!(response
+            .headers()
+            .get("x-build-cache-proxy-dropped")
+            .is_none());
         let response = reqwest::get(daemon.entry_url(&key(n))).await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(response.bytes().await.unwrap() == body(n));

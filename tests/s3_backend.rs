@@ -39,7 +39,7 @@ fn key(name: &str) -> Key {
 fn upload(key: &Key, file: &tempfile::NamedTempFile, len: usize, parts: PartLayout) -> Upload {
     Upload {
         key: key.clone(),
-        path: file.path().to_path_buf(),
+        file: Arc::new(file.reopen().unwrap()),
         offset: 3,
         len: len as u64,
         crc32c: Some(0x1234abcd),

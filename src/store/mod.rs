@@ -17,7 +17,7 @@ pub mod entry_file;
 pub mod key;
 mod key_locks;
 pub mod listing;
-pub mod memory;
+pub mod local;
 pub mod multipart;
 pub mod policy;
 pub mod read_through;
@@ -26,6 +26,8 @@ pub mod s3;
 mod testing;
 pub mod tiered;
 pub mod write_back;
+
+pub use local::memory;
 
 use std::future::Future;
 use std::io;

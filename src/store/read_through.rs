@@ -56,7 +56,8 @@ use tokio::task::JoinSet;
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions, Verdict};
 use super::disk::spool::{read_spooled, EntryMeta, EtagSource, Spool};
 use super::disk::{Commit, DiskTier, FillOrder, FillTicket};
-use super::memory::{MemoryEntry, MemoryTier};
+use super::local::LocalTiers;
+use super::memory::MemoryTier;
 use super::s3::S3Tier;
 use super::{ByteStream, Key, Object, ObjectMeta, Read, Store, StoreError, Tier};
 use crate::metrics::Metrics;
@@ -90,7 +91,8 @@ impl<B: Backend> Clone for ReadThrough<B> {
 struct Inner<B> {
     remote: B,
     disk: DiskTier,
-    memory: MemoryTier,
+    /// Memory over `disk`: where a small fill's memory copy goes.
+    local: LocalTiers,
     metrics: Arc<Metrics>,
     fills: Mutex<HashMap<Key, Fill>>,
     next_id: AtomicU64,
@@ -215,8 +217,8 @@ impl<B: Backend> ReadThrough<B> {
         ReadThrough {
             inner: Arc::new(Inner {
                 remote,
+                local: LocalTiers::new(memory, disk.clone(), metrics.clone()),
                 disk,
-                memory,
                 metrics,
                 fills: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
@@ -548,7 +550,8 @@ async fn fill<B: Backend>(
     });
     // Small entries also go to memory once committed; keep a copy as they pass.
     let mut keep = inner
-        .memory
+        .local
+        .memory()
         .accepts(meta.len)
         .then(|| vec![0u8; meta.len as usize]);
     let downloads = Downloads {
@@ -579,30 +582,27 @@ async fn fill<B: Backend>(
         }
     }
     tx.send_modify(|p| p.verified = true);
-    let header = match spool.finish(Commit::Fill(ticket.order())).await {
-        Ok((header, true)) => header,
+    let (header, version) = match spool.finish(Commit::Fill(ticket.order())).await {
+        Ok((header, Some(version))) => (header, version),
         // A client wrote or deleted the key while we filled it: that is newer, ours is dropped
         // (the readers of this fill got S3's bytes, which were current when they asked).
-        Ok((_, false)) => {
+        Ok((_, None)) => {
             tracing::info!(key = %key, "the key was written or deleted during its fill; fill not cached");
             return End::Complete;
         }
         Err(e) => return failed(&e),
     };
+    // Tagged with the version just committed: if anything changes the key before (or after)
+    // the copy is in memory, the copy is never served.
     match keep {
         Some(data) => {
+            let data = Bytes::from(data);
             inner
-                .memory
-                .insert(
-                    key.clone(),
-                    MemoryEntry::with_meta(Bytes::from(data), header.meta()),
-                )
+                .local
+                .keep_in_memory(key, data, header.meta(), version)
                 .await
         }
-        // A refill too large for memory replaces a small stale copy there.
-        None => {
-            inner.memory.remove(key).await;
-        }
+        None => inner.local.drop_memory_copy(key).await,
     }
     End::Complete
 }
@@ -831,9 +831,6 @@ async fn drop_local_copy<B>(inner: &Inner<B>, key: &Key, ticket: &FillTicket) {
     match inner.disk.discard_unchanged(key, ticket.order()).await {
         Ok(_) => {}
         Err(e) => tracing::warn!(key = %key, error = %e, "could not drop a stale local copy"),
-    }
-    if !inner.disk.contains(key) {
-        inner.memory.remove(key).await;
     }
 }
 
@@ -1119,7 +1116,7 @@ mod tests {
         assert!(read_body(object).await.unwrap() == pattern(1000, 2));
         let memory = local.memory.clone();
         for _ in 0..1000 {
-            if memory.lookup(&k).await.is_some() {
+            if memory.held(&k).await.is_some() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1150,7 +1147,7 @@ mod tests {
         }
         let memory = local.memory.clone();
         for _ in 0..1000 {
-            if let Some(entry) = memory.lookup(&small).await {
+            if let Some(entry) = memory.held(&small).await {
                 assert_eq!(entry.meta.etag, local.backend.meta(&small).unwrap().etag);
                 assert_eq!(entry.meta.modified, origin_date);
                 return;

@@ -16,13 +16,16 @@
 //! what else happens:
 //! - back: the entry is committed pinned and queued ([`super::write_back`]); acknowledged once
 //!   the queue marker is durable;
-//! - through: the entry is committed, uploaded from its file, and acknowledged only once S3
-//!   has it. If the upload fails the write fails (the local copy stays, as a cache entry);
+//! - through: the entry is sealed, uploaded from its file, committed once S3 has it, and then
+//!   acknowledged, under the key's lock. If the upload fails the write fails and leaves no copy;
 //! - local: the entry stays on this node, as without a backend.
 //!
 //! Deletes follow the same mode: through deletes in the backend, then locally; back queues the
 //! delete (durably, before it is acknowledged) and removes the local copies, and until the
 //! backend has applied it the key reads as missing; local removes the local copies only.
+//!
+//! Which copy may be served is decided by one owner, [`super::local::LocalTiers`] over the
+//! disk tier's change order; `docs/coherence.md` has the states and transitions.
 //!
 //! A listing ([`TieredStore::list`]) is the backend's merged with what the queue still owes
 //! it, or the disk tier's own for a namespace with no backend.
@@ -32,35 +35,38 @@ mod local_copy;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::backend::{Backend, GetOptions, ListRequest, Listed, Listing, PartLayout, Upload};
-use super::body::read_exact;
+use super::backend::{Backend, GetOptions, ListRequest, Listed, Listing, PartLayout};
 use super::disk::spool::Spool;
-use super::disk::{Commit, DiskTier, RangedObject};
+use super::disk::{Commit, DiskTier, RangedObject, Sealed};
 use super::entry_file::EntryHeader;
 use super::key_locks::KeyLocks;
 use super::listing::Line;
-use super::memory::{MemoryEntry, MemoryTier};
+use super::local::LocalTiers;
+use super::memory::MemoryTier;
 use super::multipart::{Multipart, MultipartError};
 use super::policy::{Freshness, Policies, WriteMode};
 use super::read_through::{Ask, ReadThrough, Through};
 use super::s3::S3Tier;
 use super::write_back::{Op, Slot, WriteBack};
 use super::{
-    bytes_stream, ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store,
-    StoreError, Tier,
+    ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store, StoreError, Tier,
 };
 use crate::metrics::Metrics;
 
 /// The store the fronts use, over the backend `B` (S3 in the daemon, a fake in unit tests).
 #[derive(Clone)]
 pub struct TieredStore<B: Backend = S3Tier> {
-    memory: MemoryTier,
+    /// Memory over disk: what this node serves itself (see [`super::local`]).
+    local: LocalTiers,
+    /// The disk tier of `local`, which owns each key's version.
     disk: DiskTier,
     remote: Option<Remote<B>>,
     /// What each namespace asks of the store (see [`super::policy`]).
     policies: Arc<Policies>,
-    /// Orders a written-back key's commit and queue marker against a delete of the same key,
-    /// so the marker left on disk and the local copy always belong to the same, newest op.
+    /// Orders the writes and deletes of one key that reach the backend: a written-back key's
+    /// commit and queue marker against a delete of it (so the marker left on disk and the local
+    /// copy belong to the same, newest op), and a write-through's upload and local commit
+    /// against another write or delete of it (so the node and S3 end with the same body).
     key_locks: Arc<KeyLocks>,
     metrics: Arc<Metrics>,
 }
@@ -91,7 +97,7 @@ impl<B: Backend> TieredStore<B> {
     /// The local tiers alone; [`TieredStore::with_remote`] puts a backend behind them.
     pub fn new(memory: MemoryTier, disk: DiskTier, metrics: Arc<Metrics>) -> Self {
         TieredStore {
-            memory,
+            local: LocalTiers::new(memory, disk.clone(), metrics.clone()),
             disk,
             remote: None,
             policies: Arc::new(Policies::default()),
@@ -164,10 +170,7 @@ impl<B: Backend> TieredStore<B> {
 
     /// The local copy's metadata, memory first.
     async fn local_meta(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
-        if let Some(entry) = self.memory.lookup(key).await {
-            return Ok(Some(entry.meta.clone()));
-        }
-        self.disk.head(key).await
+        self.local.meta(key).await
     }
 
     fn revalidated(&self, result: &str) {
@@ -175,40 +178,6 @@ impl<B: Backend> TieredStore<B> {
             .revalidations
             .with_label_values(&[result])
             .inc();
-    }
-
-    /// Memory, then disk (a small disk hit is promoted to memory). `None`: no local copy.
-    async fn local_get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        if let Some(object) = self.memory.get(key).await? {
-            self.lookup(Tier::Memory, true);
-            return Ok(Some(object));
-        }
-        self.lookup(Tier::Memory, false);
-        let Some(object) = self.disk.get(key).await? else {
-            self.lookup(Tier::Disk, false);
-            return Ok(None);
-        };
-        if !self.memory.accepts(object.meta.len) {
-            self.lookup(Tier::Disk, true);
-            return Ok(Some(object));
-        }
-        // A body failing here is corruption the disk tier found (and removed): a local miss.
-        let Ok(data) = read_exact(object.body, object.meta.len).await else {
-            self.lookup(Tier::Disk, false);
-            return Ok(None);
-        };
-        self.lookup(Tier::Disk, true);
-        self.memory
-            .insert(
-                key.clone(),
-                MemoryEntry::with_meta(data.clone(), object.meta.clone()),
-            )
-            .await;
-        Ok(Some(Object {
-            meta: object.meta,
-            body: bytes_stream(data),
-            tier: Tier::Disk,
-        }))
     }
 
     /// A read from the local tiers alone. A range of an entry that is on disk (and not in
@@ -219,7 +188,7 @@ impl<B: Backend> TieredStore<B> {
         options: &GetOptions,
     ) -> Result<Option<Read>, StoreError> {
         if let Some(range) = options.range {
-            if self.memory.lookup(key).await.is_none() {
+            if self.local.memory_copy(key).await.is_none() {
                 if let Some(ranged) = self.disk.get_range(key, range).await? {
                     self.lookup(Tier::Disk, true);
                     let RangedObject { object, span } = ranged;
@@ -239,7 +208,8 @@ impl<B: Backend> TieredStore<B> {
             }
         }
         Ok(self
-            .local_get(key)
+            .local
+            .get(key)
             .await?
             .map(|object| Read::decide(object, options)))
     }
@@ -266,11 +236,7 @@ impl<B: Backend> TieredStore<B> {
             }
             Ok(None) => {
                 self.revalidated("gone");
-                if self.disk.discard_unchanged(key, ticket.order()).await?
-                    || !self.disk.contains(key)
-                {
-                    self.memory.remove(key).await;
-                }
+                self.disk.discard_unchanged(key, ticket.order()).await?;
                 Ok(None)
             }
             Err(e) => {
@@ -288,67 +254,42 @@ impl<B: Backend> TieredStore<B> {
         len: u64,
         body: ByteStream,
         options: &PutOptions,
-        pinned: bool,
     ) -> Result<EntryHeader, StoreError> {
         let spool = self.disk.receive(key, len, body, options).await?;
-        self.commit_local(key, spool, pinned).await
+        self.commit_local(spool.seal().await?, false).await
     }
 
-    /// Commits a received body, then puts a small entry's memory copy in place of any older
-    /// one. The memory copy is read back from the committed file (from the page cache, verified
-    /// like any disk read) rather than kept while the body streams in: a copy kept on the way
-    /// would cost every upload in progress, stalled ones included, up to
-    /// `memory.max_entry_size`.
-    async fn commit_local(
-        &self,
-        key: &Key,
-        spool: Spool,
-        pinned: bool,
-    ) -> Result<EntryHeader, StoreError> {
+    /// Commits a sealed entry (pinned when it waits for the backend) and keeps a small one's
+    /// memory copy.
+    async fn commit_local(&self, sealed: Sealed, pinned: bool) -> Result<EntryHeader, StoreError> {
         let mode = if pinned {
             Commit::Pinned
         } else {
             Commit::Cached
         };
-        let (header, _) = spool.finish(mode).await?;
-        self.memory.remove(key).await;
-        let len = header.body_len;
-        if self.memory.accepts(len) {
-            if let Ok(Some(object)) = self.disk.get(key).await {
-                // A body failing here (corruption found) only means no memory copy.
-                if let Ok(data) = read_exact(object.body, object.meta.len).await {
-                    let entry = MemoryEntry::with_meta(data, object.meta);
-                    self.memory.insert(key.clone(), entry).await;
-                }
-            }
-        }
-        Ok(header)
+        Ok(self.local.commit(sealed, mode).await?.0)
     }
 
-    /// Write-through: commit locally (pinned while uploading), upload from the committed file.
+    /// Write-through: the sealed entry is uploaded from its own file handle, and committed
+    /// locally only once the backend has it, all under the key's lock. So two writes of a key
+    /// reach S3 and the node in the same order and each upload reads only its own body; a
+    /// refused upload leaves no copy here (S3 still has what the node has).
     async fn put_through(
         &self,
         backend: &B,
         key: &Key,
-        spool: Spool,
+        sealed: Sealed,
         parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
-        let header = self.commit_local(key, spool, true).await?;
-        let uploaded = async {
-            let loc = self
-                .disk
-                .locate(key)
-                .await?
-                .ok_or_else(|| StoreError::Remote("entry vanished before its upload".into()))?;
-            let upload = Upload {
-                parts,
-                ..Upload::entry(&loc)
-            };
-            backend.put(&upload).await.map(|_| ())
+        let _ordered = self.key_locks.lock(key).await;
+        backend.put(&sealed.upload(parts)).await?;
+        let meta = sealed.header().meta();
+        if let Err(e) = self.commit_local(sealed, false).await {
+            // S3 has the new body: the older local copy must not be served in its place.
+            tracing::warn!(key = %key, error = %e, "uploaded entry not kept locally; dropping the older copy");
+            self.local.delete(key).await?;
         }
-        .await;
-        self.disk.set_pinned(key, false);
-        uploaded.map(|_| header.meta())
+        Ok(meta)
     }
 
     /// Write-back: the commit and its marker happen under the key's lock, ordered with
@@ -359,12 +300,12 @@ impl<B: Backend> TieredStore<B> {
         queue: &WriteBack<B>,
         slot: Slot<B>,
         key: &Key,
-        spool: Spool,
+        sealed: Sealed,
         parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
         let already_queued = !slot.is_new();
         let _ordered = self.key_locks.lock(key).await;
-        let header = self.commit_local(key, spool, true).await?;
+        let (header, version) = self.local.commit(sealed, Commit::Pinned).await?;
         let op = Op::Put {
             bytes: header.body_len,
             parts,
@@ -372,8 +313,8 @@ impl<B: Backend> TieredStore<B> {
         if let Err(e) = queue.enqueue(slot, key, op).await {
             // Not acknowledged, so not owed to S3: let the entry be an ordinary one (unless an
             // earlier, acknowledged write of the key still waits for upload).
-            if !already_queued {
-                self.disk.set_pinned(key, false);
+            if let (false, Some(version)) = (already_queued, version) {
+                self.disk.unpin(key, version);
             }
             return Err(e);
         }
@@ -390,12 +331,22 @@ impl<B: Backend> TieredStore<B> {
         spool: Spool,
         parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
+        self.put_sealed(key, spool.seal().await?, parts).await
+    }
+
+    /// Stores a sealed entry as the namespace's write mode says.
+    async fn put_sealed(
+        &self,
+        key: &Key,
+        sealed: Sealed,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
         match self.route(key.namespace()) {
-            Route::Local => Ok(self.commit_local(key, spool, false).await?.meta()),
-            Route::Through(backend) => self.put_through(backend, key, spool, parts).await,
+            Route::Local => Ok(self.commit_local(sealed, false).await?.meta()),
+            Route::Through(backend) => self.put_through(backend, key, sealed, parts).await,
             Route::Back(queue) => {
                 let slot = queue.reserve(key)?;
-                self.put_back(queue, slot, key, spool, parts).await
+                self.put_back(queue, slot, key, sealed, parts).await
             }
         }
     }
@@ -403,8 +354,8 @@ impl<B: Backend> TieredStore<B> {
     /// Completes a multipart upload of `key` into one entry (see [`Multipart::complete`]),
     /// written as the namespace's write mode says: kept local, uploaded now, or queued; an
     /// upload to the backend keeps the client's part boundaries, so the backend's ETag is the
-    /// one the client is given. Write-through that fails leaves the entry as a cache entry,
-    /// and the upload completed (S3 would have kept it open for a retry of the completion).
+    /// one the client is given. A write-through that fails leaves no entry (the upload is
+    /// completed all the same: its parts are gone).
     pub async fn complete_multipart(
         &self,
         uploads: &Multipart,
@@ -412,56 +363,24 @@ impl<B: Backend> TieredStore<B> {
         upload_id: &str,
         listed: &[(u32, String)],
     ) -> Result<ObjectMeta, MultipartError> {
-        let completed = match self.route(key.namespace()) {
-            Route::Local => {
-                uploads
-                    .complete(key, upload_id, listed, Commit::Cached)
-                    .await?
-            }
-            Route::Through(backend) => {
-                let completed = uploads
-                    .complete(key, upload_id, listed, Commit::Pinned)
-                    .await?;
-                self.memory.remove(key).await;
-                let upload = Upload {
-                    parts: completed.layout.clone(),
-                    ..Upload::entry(&completed.location)
-                };
-                let uploaded = backend.put(&upload).await;
-                self.disk.set_pinned(key, false);
-                uploaded?;
-                return Ok(completed.meta);
-            }
-            Route::Back(queue) => {
-                let slot = queue.reserve(key)?;
-                let already_queued = !slot.is_new();
-                let _ordered = self.key_locks.lock(key).await;
-                let completed = uploads
-                    .complete(key, upload_id, listed, Commit::Pinned)
-                    .await?;
-                let op = Op::Put {
-                    bytes: completed.meta.len,
-                    parts: completed.layout.clone(),
-                };
-                if let Err(e) = queue.enqueue(slot, key, op).await {
-                    // Not acknowledged, so not owed to the backend (unless an earlier write of
-                    // the key still waits for upload).
-                    if !already_queued {
-                        self.disk.set_pinned(key, false);
-                    }
-                    return Err(e.into());
-                }
-                completed
-            }
+        // A write-back's slot first: a full queue refuses before the parts are assembled.
+        let slot = match self.route(key.namespace()) {
+            Route::Back(queue) => Some((queue, queue.reserve(key)?)),
+            Route::Local | Route::Through(_) => None,
         };
-        self.memory.remove(key).await;
-        Ok(completed.meta)
-    }
-
-    /// Removes the memory and disk copies; whether there was one.
-    async fn delete_local(&self, key: &Key) -> Result<bool, StoreError> {
-        let in_memory = self.memory.remove(key).await;
-        Ok(self.disk.delete(key).await? || in_memory)
+        let completed = uploads.complete(key, upload_id, listed).await?;
+        let meta = completed.meta.clone();
+        match slot {
+            Some((queue, slot)) => {
+                self.put_back(queue, slot, key, completed.sealed, completed.layout)
+                    .await?;
+            }
+            None => {
+                self.put_sealed(key, completed.sealed, completed.layout)
+                    .await?;
+            }
+        }
+        Ok(meta)
     }
 
     /// One page of a namespace's objects: the backend's listing merged with what the write-back
@@ -660,7 +579,12 @@ impl<B: Backend> TieredStore<B> {
     }
 
     pub fn memory(&self) -> &MemoryTier {
-        &self.memory
+        self.local.memory()
+    }
+
+    /// Memory over disk, as one.
+    pub fn local(&self) -> &LocalTiers {
+        &self.local
     }
 
     pub fn disk(&self) -> &DiskTier {
@@ -690,10 +614,7 @@ impl<B: Backend> Store for TieredStore<B> {
                 return self.revalidate_head(remote, key, local).await;
             }
         }
-        if let Some(meta) = self.memory.head(key).await? {
-            return Ok(Some(meta));
-        }
-        if let Some(meta) = self.disk.head(key).await? {
+        if let Some(meta) = self.local.meta(key).await? {
             return Ok(Some(meta));
         }
         match &self.remote {
@@ -711,10 +632,10 @@ impl<B: Backend> Store for TieredStore<B> {
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
         match self.route(key.namespace()) {
-            Route::Local => Ok(self.put_local(key, len, body, options, false).await?.meta()),
+            Route::Local => Ok(self.put_local(key, len, body, options).await?.meta()),
             Route::Through(backend) => {
                 let spool = self.disk.receive(key, len, body, options).await?;
-                self.put_through(backend, key, spool, PartLayout::Auto)
+                self.put_through(backend, key, spool.seal().await?, PartLayout::Auto)
                     .await
             }
             Route::Back(queue) => {
@@ -722,7 +643,7 @@ impl<B: Backend> Store for TieredStore<B> {
                 // (the front reads the refused body to its end, so the client gets the answer).
                 let slot = queue.reserve(key)?;
                 let spool = self.disk.receive(key, len, body, options).await?;
-                self.put_back(queue, slot, key, spool, PartLayout::Auto)
+                self.put_back(queue, slot, key, spool.seal().await?, PartLayout::Auto)
                     .await
             }
         }
@@ -732,10 +653,17 @@ impl<B: Backend> Store for TieredStore<B> {
     /// no local copy (the backend's answer to a delete does not say whether it had one).
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
         match self.route(key.namespace()) {
-            Route::Local => self.delete_local(key).await,
+            Route::Local => self.local.delete(key).await,
             Route::Through(backend) => {
-                backend.delete(key).await?;
-                self.delete_local(key).await
+                let _ordered = self.key_locks.lock(key).await;
+                // The backend first: a fill that asked it before the delete is older than the
+                // local delete below, and is dropped at its commit.
+                let deleted = backend.delete(key).await;
+                // Also when the backend failed: it may have deleted all the same (an answer
+                // lost), and the next read asks it again.
+                let local = self.local.delete(key).await;
+                deleted?;
+                local
             }
             Route::Back(queue) => {
                 let _ordered = self.key_locks.lock(key).await;
@@ -743,7 +671,7 @@ impl<B: Backend> Store for TieredStore<B> {
                 // The marker first: a crash after it removes the local copy at the next start;
                 // a crash before it leaves everything as it was, unacknowledged.
                 queue.enqueue(slot, key, Op::Delete).await?;
-                self.delete_local(key).await
+                self.local.delete(key).await
             }
         }
     }
@@ -1001,7 +929,7 @@ mod tests {
         // the backend was asked for them once each, by the first round's fills (and for the
         // missing key in both rounds: misses are not cached).
         assert_eq!(local.backend.calls("get"), 4, "two fills and two misses");
-        assert!(local.memory.lookup(&small).await.is_some());
+        assert!(local.memory.held(&small).await.is_some());
     }
 
     /// A completed multipart upload is written as the namespace says, and what reaches the
@@ -1100,8 +1028,8 @@ mod tests {
             assert_eq!(uploaded.etag, stored.etag);
             assert_eq!(uploaded.attrs, attrs);
         }
-        assert!(local.memory.lookup(&small).await.is_some());
-        assert!(local.memory.lookup(&large).await.is_none());
+        assert!(local.memory.held(&small).await.is_some());
+        assert!(local.memory.held(&large).await.is_none());
     }
 
     /// A fill that started before a client's PUT of the same key commits nothing over it, and
@@ -1174,7 +1102,7 @@ mod tests {
         let read = store.remote().unwrap().read.clone();
         eventually("the fill to end", || read.fills_in_flight() == 0).await;
         assert!(!local.disk.contains(&k), "the fill brought the key back");
-        assert!(local.memory.lookup(&k).await.is_none());
+        assert!(local.memory.held(&k).await.is_none());
     }
 
     #[tokio::test]
@@ -1262,7 +1190,7 @@ mod tests {
         for k in [&small, &large] {
             assert_eq!(read_all(&store, k).await.unwrap().0, Tier::S3);
         }
-        assert!(local.memory.lookup(&small).await.is_some());
+        assert!(local.memory.held(&small).await.is_some());
         assert_eq!(local.backend.calls("get"), 2);
 
         // Unchanged: 304, local bytes.
@@ -1307,7 +1235,7 @@ mod tests {
             local.backend.delete(k).await.unwrap();
             assert!(store.get(k).await.unwrap().is_none());
             assert!(!local.disk.contains(k));
-            assert!(local.memory.lookup(k).await.is_none());
+            assert!(store.local().memory_copy(k).await.is_none());
         }
         assert_eq!(revalidations(&local, "gone"), 2);
     }
@@ -1476,7 +1404,7 @@ mod tests {
         local.backend.insert(&small, big.clone());
         assert!(read_all(&store, &small).await.unwrap().1 == big);
         assert!(!local.disk.contains(&small), "the stale copy was dropped");
-        assert!(local.memory.lookup(&small).await.is_none());
+        assert!(store.local().memory_copy(&small).await.is_none());
     }
 
     /// An object the disk tier can never hold is served through, not failed (Gradle's
@@ -1531,10 +1459,11 @@ mod tests {
             .is_err());
         assert!(local.backend.object(&other).is_none());
         assert!(
-            local.disk.contains(&other),
-            "the local copy stays, as a cache entry"
+            !local.disk.contains(&other),
+            "a write the backend refused leaves no copy"
         );
         assert_eq!(local.disk.usage().pinned_entries, 0);
+        assert_eq!(local.disk.usage().entries, 1);
     }
 
     fn in_ns(namespace: &str, name: &str) -> Key {

@@ -289,9 +289,8 @@ impl Backend for FakeBackend {
                 upload.len
             )));
         }
-        let (path, offset, len) = (upload.path.clone(), upload.offset, upload.len);
+        let (file, offset, len) = (upload.file.clone(), upload.offset, upload.len);
         let data = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(path)?;
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, offset)?;
             io::Result::Ok(Bytes::from(buf))
@@ -518,7 +517,7 @@ mod tests {
         let file = file_with(data);
         let upload = |name: &str, parts| Upload {
             key: key(name),
-            path: file.path().to_path_buf(),
+            file: std::sync::Arc::new(file.reopen().unwrap()),
             offset: 6,
             len: 10,
             crc32c: Some(7),

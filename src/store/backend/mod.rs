@@ -17,10 +17,8 @@
 pub mod fake;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::disk::EntryLocation;
 use super::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError};
 
 /// A byte range of a get, as HTTP's `Range: bytes=…` spells it.
@@ -203,32 +201,19 @@ pub struct Fetched {
     pub body: ByteStream,
 }
 
-/// A put: the body is a region of a local file, which a backend can read again for a retry.
+/// A put: the body is a region of a local file, opened once (an entry at one version, or a
+/// sealed entry not yet committed), which a backend reads at explicit offsets for every part
+/// and every retry. Never the path: a newer write renamed over it must not mix in.
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub key: Key,
-    pub path: PathBuf,
+    pub file: std::sync::Arc<std::fs::File>,
     pub offset: u64,
     pub len: u64,
     /// Our checksum of the body, stored with the object so a read-through can verify it.
     pub crc32c: Option<u32>,
     pub attrs: ObjectAttrs,
     pub parts: PartLayout,
-}
-
-impl Upload {
-    /// The upload of a committed entry of the disk tier: its body, as the file holds it.
-    pub fn entry(entry: &EntryLocation) -> Upload {
-        Upload {
-            key: entry.header.key.clone(),
-            path: entry.path.clone(),
-            offset: entry.body_offset,
-            len: entry.header.body_len,
-            crc32c: Some(entry.header.crc32c),
-            attrs: entry.header.attrs.clone(),
-            parts: PartLayout::Auto,
-        }
-    }
 }
 
 /// How a put is split into multipart parts: decides the object's ETag (`md5-N` for parts).

@@ -38,6 +38,14 @@ struct EntryInfo {
     changed: u64,
 }
 
+/// Which write of a key an entry is: the number its commit took on the change clock. Every
+/// commit of a key takes a new, larger number, and an entry that leaves the index takes its
+/// number with it, so "the entry is still at version v" is one comparison. Memory copies,
+/// uploads and unpins are tied to the version they were made from (see `docs/coherence.md`).
+/// Entries found at start-up are all at version 0 (a key has at most one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(u64);
+
 /// Where a fill stands on the change clock: it may commit only over changes older than this.
 /// Taken with [`Index::begin_fill`]; valid while the fill is registered (see
 /// [`super::FillTicket`]).
@@ -85,6 +93,16 @@ impl Index {
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
         }
+    }
+
+    /// The version of the key's entry, if it has one.
+    pub fn version(&self, key: &Key) -> Option<Version> {
+        self.lru.peek(key).map(|info| Version(info.changed))
+    }
+
+    /// [`Index::version`], marking a read (the entry becomes the most recently used).
+    pub fn touch_version(&mut self, key: &Key) -> Option<Version> {
+        self.lru.get(key).map(|info| Version(info.changed))
     }
 
     /// Registers a fill of some key starting now; pair with [`Index::end_fill`].
@@ -269,8 +287,8 @@ impl Index {
     }
 
     /// Records a file renamed into place, converting its reservation into used space. The
-    /// commit is the key's newest change.
-    pub fn commit(&mut self, key: &Key, bytes: u64, pinned: bool) {
+    /// commit is the key's newest change; returns the entry's version.
+    pub fn commit(&mut self, key: &Key, bytes: u64, pinned: bool) -> Version {
         self.reserved -= bytes;
         // A replaced entry that was still waiting for upload stays pinned: its successor is
         // what the upload will read now.
@@ -278,6 +296,7 @@ impl Index {
         self.clock += 1;
         self.tombstones.remove(key);
         self.insert(key.clone(), bytes, pinned || was_pinned, self.clock);
+        Version(self.clock)
     }
 
     fn insert(&mut self, key: Key, size: u64, pinned: bool, changed: u64) {
@@ -316,10 +335,16 @@ impl Index {
         }
     }
 
-    pub fn set_pinned(&mut self, key: &Key, pinned: bool) -> bool {
+    /// Pins or unpins the key's entry if it is at `version` (any version when `None`); returns
+    /// whether it was. An upload unpins only the version it uploaded: a newer write of the key
+    /// has not reached the shared tier yet.
+    pub fn set_pinned(&mut self, key: &Key, version: Option<Version>, pinned: bool) -> bool {
         let Some(info) = self.lru.peek_mut(key) else {
             return false;
         };
+        if version.is_some_and(|v| v.0 != info.changed) {
+            return false;
+        }
         if info.pinned != pinned {
             info.pinned = pinned;
             if pinned {

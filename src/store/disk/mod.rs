@@ -21,11 +21,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::backend::{ByteRange, ListRequest};
+use super::backend::{ByteRange, ListRequest, PartLayout, Upload};
 use super::entry_file::EntryHeader;
 use super::listing::{walk, Line};
 use super::{ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
-pub use index::FillOrder;
+pub use index::{FillOrder, Version};
 use index::{Index, Reservation};
 use spool::{EntryMeta, EtagSource};
 
@@ -114,12 +114,74 @@ impl Drop for FillTicket {
     }
 }
 
-/// Where a committed entry's body lies on disk (for uploads that read the file directly).
+/// A committed entry's file, opened once at one version: an upload reads every part and
+/// every retry from this handle, so a newer write of the key (renamed over the path) never
+/// mixes into it.
 #[derive(Debug, Clone)]
 pub struct EntryLocation {
-    pub path: PathBuf,
+    pub file: Arc<std::fs::File>,
     pub body_offset: u64,
     pub header: EntryHeader,
+    /// The version the file was opened at (read before the open, so the file is this version
+    /// or newer, never older).
+    pub version: Version,
+}
+
+impl EntryLocation {
+    /// The upload of this entry's body, as the file holds it.
+    pub fn upload(&self, parts: PartLayout) -> Upload {
+        upload_of(&self.file, &self.header, parts)
+    }
+}
+
+/// An upload of `header`'s body from `file`.
+fn upload_of(file: &Arc<std::fs::File>, header: &EntryHeader, parts: PartLayout) -> Upload {
+    Upload {
+        key: header.key.clone(),
+        file: file.clone(),
+        offset: header.header_len,
+        len: header.body_len,
+        crc32c: Some(header.crc32c),
+        attrs: header.attrs.clone(),
+        parts,
+    }
+}
+
+/// A complete entry, sealed and durable in its temp file but not visible yet: a write-through
+/// uploads it from here and commits it only once the backend has it, so a refused upload
+/// leaves no copy behind. Dropping it discards it.
+pub struct Sealed {
+    disk: DiskTier,
+    header: EntryHeader,
+    file: Arc<std::fs::File>,
+    temp: TempFile,
+    reservation: Reservation,
+}
+
+impl Sealed {
+    pub fn header(&self) -> &EntryHeader {
+        &self.header
+    }
+
+    /// The upload of the sealed body, read from the temp file's handle (valid across the
+    /// rename of [`Sealed::commit`]).
+    pub fn upload(&self, parts: PartLayout) -> Upload {
+        upload_of(&self.file, &self.header, parts)
+    }
+
+    /// Makes the entry visible. Returns its version, or `None` when a [`Commit::Fill`] found
+    /// the key changed since the fill began (the file is discarded).
+    pub async fn commit(self, mode: Commit) -> Result<Option<Version>, StoreError> {
+        let Sealed {
+            disk,
+            header,
+            temp,
+            reservation,
+            ..
+        } = self;
+        disk.blocking(move |disk| disk.commit(&header.key, temp, reservation, mode))
+            .await?
+    }
 }
 
 impl DiskTier {
@@ -250,9 +312,27 @@ impl DiskTier {
         )
     }
 
-    /// Marks an entry as not evictable (it has not reached the shared tier yet).
-    pub fn set_pinned(&self, key: &Key, pinned: bool) -> bool {
-        self.lock().set_pinned(key, pinned)
+    /// Marks the key's entry, whatever its version, as not evictable (it has not reached the
+    /// shared tier yet): how the write-back queue takes its entries back at start-up.
+    pub fn pin(&self, key: &Key) -> bool {
+        self.lock().set_pinned(key, None, true)
+    }
+
+    /// Lets the entry be evicted again once `version` of it reached the shared tier (or was
+    /// not acknowledged). A newer version stays pinned: it has not been uploaded.
+    pub fn unpin(&self, key: &Key, version: Version) -> bool {
+        self.lock().set_pinned(key, Some(version), false)
+    }
+
+    /// The version of the key's entry, if it has one.
+    pub fn version(&self, key: &Key) -> Option<Version> {
+        self.lock().version(key)
+    }
+
+    /// [`DiskTier::version`], counting as a read of the entry for eviction: a memory hit
+    /// keeps its disk entry recent, so the hottest entries are not the first evicted there.
+    pub fn touch_version(&self, key: &Key) -> Option<Version> {
+        self.lock().touch_version(key)
     }
 
     /// Writes an entry, optionally pinned against eviction from the moment it is visible.
@@ -330,14 +410,14 @@ impl DiskTier {
     /// Renames a finished temp file into place and records it, all under the index lock so that
     /// eviction and concurrent writers of the same key see one consistent order. With
     /// [`Commit::Fill`], a key changed since the fill began (or pinned) is left as it is (the
-    /// temp file is removed): returns whether the entry was committed.
+    /// temp file is removed): returns the committed entry's version, `None` when it was not.
     fn commit(
         &self,
         key: &Key,
         temp: TempFile,
         reservation: Reservation,
         mode: Commit,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Version>, StoreError> {
         let path = self.path_for(key);
         let parent = path.parent().expect("entry paths have a parent");
         std::fs::create_dir_all(parent)?;
@@ -349,20 +429,23 @@ impl DiskTier {
         if overtaken {
             // Unlock before `reservation` and `temp` are dropped: the release takes the lock.
             drop(index);
-            return Ok(false);
+            return Ok(None);
         }
         let renamed = std::fs::rename(&temp.path, &path);
-        if renamed.is_ok() {
-            index.commit(key, reservation.take(), mode == Commit::Pinned);
-            temp.disarm();
-        }
+        let version = match renamed {
+            Ok(()) => {
+                temp.disarm();
+                Some(index.commit(key, reservation.take(), mode == Commit::Pinned))
+            }
+            Err(_) => None,
+        };
         // Unlock before `reservation` can be dropped: its release takes the same lock.
         drop(index);
         renamed?;
         // Make the rename itself durable before the write is acknowledged. (Measured: skipping
         // this for plain cache entries gained nothing; the file's own fsync dominates.)
         std::fs::File::open(parent)?.sync_all()?;
-        Ok(true)
+        Ok(version)
     }
 
     /// Locates a committed entry and checks its header, without verifying the body.
@@ -373,15 +456,17 @@ impl DiskTier {
     }
 
     fn locate_blocking(&self, key: &Key) -> Result<Option<EntryLocation>, StoreError> {
-        if !self.lock().contains(key) {
+        // The version first: the file opened next is that version or a newer one.
+        let Some(version) = self.lock().version(key) else {
             return Ok(None);
-        }
+        };
         let path = self.path_for(key);
         match read::open_entry(&path, key) {
-            Ok(Some((_, header))) => Ok(Some(EntryLocation {
-                path,
+            Ok(Some((file, header))) => Ok(Some(EntryLocation {
+                file: Arc::new(file),
                 body_offset: header.header_len,
                 header,
+                version,
             })),
             Ok(None) => {
                 self.lock().forget(key);
@@ -441,12 +526,23 @@ impl DiskTier {
     }
 }
 
+impl DiskTier {
+    /// [`Store::get`], with the version the entry was at when it was opened: the version is
+    /// read first, so the object is that version or a newer one. A copy of the object tagged
+    /// with the version (the memory tier's) is then never newer than its tag says, and is
+    /// dropped as soon as the entry moves on.
+    pub async fn get_versioned(&self, key: &Key) -> Result<Option<(Version, Object)>, StoreError> {
+        let Some(version) = self.touch_version(key) else {
+            return Ok(None);
+        };
+        let object = read::open_object(self.clone(), key.clone()).await?;
+        Ok(object.map(|object| (version, object)))
+    }
+}
+
 impl Store for DiskTier {
     async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
-        if !self.lock().touch(key) {
-            return Ok(None);
-        }
-        read::open_object(self.clone(), key.clone()).await
+        Ok(self.get_versioned(key).await?.map(|(_, object)| object))
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {

@@ -36,7 +36,7 @@ use md5::{Digest, Md5};
 
 use super::index::Reservation;
 use super::spool::{BlockCrcs, RESERVE_STEP};
-use super::{Commit, DiskTier, EntryLocation, TempFile, WRITE_BATCH};
+use super::{DiskTier, Sealed, TempFile, WRITE_BATCH};
 use crate::store::entry_file::{table_len, EntryHeader, BLOCK};
 use crate::store::{ByteStream, Key, ObjectAttrs, StoreError};
 
@@ -170,12 +170,9 @@ pub struct CopyStats {
     pub syncing: std::time::Duration,
 }
 
-/// An assembled entry.
-#[derive(Debug, Clone)]
+/// An assembled entry, sealed and ready to commit.
 pub struct Assembled {
-    pub location: EntryLocation,
-    /// False when a [`Commit::Fill`] found the key written meanwhile (nothing was committed).
-    pub committed: bool,
+    pub sealed: Sealed,
     pub stats: CopyStats,
 }
 
@@ -270,20 +267,18 @@ impl DiskTier {
         }))
     }
 
-    /// Writes one entry for `key` whose body is the parts' bodies in order, and commits it with
-    /// `mode` (replacing any entry of the key, except with [`Commit::Fill`]). The entry's space
-    /// is admitted and reserved on top of the parts' (both are on disk until the caller removes
-    /// the parts), evicting cached entries as needed.
+    /// Writes one entry for `key` whose body is the parts' bodies in order, sealed for the
+    /// caller to commit. The entry's space is admitted and reserved on top of the parts' (both
+    /// are on disk until the caller removes the parts), evicting cached entries as needed.
     pub async fn assemble(
         &self,
         key: &Key,
         meta: AssemblyMeta,
         parts: Vec<PartSource>,
-        mode: Commit,
         method: CopyMethod,
     ) -> Result<Assembled, StoreError> {
         let key = key.clone();
-        self.blocking(move |disk| disk.assemble_blocking(&key, meta, &parts, mode, method))
+        self.blocking(move |disk| disk.assemble_blocking(&key, meta, &parts, method))
             .await?
     }
 
@@ -292,7 +287,6 @@ impl DiskTier {
         key: &Key,
         meta: AssemblyMeta,
         parts: &[PartSource],
-        mode: Commit,
         method: CopyMethod,
     ) -> Result<Assembled, StoreError> {
         let body_len: u64 = parts.iter().map(|p| p.info.len).sum();
@@ -352,14 +346,14 @@ impl DiskTier {
         let started = Instant::now();
         file.sync_all()?;
         stats.syncing = started.elapsed();
-        let committed = self.commit(key, temp, reservation, mode)?;
         Ok(Assembled {
-            location: EntryLocation {
-                path: self.path_for(key),
-                body_offset: header.header_len,
+            sealed: Sealed {
+                disk: self.clone(),
                 header,
+                file: Arc::new(file),
+                temp,
+                reservation,
             },
-            committed,
             stats,
         })
     }

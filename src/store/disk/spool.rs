@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::index::Reservation;
-use super::{Commit, DiskTier, TempFile};
+use super::{Commit, DiskTier, Sealed, TempFile, Version};
 use crate::store::entry_file::{table_len, EntryHeader, BLOCK};
 use crate::store::{Key, ObjectAttrs, StoreError};
 use md5::{Digest, Md5};
@@ -29,7 +29,6 @@ use md5::{Digest, Md5};
 /// A disk-tier write in progress whose file can be read while it is written.
 pub struct Spool {
     disk: DiskTier,
-    key: Key,
     header: EntryHeader,
     file: Arc<std::fs::File>,
     temp: TempFile,
@@ -106,7 +105,6 @@ impl DiskTier {
             .await??;
         Ok(Spool {
             disk: self.clone(),
-            key: key.clone(),
             header: EntryHeader {
                 body_len: len,
                 ..header
@@ -244,9 +242,16 @@ impl Spool {
     }
 
     /// Seals, fsyncs and commits the entry, which must be complete. Returns its header and
-    /// whether it was committed.
-    /// `committed` is false when a [`Commit::Fill`] found the key already written.
-    pub async fn finish(mut self, mode: Commit) -> Result<(EntryHeader, bool), StoreError> {
+    /// its version, `None` when a [`Commit::Fill`] found the key changed since the fill began.
+    pub async fn finish(self, mode: Commit) -> Result<(EntryHeader, Option<Version>), StoreError> {
+        let sealed = self.seal().await?;
+        let header = sealed.header().clone();
+        Ok((header, sealed.commit(mode).await?))
+    }
+
+    /// Seals and fsyncs the entry, which must be complete, without making it visible: see
+    /// [`Sealed`].
+    pub async fn seal(mut self) -> Result<Sealed, StoreError> {
         if self.written != self.header.body_len {
             return Err(StoreError::LengthMismatch {
                 declared: self.header.body_len,
@@ -273,23 +278,29 @@ impl Spool {
         let table_at = header.header_len + header.body_len;
         let Spool {
             disk,
-            key,
             file,
             temp,
             reservation,
             ..
         } = self;
         let mut reservation = reservation.ok_or_else(spool_failed)?;
-        let committed = disk
-            .blocking(move |disk| -> Result<bool, StoreError> {
+        let written = file.clone();
+        let reservation = disk
+            .blocking(move |_| -> Result<Reservation, StoreError> {
                 reservation.grow(table.len() as u64)?;
-                file.write_all_at(&table, table_at)?;
-                sealed.seal(&mut &*file)?;
-                file.sync_all()?;
-                disk.commit(&key, temp, reservation, mode)
+                written.write_all_at(&table, table_at)?;
+                sealed.seal(&mut &*written)?;
+                written.sync_all()?;
+                Ok(reservation)
             })
             .await??;
-        Ok((header, committed))
+        Ok(Sealed {
+            disk,
+            header,
+            file,
+            temp,
+            reservation,
+        })
     }
 }
 

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use super::backend::{multipart_etag, unquote, PartLayout};
 use super::disk::parts::{AssemblyMeta, CopyMethod, CopyStats, PartSource, StoredPart};
-use super::disk::{Commit, DiskTier, EntryLocation};
+use super::disk::{DiskTier, Sealed};
 use super::entry_file::EntryHeader;
 use super::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError};
 
@@ -149,17 +149,14 @@ pub struct PartSummary {
 }
 
 /// A completed upload: one entry of the disk tier.
-#[derive(Debug, Clone)]
 pub struct Completed {
-    /// Where the entry's body lies (for an upload that reads the file directly).
-    pub location: EntryLocation,
+    /// The assembled entry, sealed: the caller uploads it (write-through) and commits it.
+    pub sealed: Sealed,
     /// What a reader of the entry learns: the multipart ETag, the attributes, length and CRC.
     pub meta: ObjectMeta,
     /// The client's part sizes, in order: upload the entry with these boundaries and the
     /// backend computes the same ETag.
     pub layout: PartLayout,
-    /// False only with [`Commit::Fill`], when the key was written meanwhile.
-    pub committed: bool,
     pub stats: CopyStats,
 }
 
@@ -389,14 +386,13 @@ impl Multipart {
 
     /// Completes an upload of `key` from the listed parts (number and ETag, quoted or not):
     /// checked as S3 checks a CompleteMultipartUpload, then assembled into one entry of the disk
-    /// tier, committed with `mode` ([`Commit::Pinned`] when it is to be uploaded, so it cannot
-    /// be evicted first), and the upload's parts removed. Parts not listed are discarded.
+    /// tier and sealed for the caller to commit (after uploading it, for a write-through), and
+    /// the upload's parts removed. Parts not listed are discarded.
     pub async fn complete(
         &self,
         key: &Key,
         upload_id: &str,
         listed: &[(u32, String)],
-        mode: Commit,
     ) -> Result<Completed, MultipartError> {
         let (sources, attrs) = {
             let mut uploads = self.inner.lock();
@@ -418,7 +414,7 @@ impl Multipart {
         let upload_id = upload_id.to_string();
         let task = tokio::spawn(async move {
             let method = inner.settings.copy;
-            let assembled = inner.disk.assemble(&key, meta, sources, mode, method).await;
+            let assembled = inner.disk.assemble(&key, meta, sources, method).await;
             let finished = {
                 let mut uploads = inner.lock();
                 match &assembled {
@@ -451,10 +447,9 @@ impl Multipart {
         });
         let assembled = task.await.map_err(io::Error::other)??;
         Ok(Completed {
-            meta: assembled.location.header.meta(),
-            location: assembled.location,
+            meta: assembled.sealed.header().meta(),
+            sealed: assembled.sealed,
             layout,
-            committed: assembled.committed,
             stats: assembled.stats,
         })
     }

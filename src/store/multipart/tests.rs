@@ -4,10 +4,41 @@ use md5::{Digest, Md5};
 
 use super::*;
 use crate::store::backend::ByteRange;
-use crate::store::disk::DiskSettings;
+use crate::store::disk::{Commit, DiskSettings, Version};
 use crate::store::entry_file::BLOCK;
 use crate::store::testing::{body, pattern, read_body};
 use crate::store::{PutOptions, Store};
+
+/// A completion, committed as the caller of [`Multipart::complete`] would.
+#[derive(Debug)]
+struct Committed {
+    meta: ObjectMeta,
+    layout: PartLayout,
+    stats: CopyStats,
+    header: EntryHeader,
+    version: Option<Version>,
+}
+
+impl Multipart {
+    async fn complete_committed(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        listed: &[(u32, String)],
+        mode: Commit,
+    ) -> Result<Committed, MultipartError> {
+        let done = self.complete(key, upload_id, listed).await?;
+        let header = done.sealed.header().clone();
+        let version = done.sealed.commit(mode).await?;
+        Ok(Committed {
+            meta: done.meta,
+            layout: done.layout,
+            stats: done.stats,
+            header,
+            version,
+        })
+    }
+}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -107,7 +138,7 @@ async fn read_range(disk: &DiskTier, key: &Key, first: u64, last: u64) -> Vec<u8
 
 /// Completes an upload whose parts arrived out of order and checks everything a reader sees:
 /// bytes through `get` and ranges (which check the block table), ETag, attributes, CRC.
-async fn assemble_and_check(sizes: &[usize], settings: MultipartSettings) -> Completed {
+async fn assemble_and_check(sizes: &[usize], settings: MultipartSettings) -> Committed {
     let s = Setup::new(1 << 30, settings).await;
     let k = key("runner/project/42/cache.zip");
     let data: Vec<Vec<u8>> = sizes
@@ -127,12 +158,12 @@ async fn assemble_and_check(sizes: &[usize], settings: MultipartSettings) -> Com
 
     let done = s
         .uploads
-        .complete(&k, &id, &listed, Commit::Cached)
+        .complete_committed(&k, &id, &listed, Commit::Cached)
         .await
         .unwrap();
     let whole: Vec<u8> = data.concat();
     let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-    assert!(done.committed);
+    assert!(done.version.is_some());
     assert_eq!(
         done.meta.etag.as_deref(),
         Some(expected_etag(&refs).as_str())
@@ -225,7 +256,7 @@ async fn the_etag_is_s3s_md5_of_md5s() {
     assert_eq!(listed[0].1, "\"5d41402abc4b2a76b9719d911017c592\"");
     let done = s
         .uploads
-        .complete(&k, &id, &listed, Commit::Cached)
+        .complete_committed(&k, &id, &listed, Commit::Cached)
         .await
         .unwrap();
     assert_eq!(
@@ -260,11 +291,13 @@ async fn a_part_uploaded_again_replaces_the_earlier_one() {
     // The replaced part's ETag no longer completes the upload.
     let stale = vec![first[0].clone(), second[1].clone()];
     assert!(matches!(
-        s.uploads.complete(&k, &id, &stale, Commit::Cached).await,
+        s.uploads
+            .complete_committed(&k, &id, &stale, Commit::Cached)
+            .await,
         Err(MultipartError::InvalidPart(1))
     ));
     s.uploads
-        .complete(&k, &id, &second, Commit::Cached)
+        .complete_committed(&k, &id, &second, Commit::Cached)
         .await
         .unwrap();
     let object = s.disk.get(&k).await.unwrap().unwrap();
@@ -295,7 +328,11 @@ async fn completions_are_checked_as_s3_checks_them_and_leave_the_upload_open() {
         let uploads = s.uploads.clone();
         let k = k.clone();
         let id = id.clone();
-        async move { uploads.complete(&k, &id, &list, Commit::Cached).await }
+        async move {
+            uploads
+                .complete_committed(&k, &id, &list, Commit::Cached)
+                .await
+        }
     };
     let l = |i: usize| listed[i].clone();
     assert!(matches!(
@@ -407,7 +444,7 @@ async fn unknown_ids_limits_and_other_keys_are_refused() {
     let listed = vec![(1, "\"x\"".to_string())];
     assert!(matches!(
         s.uploads
-            .complete(&k, "nope", &listed, Commit::Cached)
+            .complete_committed(&k, "nope", &listed, Commit::Cached)
             .await,
         Err(MultipartError::NoSuchUpload)
     ));
@@ -511,7 +548,10 @@ async fn parts_count_against_the_disk_tier_and_evict_only_cached_entries() {
         1,
         format!("\"{}\"", s.uploads.list_parts(&k, &id).unwrap()[0].etag),
     )];
-    let full = s.uploads.complete(&k, &id, &listed, Commit::Cached).await;
+    let full = s
+        .uploads
+        .complete_committed(&k, &id, &listed, Commit::Cached)
+        .await;
     assert!(
         matches!(full, Err(MultipartError::Store(StoreError::Full { .. }))),
         "{full:?}"
@@ -534,15 +574,15 @@ async fn a_completed_entry_can_be_pinned_and_replaces_an_older_one() {
         .await;
     let done = s
         .uploads
-        .complete(&k, &id, &listed, Commit::Pinned)
+        .complete_committed(&k, &id, &listed, Commit::Pinned)
         .await
         .unwrap();
     let usage = s.disk.usage();
     assert_eq!((usage.entries, usage.pinned_entries), (1, 1));
-    assert_eq!(usage.pinned_bytes, done.location.header.file_len());
-    assert_eq!(done.location.path, s.disk.path_for(&k));
+    assert_eq!(usage.pinned_bytes, done.header.file_len());
     let located = s.disk.locate(&k).await.unwrap().unwrap();
-    assert_eq!(located.header, done.location.header);
+    assert_eq!(located.header, done.header);
+    assert_eq!(Some(located.version), done.version);
 }
 
 #[tokio::test]
@@ -595,7 +635,7 @@ async fn an_open_upload_survives_a_restart_and_completes() {
     listed.extend(s.put_parts(&k, &id, &[(3, &three)]).await);
     let done = s
         .uploads
-        .complete(&k, &id, &listed, Commit::Cached)
+        .complete_committed(&k, &id, &listed, Commit::Cached)
         .await
         .unwrap();
     assert_eq!(done.meta.attrs, attrs());
@@ -712,7 +752,10 @@ async fn damaged_part_bytes_never_reach_a_reader() {
         )
         .await;
     damage_part(&s, &id, 2);
-    let damaged = s.uploads.complete(&k, &id, &listed, Commit::Cached).await;
+    let damaged = s
+        .uploads
+        .complete_committed(&k, &id, &listed, Commit::Cached)
+        .await;
     assert!(
         matches!(&damaged, Err(MultipartError::Store(StoreError::Io(e))) if e.kind() == io::ErrorKind::InvalidData),
         "{damaged:?}"
@@ -733,7 +776,7 @@ async fn damaged_part_bytes_never_reach_a_reader() {
         .await;
     damage_part(&s, &id, 1);
     s.uploads
-        .complete(&k, &id, &listed, Commit::Cached)
+        .complete_committed(&k, &id, &listed, Commit::Cached)
         .await
         .unwrap();
     assert!(s.disk.get(&k).await.unwrap().is_none());

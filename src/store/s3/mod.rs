@@ -27,6 +27,7 @@
 
 pub mod breaker;
 pub mod client;
+mod file_body;
 mod read;
 mod upload;
 

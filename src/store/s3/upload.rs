@@ -1,15 +1,15 @@
 //! The put engine: a file region becomes one PUT, or a multipart upload whose parts go up a few
-//! at a time and which is aborted if any step fails. Every part is a range of the file, which
-//! the SDK reopens for each attempt, so nothing is buffered and every request can be retried.
+//! at a time and which is aborted if any step fails. Every part is a range of the upload's open
+//! file, read again at its offsets for each attempt, so nothing is buffered, every request can
+//! be retried, and every attempt sends the same bytes.
 
-use std::io;
 use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use aws_smithy_types::byte_stream::Length;
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::file_body::region_body;
 use super::{S3Tier, CRC32C_META, MIN_PART_SIZE, UPLOAD_BASE_DEADLINE};
 use crate::store::backend::{unquote, PartLayout, Upload};
 use crate::store::StoreError;
@@ -51,15 +51,9 @@ impl S3Tier {
         Ok(sizes)
     }
 
-    /// A part of the upload's file region, as a body the SDK can reopen for a retry.
-    async fn part_body(upload: &Upload, at: u64, len: u64) -> Result<SdkStream, StoreError> {
-        SdkStream::read_from()
-            .path(&upload.path)
-            .offset(upload.offset + at)
-            .length(Length::Exact(len))
-            .build()
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))
+    /// A part of the upload's file region, as a body the SDK can start again for a retry.
+    fn part_body(upload: &Upload, at: u64, len: u64) -> SdkStream {
+        region_body(upload.file.clone(), upload.offset + at, len)
     }
 
     /// Uploads the region, as one PUT when it is laid out as one part, else as a multipart
@@ -78,7 +72,7 @@ impl S3Tier {
                 .set_content_type(attrs.content_type.clone())
                 .set_content_encoding(attrs.content_encoding.clone())
                 .set_cache_control(attrs.cache_control.clone())
-                .body(Self::part_body(upload, 0, upload.len).await?);
+                .body(Self::part_body(upload, 0, upload.len));
             for (name, value) in metadata(upload) {
                 req = req.metadata(name, value);
             }
@@ -155,7 +149,7 @@ impl S3Tier {
                         .upload_id(upload_id)
                         .part_number(number)
                         .content_length(size as i64)
-                        .body(Self::part_body(upload, at, size).await?);
+                        .body(Self::part_body(upload, at, size));
                     let out = self.write_call("upload_part", size, req.send()).await?;
                     Ok::<_, StoreError>(
                         CompletedPart::builder()

@@ -46,17 +46,14 @@ impl<B: Backend> TieredStore<B> {
     /// Returns the stored metadata when it was committed.
     pub async fn commit_copy(
         &self,
-        key: &Key,
         spool: Spool,
         ticket: &FillTicket,
     ) -> Result<Option<ObjectMeta>, StoreError> {
-        let (header, committed) = spool.finish(Commit::Fill(ticket.order())).await?;
-        if !committed {
-            return Ok(None);
-        }
-        // The memory copy, if any, is the older object's; a read promotes the new one.
-        self.memory.remove(key).await;
-        Ok(Some(header.meta()))
+        let (header, version) = self
+            .local
+            .commit(spool.seal().await?, Commit::Fill(ticket.order()))
+            .await?;
+        Ok(version.map(|_| header.meta()))
     }
 
     /// Drops the local copy (S3 said the object is gone or was deleted), unless the key
@@ -66,10 +63,6 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         ticket: &FillTicket,
     ) -> Result<bool, StoreError> {
-        let removed = self.disk.discard_unchanged(key, ticket.order()).await?;
-        if removed || !self.disk.contains(key) {
-            self.memory.remove(key).await;
-        }
-        Ok(removed)
+        self.disk.discard_unchanged(key, ticket.order()).await
     }
 }

@@ -148,7 +148,7 @@ pub(super) fn load_markers(dir: &Path, disk: &DiskTier) -> io::Result<Vec<(Key, 
         };
         match parsed {
             Some((key, enqueued, Op::Delete)) => found.push((key, enqueued, Op::Delete)),
-            Some((key, enqueued, op)) if disk.set_pinned(&key, true) => {
+            Some((key, enqueued, op)) if disk.pin(&key) => {
                 found.push((key, enqueued, op));
             }
             Some((key, ..)) => {

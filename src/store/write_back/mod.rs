@@ -51,7 +51,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::backend::{Backend, PartLayout};
-use super::disk::DiskTier;
+use super::disk::{DiskTier, Version};
 use super::s3::S3Tier;
 use super::{Key, Namespace, StoreError};
 use crate::metrics::Metrics;
@@ -388,9 +388,13 @@ impl<B: Backend> Inner<B> {
         Err(None)
     }
 
-    /// Retires or reschedules an item after an attempt at its op. Runs on a blocking thread: it
-    /// unlinks the marker under the queue lock, so no newer marker for the key can be lost.
-    fn finish(&self, key: &Key, generation: u64, uploaded: bool) {
+    /// Retires or reschedules an item after an attempt at its op: `uploaded` is `None` when the
+    /// attempt failed, else the version of the entry it uploaded (if it uploaded one). Runs on
+    /// a blocking thread: it unlinks the marker under the queue lock, so no newer marker for
+    /// the key can be lost.
+    fn finish(&self, key: &Key, generation: u64, uploaded: Option<Option<Version>>) {
+        let uploaded_version = uploaded.flatten();
+        let uploaded = uploaded.is_some();
         let mut state = self.lock();
         let Some(item) = state.items.get_mut(key) else {
             return;
@@ -407,8 +411,10 @@ impl<B: Backend> Inner<B> {
                 // The upload is done; a marker left behind only means one more upload later.
                 Err(e) => tracing::warn!(key = %key, error = %e, "cannot remove upload marker"),
             }
-            if matches!(op, Op::Put { .. }) {
-                self.disk.set_pinned(key, false);
+            // Only the version uploaded: a newer one, committed while the upload ran and not
+            // queued yet, still waits for its own upload.
+            if let (Op::Put { .. }, Some(version)) = (op, uploaded_version) {
+                self.disk.unpin(key, version);
             }
             None
         } else if uploaded {
@@ -550,7 +556,8 @@ mod tests {
         let first = queue(&local, Duration::from_millis(100)).await;
         // Never started: nothing is uploaded before the "restart".
         write(&local, &first, &key(3), &pattern(100, 3)).await;
-        local.disk.set_pinned(&key(3), false);
+        let version = local.disk.version(&key(3)).unwrap();
+        local.disk.unpin(&key(3), version);
         let second = queue(&local, Duration::from_millis(100)).await;
         assert_eq!(second.len(), 1);
         assert_eq!(local.disk.usage().pinned_entries, 1, "re-pinned on load");

@@ -8,25 +8,28 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Inner, Op};
-use crate::store::backend::{Backend, PartLayout, Upload};
+use crate::store::backend::{Backend, PartLayout};
+use crate::store::disk::Version;
 use crate::store::{Key, StoreError};
 
 /// First retry delay; doubled per failed attempt up to `s3.retry_max_backoff`.
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 impl<B: Backend> Inner<B> {
-    /// Applies `op` to the backend. A put uploads the entry's current file; `Ok` means the
-    /// backend has it (or there is nothing left to upload: the entry is gone).
-    async fn apply(&self, key: &Key, op: &Op) -> Result<(), StoreError> {
+    /// Applies `op` to the backend. A put uploads the entry's current version, every part and
+    /// retry from the one file handle opened for it; `Ok` means the backend has it (or there is
+    /// nothing left to upload: the entry is gone), with the version it got, which alone may be
+    /// unpinned now.
+    async fn apply(&self, key: &Key, op: &Op) -> Result<Option<Version>, StoreError> {
         let parts = match op {
-            Op::Delete => return self.remote.delete(key).await,
+            Op::Delete => return self.remote.delete(key).await.map(|_| None),
             Op::Put { parts, .. } => parts,
         };
         let Some(loc) = self.disk.locate(key).await? else {
             tracing::info!(key = %key, "queued entry no longer on disk; nothing to upload");
-            return Ok(());
+            return Ok(None);
         };
-        let mut upload = Upload::entry(&loc);
+        let mut upload = loc.upload(PartLayout::Auto);
         match parts {
             PartLayout::Sizes(sizes) if sizes.iter().sum::<u64>() == upload.len => {
                 upload.parts = parts.clone();
@@ -38,7 +41,7 @@ impl<B: Backend> Inner<B> {
             }
             PartLayout::Auto => {}
         }
-        self.remote.put(&upload).await.map(|_| ())
+        self.remote.put(&upload).await.map(|_| Some(loc.version))
     }
 }
 
@@ -68,9 +71,9 @@ pub(super) async fn uploader<B: Backend>(inner: Arc<Inner<B>>, mut stop: watch::
                     tracing::warn!(key = %key, error = %e, op = what, "write-back op failed; will retry");
                 }
                 let done = inner.clone();
-                let ok = uploaded.is_ok();
-                let _ =
-                    tokio::task::spawn_blocking(move || done.finish(&key, generation, ok)).await;
+                let outcome = uploaded.ok();
+                let _ = tokio::task::spawn_blocking(move || done.finish(&key, generation, outcome))
+                    .await;
                 // Another uploader may be idle while more items are due.
                 inner.wake.notify_one();
             }

@@ -77,7 +77,7 @@ pub(super) fn tee_into_copy<B: Backend>(
             if let Some(leader) = leader.filter(|_| spool.written() == spool.len()) {
                 leader.complete();
             }
-            if let Err(e) = store.commit_copy(&key, spool, &ticket).await {
+            if let Err(e) = store.commit_copy(spool, &ticket).await {
                 tracing::debug!(key = %key, error = %e, "S3 forward: local copy not committed");
             }
         }

@@ -136,7 +136,7 @@ impl<B: Backend> Prefetch<B> {
                     return; // the copy is dropped: an aborted write
                 }
             }
-            if let Err(e) = self.store.commit_copy(&key, copy, &ticket).await {
+            if let Err(e) = self.store.commit_copy(copy, &ticket).await {
                 tracing::debug!(key = %key, error = %e, "S3 forward: background fill not committed");
             }
         });

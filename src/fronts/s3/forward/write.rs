@@ -62,7 +62,7 @@ impl<B: Backend> Forward<B> {
                 let copy = exchanged.copy.filter(|_| status == StatusCode::OK && open);
                 let etag = unquoted_etag(answer.headers());
                 let stale = match copy {
-                    Some(copy) => match self.store.commit_copy(&key, copy, &ticket).await {
+                    Some(copy) => match self.store.commit_copy(copy, &ticket).await {
                         // Unless S3's ETag is the body's MD5, no 304 could vouch for it.
                         Ok(Some(meta)) => meta.etag.is_none() || meta.etag != etag,
                         // A newer change of the key came first; it decides.
