@@ -4,7 +4,12 @@
 
 use std::borrow::Cow;
 
-use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::xml;
+use crate::fronts::reply::respond;
+use crate::server::body::{self, ResponseBody};
 
 /// The S3 error codes this front answers with. The HTTP status of each is the one S3 uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +171,34 @@ impl S3Error {
     pub fn into_body_error(self) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, self)
     }
+}
+
+/// A fresh request id: 16 hex digits, as S3's are.
+pub fn request_id() -> String {
+    format!("{:016X}", fastrand::u64(..))
+}
+
+/// An S3 error: the XML document (none for HEAD, as S3 answers HEAD errors with the status
+/// alone), with the code as the access log's outcome.
+pub fn error_response(
+    err: &S3Error,
+    resource: Option<&str>,
+    request_id: &str,
+    head_only: bool,
+) -> Response<ResponseBody> {
+    let body = if head_only {
+        body::empty()
+    } else {
+        body::full(xml::error_body(err, resource, request_id))
+    };
+    let mut response = respond(err.status(), err.code.as_str(), body);
+    if !head_only {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::error::{S3Error, S3ErrorCode};
+use super::error::{error_response, request_id, S3Error, S3ErrorCode};
 use super::forward::Forward;
 use super::request::ParsedRequest;
 use super::route::{Operation, Route, Router};
@@ -402,34 +402,6 @@ fn auth_failure_label(err: &sigv4::AuthError) -> &'static str {
         E::TemporaryCredentials => "temporary_credentials",
         _ => "malformed",
     }
-}
-
-/// A fresh request id: 16 hex digits, as S3's are.
-pub(super) fn request_id() -> String {
-    format!("{:016X}", fastrand::u64(..))
-}
-
-/// An S3 error: the XML document (none for HEAD, as S3 answers HEAD errors with the status
-/// alone), with the code as the access log's outcome.
-pub(super) fn error_response(
-    err: &S3Error,
-    resource: Option<&str>,
-    request_id: &str,
-    head_only: bool,
-) -> Response<ResponseBody> {
-    let body = if head_only {
-        body::empty()
-    } else {
-        body::full(xml::error_body(err, resource, request_id))
-    };
-    let mut response = respond(err.status(), err.code.as_str(), body);
-    if !head_only {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml"),
-        );
-    }
-    response
 }
 
 /// A 200 with an XML document.

@@ -205,6 +205,15 @@ impl Index {
     /// as the bytes arrive, so a client that declares a large body and then trickles (or
     /// never sends it) costs the cache no entries.
     pub fn admit(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
+        self.check_fits(bytes, settings)?;
+        self.promised += bytes;
+        Ok(())
+    }
+
+    /// Whether a write of `bytes` could fit now (see [`Index::admit`]), promising nothing: for
+    /// a write that takes its space only as its bytes arrive, and is given up when they don't
+    /// fit (an optional copy).
+    pub fn check_fits(&self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
         let committed = self.pinned_bytes + self.reserved + self.promised;
         if committed.saturating_add(bytes) > self.max_size {
             return Err(StoreError::Full { needed: bytes });
@@ -218,22 +227,27 @@ impl Index {
                 return Err(StoreError::Full { needed: bytes });
             }
         }
-        self.promised += bytes;
         Ok(())
     }
 
-    /// Turns `bytes` of an admitted write's promise into reserved space, evicting least
-    /// recently used unpinned entries until the entries fit under `max_size` and the filesystem
-    /// keeps `min_free` bytes available. On failure the promise stays as it was.
-    pub fn reserve(&mut self, bytes: u64, settings: &DiskSettings) -> Result<(), StoreError> {
-        self.promised -= bytes;
+    /// Reserves `bytes` for a write in progress, `from_promise` of them out of its promise,
+    /// evicting least recently used unpinned entries until the entries fit under `max_size`
+    /// and the filesystem keeps `min_free` bytes available. On failure the promise stays as it
+    /// was.
+    pub fn reserve(
+        &mut self,
+        bytes: u64,
+        from_promise: u64,
+        settings: &DiskSettings,
+    ) -> Result<(), StoreError> {
+        self.promised -= from_promise;
         match self.make_room(bytes, settings) {
             Ok(()) => {
                 self.reserved += bytes;
                 Ok(())
             }
             Err(e) => {
-                self.promised += bytes;
+                self.promised += from_promise;
                 Err(e)
             }
         }
@@ -360,11 +374,13 @@ impl Index {
 }
 
 /// The space of one write in progress: what it reserved for bytes received and what it was
-/// promised for the rest. Released on drop unless the write commits.
+/// promised for the rest, or (for a write admitted as its bytes arrive) what it may still
+/// reserve without a promise. Released on drop unless the write commits.
 pub struct Reservation {
     disk: Option<DiskTier>,
     reserved: u64,
     promised: u64,
+    unpromised: u64,
 }
 
 impl Reservation {
@@ -374,6 +390,18 @@ impl Reservation {
             disk: Some(disk),
             reserved: 0,
             promised: bytes,
+            unpromised: 0,
+        }
+    }
+
+    /// A write of up to `bytes` with no promise: each [`Reservation::grow`] takes its space
+    /// then, or fails. Check with [`Index::check_fits`] first.
+    pub fn as_bytes_arrive(disk: DiskTier, bytes: u64) -> Reservation {
+        Reservation {
+            disk: Some(disk),
+            reserved: 0,
+            promised: 0,
+            unpromised: bytes,
         }
     }
 
@@ -382,24 +410,33 @@ impl Reservation {
         self.reserved
     }
 
-    /// Reserves up to `bytes` more of the promise, evicting as needed. Takes the index lock
-    /// itself and lets it go before returning, so a failure can drop the reservation at once.
+    /// Reserves up to `bytes` more (of the promise, or of what may be taken unpromised),
+    /// evicting as needed. Takes the index lock itself and lets it go before returning, so a
+    /// failure can drop the reservation at once.
     pub fn grow(&mut self, bytes: u64) -> Result<(), StoreError> {
         let disk = self
             .disk
             .as_ref()
             .expect("a reservation grows only before its commit");
-        let bytes = bytes.min(self.promised);
-        disk.lock().reserve(bytes, &disk.inner.settings)?;
-        self.promised -= bytes;
+        let from_promise = bytes.min(self.promised);
+        let unpromised = (bytes - from_promise).min(self.unpromised);
+        let bytes = from_promise + unpromised;
+        disk.lock()
+            .reserve(bytes, from_promise, &disk.inner.settings)?;
+        self.promised -= from_promise;
+        self.unpromised -= unpromised;
         self.reserved += bytes;
         Ok(())
     }
 
-    /// Hands the bytes over to a commit, which needs the whole promise reserved; call with the
+    /// Hands the bytes over to a commit, which needs all its bytes reserved; call with the
     /// index lock held.
     pub fn take(mut self) -> u64 {
-        debug_assert_eq!(self.promised, 0, "a commit reserves all its bytes first");
+        debug_assert_eq!(
+            self.promised + self.unpromised,
+            0,
+            "a commit reserves all its bytes first"
+        );
         self.disk = None;
         self.reserved
     }

@@ -45,6 +45,15 @@ pub struct Spool {
     modified: Option<SystemTime>,
 }
 
+/// How a write's space is held from other writes.
+#[derive(Debug, Clone, Copy)]
+enum Admission {
+    /// All of it promised at the start: once admitted, the write can finish.
+    Promised,
+    /// Taken as the bytes arrive, nothing promised.
+    AsBytesArrive,
+}
+
 /// What a write says about its entry besides the body.
 #[derive(Debug, Clone, Default)]
 pub struct EntryMeta {
@@ -82,6 +91,30 @@ impl DiskTier {
         len: u64,
         meta: EntryMeta,
     ) -> Result<Spool, StoreError> {
+        self.spool_admitted(key, len, meta, Admission::Promised)
+            .await
+    }
+
+    /// [`DiskTier::spool_with`] for a write whose declared length is a client's word: nothing
+    /// is promised up front (a declaration alone holds no space from other writes), its space
+    /// is taken as its bytes arrive, and a write finding no room then fails.
+    pub async fn spool_as_bytes_arrive(
+        &self,
+        key: &Key,
+        len: u64,
+        meta: EntryMeta,
+    ) -> Result<Spool, StoreError> {
+        self.spool_admitted(key, len, meta, Admission::AsBytesArrive)
+            .await
+    }
+
+    async fn spool_admitted(
+        &self,
+        key: &Key,
+        len: u64,
+        meta: EntryMeta,
+        admission: Admission,
+    ) -> Result<Spool, StoreError> {
         let header = EntryHeader::unsealed(key, meta.attrs);
         let bytes = header.header_len + len + table_len(len);
         let header_len = header.header_len;
@@ -89,8 +122,16 @@ impl DiskTier {
         let (file, temp, reservation) = self
             .blocking(
                 move |disk| -> Result<(std::fs::File, TempFile, Reservation), StoreError> {
-                    disk.lock().admit(bytes, &disk.inner.settings)?;
-                    let mut reservation = Reservation::admitted(disk.clone(), bytes);
+                    let mut reservation = match admission {
+                        Admission::Promised => {
+                            disk.lock().admit(bytes, &disk.inner.settings)?;
+                            Reservation::admitted(disk.clone(), bytes)
+                        }
+                        Admission::AsBytesArrive => {
+                            disk.lock().check_fits(bytes, &disk.inner.settings)?;
+                            Reservation::as_bytes_arrive(disk.clone(), bytes)
+                        }
+                    };
                     reservation.grow(header_len)?;
                     let temp = TempFile::new(&disk.inner.tmp_dir);
                     let file = std::fs::OpenOptions::new()

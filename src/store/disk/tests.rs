@@ -750,3 +750,43 @@ async fn a_segmented_spool_written_out_of_order_stores_the_same_entry() {
     let (_, got) = read_range(&disk, &key(1), &format!("bytes={}-", block + 5)).await;
     assert!(got.unwrap() == data[block + 5..]);
 }
+
+/// A write admitted as its bytes arrive (a copy of a client's upload) promises nothing: a
+/// large declaration holds no space from other writes, and the write itself fails, evicting
+/// no more than fits, when its bytes find no room.
+#[tokio::test]
+async fn a_write_admitted_as_its_bytes_arrive_holds_no_space_on_its_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 5 << 20)).await.unwrap();
+    let meta = EntryMeta::default();
+    // 3 MiB declared and a byte sent (its first step of space reserved): another 3 MiB write
+    // is still admitted, which a promise of the whole declaration would have refused.
+    let mut declared = disk
+        .spool_as_bytes_arrive(&key(1), 3 << 20, meta.clone())
+        .await
+        .unwrap();
+    declared.write(Bytes::from(vec![1u8])).await.unwrap();
+    let mut promised = disk.spool(&key(2), 3 << 20).await.unwrap();
+    promised
+        .write(Bytes::from(vec![2u8; 3 << 20]))
+        .await
+        .unwrap();
+    promised.finish(Commit::Cached).await.unwrap();
+    // The declared write's bytes now find the rest pinned down by nothing but their own
+    // reservation and the committed entry, which it may evict: it goes on.
+    let mut sent = 1u64;
+    while sent < 3 << 20 {
+        let n = (1u64 << 20).min((3 << 20) - sent);
+        declared
+            .write(Bytes::from(vec![1u8; n as usize]))
+            .await
+            .unwrap();
+        sent += n;
+    }
+    declared.finish(Commit::Cached).await.unwrap();
+    assert!(disk.contains(&key(1)));
+    assert!(!disk.contains(&key(2)), "evicted for bytes that arrived");
+    // Over the bound even with everything evicted: refused at once, as any write.
+    let refused = disk.spool_as_bytes_arrive(&key(3), 5 << 20, meta).await;
+    assert!(matches!(refused, Err(StoreError::Full { .. })));
+}

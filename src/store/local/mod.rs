@@ -154,3 +154,6 @@ impl LocalTiers {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests;

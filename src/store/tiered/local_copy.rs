@@ -31,6 +31,19 @@ impl<B: Backend> TieredStore<B> {
         self.disk.begin_fill()
     }
 
+    /// Starts a copy of a client's upload as it passes, of the `len` bytes it declares: its
+    /// space is taken as the bytes arrive, nothing is promised on the client's word, and the
+    /// copy (not the upload) is given up when they don't fit. Otherwise as
+    /// [`TieredStore::start_copy`].
+    pub async fn start_upload_copy(
+        &self,
+        key: &Key,
+        len: u64,
+        meta: EntryMeta,
+    ) -> Result<Spool, StoreError> {
+        self.disk.spool_as_bytes_arrive(key, len, meta).await
+    }
+
     /// Starts writing a copy of exactly `len` bytes; nothing is visible until
     /// [`TieredStore::commit_copy`], and a spool dropped before that is discarded.
     pub async fn start_copy(

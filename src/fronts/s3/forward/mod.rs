@@ -41,8 +41,7 @@ use http::{Method, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::error::{S3Error, S3ErrorCode};
-use super::front::{error_response, request_id};
+use super::error::{error_response, request_id, S3Error, S3ErrorCode};
 use super::request::ParsedRequest;
 use super::route::{Operation, Router};
 use crate::config::S3ApiForward;

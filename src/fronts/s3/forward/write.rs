@@ -123,7 +123,7 @@ impl<B: Backend> Forward<B> {
             etag: EtagSource::Md5,
             modified: None,
         };
-        match self.store.start_copy(key, len, meta).await {
+        match self.store.start_upload_copy(key, len, meta).await {
             Ok(spool) => Some(match chunked {
                 Some(options) => UploadCopy::decoded(spool, options),
                 None => UploadCopy::Plain(Box::new(spool)),

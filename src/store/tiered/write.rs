@@ -1,0 +1,206 @@
+//! The write paths of the tiered store: a client's put, a sealed entry (a multipart
+//! completion's assembly), a delete, each as its namespace's write mode says (local, through,
+//! back), ordered per key with the other writes that reach the backend.
+
+use super::{Route, TieredStore};
+use crate::store::backend::{Backend, PartLayout};
+use crate::store::disk::spool::Spool;
+use crate::store::disk::{Commit, Sealed};
+use crate::store::entry_file::EntryHeader;
+use crate::store::multipart::{Multipart, MultipartError};
+use crate::store::write_back::{Op, Slot, WriteBack};
+use crate::store::{ByteStream, Key, ObjectMeta, PutOptions, StoreError};
+
+impl<B: Backend> TieredStore<B> {
+    /// Writes the durable local copy, and a small entry's memory copy once that committed.
+    pub(super) async fn put_local(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<EntryHeader, StoreError> {
+        let spool = self.disk.receive(key, len, body, options).await?;
+        self.commit_local(spool.seal().await?, false).await
+    }
+
+    /// Commits a sealed entry (pinned when it waits for the backend) and keeps a small one's
+    /// memory copy.
+    pub(super) async fn commit_local(
+        &self,
+        sealed: Sealed,
+        pinned: bool,
+    ) -> Result<EntryHeader, StoreError> {
+        let mode = if pinned {
+            Commit::Pinned
+        } else {
+            Commit::Cached
+        };
+        Ok(self.local.commit(sealed, mode).await?.0)
+    }
+
+    /// Write-through: the sealed entry is uploaded from its own file handle, and committed
+    /// locally only once the backend has it, all under the key's lock. So two writes of a key
+    /// reach S3 and the node in the same order and each upload reads only its own body; a
+    /// refused upload leaves no copy here (S3 still has what the node has).
+    pub(super) async fn put_through(
+        &self,
+        backend: &B,
+        key: &Key,
+        sealed: Sealed,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        let _ordered = self.key_locks.lock(key).await;
+        backend.put(&sealed.upload(parts)).await?;
+        let meta = sealed.header().meta();
+        if let Err(e) = self.commit_local(sealed, false).await {
+            // S3 has the new body: the older local copy must not be served in its place.
+            tracing::warn!(key = %key, error = %e, "uploaded entry not kept locally; dropping the older copy");
+            self.local.delete(key).await?;
+        }
+        Ok(meta)
+    }
+
+    /// Write-back: the commit and its marker happen under the key's lock, ordered with
+    /// deletes. The caller took the slot before receiving the body, so that a full queue
+    /// refuses the write before anything is stored.
+    pub(super) async fn put_back(
+        &self,
+        queue: &WriteBack<B>,
+        slot: Slot<B>,
+        key: &Key,
+        sealed: Sealed,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        let already_queued = !slot.is_new();
+        let _ordered = self.key_locks.lock(key).await;
+        let (header, version) = self.local.commit(sealed, Commit::Pinned).await?;
+        let op = Op::Put {
+            bytes: header.body_len,
+            parts,
+        };
+        if let Err(e) = queue.enqueue(slot, key, op).await {
+            // Not acknowledged, so not owed to S3: let the entry be an ordinary one (unless an
+            // earlier, acknowledged write of the key still waits for upload).
+            if let (false, Some(version)) = (already_queued, version) {
+                self.disk.unpin(key, version);
+            }
+            return Err(e);
+        }
+        Ok(header.meta())
+    }
+
+    /// Stores an entry whose body is already received in `spool` (a multipart upload's
+    /// assembly), as [`Store::put`] would, except that an upload to the backend (now or from
+    /// the queue) splits the body as `parts` says, so the backend's ETag is the one the client
+    /// was given.
+    pub async fn put_spooled(
+        &self,
+        key: &Key,
+        spool: Spool,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        self.put_sealed(key, spool.seal().await?, parts).await
+    }
+
+    /// Stores a sealed entry as the namespace's write mode says.
+    pub(super) async fn put_sealed(
+        &self,
+        key: &Key,
+        sealed: Sealed,
+        parts: PartLayout,
+    ) -> Result<ObjectMeta, StoreError> {
+        match self.route(key.namespace()) {
+            Route::Local => Ok(self.commit_local(sealed, false).await?.meta()),
+            Route::Through(backend) => self.put_through(backend, key, sealed, parts).await,
+            Route::Back(queue) => {
+                let slot = queue.reserve(key)?;
+                self.put_back(queue, slot, key, sealed, parts).await
+            }
+        }
+    }
+
+    /// Completes a multipart upload of `key` into one entry (see [`Multipart::complete`]),
+    /// written as the namespace's write mode says: kept local, uploaded now, or queued; an
+    /// upload to the backend keeps the client's part boundaries, so the backend's ETag is the
+    /// one the client is given. A write-through that fails leaves no entry (the upload is
+    /// completed all the same: its parts are gone).
+    pub async fn complete_multipart(
+        &self,
+        uploads: &Multipart,
+        key: &Key,
+        upload_id: &str,
+        listed: &[(u32, String)],
+    ) -> Result<ObjectMeta, MultipartError> {
+        // A write-back's slot first: a full queue refuses before the parts are assembled.
+        let slot = match self.route(key.namespace()) {
+            Route::Back(queue) => Some((queue, queue.reserve(key)?)),
+            Route::Local | Route::Through(_) => None,
+        };
+        let completed = uploads.complete(key, upload_id, listed).await?;
+        let meta = completed.meta.clone();
+        match slot {
+            Some((queue, slot)) => {
+                self.put_back(queue, slot, key, completed.sealed, completed.layout)
+                    .await?;
+            }
+            None => {
+                self.put_sealed(key, completed.sealed, completed.layout)
+                    .await?;
+            }
+        }
+        Ok(meta)
+    }
+
+    pub(super) async fn put_routed(
+        &self,
+        key: &Key,
+        len: u64,
+        body: ByteStream,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
+        match self.route(key.namespace()) {
+            Route::Local => Ok(self.put_local(key, len, body, options).await?.meta()),
+            Route::Through(backend) => {
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_through(backend, key, spool.seal().await?, PartLayout::Auto)
+                    .await
+            }
+            Route::Back(queue) => {
+                // The slot first: a full queue refuses the write before anything is stored
+                // (the front reads the refused body to its end, so the client gets the answer).
+                let slot = queue.reserve(key)?;
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_back(queue, slot, key, spool.seal().await?, PartLayout::Auto)
+                    .await
+            }
+        }
+    }
+
+    /// Per the namespace's write mode (see the module's documentation). `Ok(false)`: there was
+    /// no local copy (the backend's answer to a delete does not say whether it had one).
+    pub(super) async fn delete_routed(&self, key: &Key) -> Result<bool, StoreError> {
+        match self.route(key.namespace()) {
+            Route::Local => self.local.delete(key).await,
+            Route::Through(backend) => {
+                let _ordered = self.key_locks.lock(key).await;
+                // The backend first: a fill that asked it before the delete is older than the
+                // local delete below, and is dropped at its commit.
+                let deleted = backend.delete(key).await;
+                // Also when the backend failed: it may have deleted all the same (an answer
+                // lost), and the next read asks it again.
+                let local = self.local.delete(key).await;
+                deleted?;
+                local
+            }
+            Route::Back(queue) => {
+                let _ordered = self.key_locks.lock(key).await;
+                let slot = queue.reserve(key)?;
+                // The marker first: a crash after it removes the local copy at the next start;
+                // a crash before it leaves everything as it was, unacknowledged.
+                queue.enqueue(slot, key, Op::Delete).await?;
+                self.local.delete(key).await
+            }
+        }
+    }
+}
