@@ -194,11 +194,11 @@ def check_chart_values(b):
     if base and base not in values_files:
         fail(b.where, f"extends {base}, which is not an earlier chart-values block")
         return
-    values_files[b.name] = files
     rendered, err = helm_template(b.name, files)
     if rendered is None:
         fail(b.where, f"helm template refuses these values: {err.strip()}")
         return
+    values_files[b.name] = files
     manifests = os.path.join(WORK, f"rendered-{b.name}.yaml")
     open(manifests, "w").write(rendered)
     out = run(["kubernetes-validate", "-k", KUBE_VERSION, "--strict", manifests])
@@ -520,7 +520,7 @@ def check_runner_cache(b):
             fail(b.where, "no chart-values access-key block before it")
             return
         v = merged_values("access-key")
-        svc = next(d for d in renders["access-key"] if d["kind"] == "Service"
+        svc = next(d for d in renders.get("access-key", []) if d["kind"] == "Service"
                    and any(p["name"] == "s3" for p in d["spec"]["ports"]))
         port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "s3")
         want = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{port}"
