@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives: Gradle (the real build cache client; its JDK brings
 # keytool), openssl (test certificates for tests/tls.rs), SeaweedFS (the real S3 server behind
-# the daemon in tests), and the Python S3 SDKs and the aws CLI. Idempotent: skips what exists.
+# the daemon in tests), the Python S3 SDKs and the aws CLI, and what scripts/chart-test.sh and
+# scripts/guide-check.sh read manifests and validate them with (PyYAML, kubernetes-validate).
+# Idempotent: skips what exists.
 set -euo pipefail
 
 if ! command -v gradle >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
@@ -18,6 +20,10 @@ python3 -c 'import boto3' 2>/dev/null || need_pip+=(boto3)
 python3 -c 'import minio' 2>/dev/null || need_pip+=(minio)
 # The aws CLI (v1, run as `python3 -m awscli`) for tests/s3_clients.rs.
 python3 -c 'import awscli' 2>/dev/null || need_pip+=(awscli)
+# The EKS guide's check (scripts/guide-check.sh) and the chart test: YAML and Kubernetes 1.30
+# schemas (kubeconform is packaged neither in Debian nor on PyPI; kubernetes-validate is).
+python3 -c 'import yaml' 2>/dev/null || need_pip+=(PyYAML)
+command -v kubernetes-validate >/dev/null 2>&1 || need_pip+=(kubernetes-validate)
 if [ ${#need_pip[@]} -gt 0 ]; then
   echo "setup: installing ${need_pip[*]} (pip)" >&2
   python3 -m pip install -q --disable-pip-version-check "${need_pip[@]}"
