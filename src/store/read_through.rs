@@ -54,7 +54,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::backend::{Backend, ByteRange, Conditions, Fetch, GetOptions, Verdict};
-use super::disk::spool::{read_spooled, EntryMeta, EtagSource, Spool};
+use super::disk::spool::{EntryMeta, EtagSource, Spool};
+use super::disk::tail::{self, Look, Spooled};
 use super::disk::{Commit, DiskTier, FillOrder, FillTicket};
 use super::local::LocalTiers;
 use super::memory::MemoryTier;
@@ -906,14 +907,12 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// A reader of a fill: reads `span` of the body from the spool file as it is written, and
-/// fails if the fill fails. A span that includes the body's end ends only once the fill
-/// verified the whole body.
-struct Tail {
+/// A reader of a fill: follows its progress (see [`tail`]), and tells the fill which segment
+/// it waits for. A span that includes the body's end ends only once the fill verified the
+/// whole body.
+struct FillProgress {
     progress: watch::Receiver<Progress>,
     source: Source,
-    pos: u64,
-    end: u64,
     /// The segment this reader last told the fill it waits for.
     asked_for: Option<usize>,
     _waiter: Option<WaiterGuard>,
@@ -925,91 +924,63 @@ fn tail(
     span: std::ops::Range<u64>,
     waiter: Option<WaiterGuard>,
 ) -> ByteStream {
-    let state = Tail {
+    let spooled = Spooled {
+        file: source.file.clone(),
+        body_offset: source.body_offset,
+        len: source.meta.len,
+    };
+    let progress = FillProgress {
         progress,
         source,
-        pos: span.start,
-        end: span.end,
         asked_for: None,
         _waiter: waiter,
     };
-    Box::pin(futures_util::stream::unfold(
-        Some(state),
-        |state| async move {
-            let mut state = state?;
-            match state.next().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), Some(state))),
-                Ok(None) => None,
-                Err(e) => Some((Err(e), None)),
-            }
-        },
-    ))
+    tail::tail(progress, spooled, span)
 }
 
-impl Tail {
-    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+impl tail::Progress for FillProgress {
+    fn look(&mut self, pos: u64) -> Look {
         let len = self.source.meta.len;
-        loop {
-            // A span short of the body's end is done once its bytes are: its response carries
-            // no claim about the whole (which is still verified before it is cached).
-            if self.end < len && self.pos >= self.end {
-                return Ok(None);
-            }
-            let (readable, verified, end) = {
-                let p = self.progress.borrow_and_update();
-                (p.readable_from(self.pos, len), p.verified, p.end.clone())
+        let p = self.progress.borrow_and_update();
+        let upto = p.readable_from(pos, len);
+        if p.verified {
+            // Everything verified is readable (a commit failing later changes nothing for
+            // this reader).
+            return Look::Readable {
+                upto,
+                complete: true,
             };
-            // Hold the last byte back until the body is verified: a client that has every byte
-            // of a Content-Length body considers it complete.
-            let readable = if verified {
-                readable
-            } else {
-                readable.min(len.saturating_sub(1))
-            }
-            .min(self.end);
-            if self.pos < readable {
-                let n = (readable - self.pos).min(BATCH as u64) as usize;
-                let chunk = self.read(n).await?;
-                self.pos += chunk.len() as u64;
-                return Ok(Some(chunk));
-            }
-            if verified {
-                // Everything verified has been read (a commit failing later changes nothing
-                // for this reader).
-                return Ok(None);
-            }
-            match end {
-                Some(End::Complete) => {
-                    return Err(io::Error::other("S3 fill completed unverified"));
-                }
-                Some(End::Failed(why)) => {
-                    return Err(io::Error::other(format!("S3 read failed: {why}")))
-                }
-                Some(
-                    End::Missing | End::Unavailable | End::NotModified(_) | End::StreamThrough(_),
-                ) => return Err(io::Error::other("S3 read failed")),
-                None => {
-                    let segment = (self.pos / SEGMENT) as usize;
-                    if self.asked_for != Some(segment) {
-                        self.asked_for = Some(segment);
-                        // The fill is gone if this fails; `changed` below reports it.
-                        let _ = self.source.wanted.send(segment);
-                    }
-                    if self.progress.changed().await.is_err() {
-                        return Err(io::Error::other("S3 fill task ended unexpectedly"));
-                    }
-                }
-            }
         }
+        let why = match &p.end {
+            None => {
+                return Look::Readable {
+                    upto,
+                    complete: false,
+                }
+            }
+            Some(End::Complete) => "S3 fill completed unverified".to_string(),
+            Some(End::Failed(why)) => format!("S3 read failed: {why}"),
+            Some(End::Missing | End::Unavailable | End::NotModified(_) | End::StreamThrough(_)) => {
+                "S3 read failed".to_string()
+            }
+        };
+        Look::Failed { upto, why }
     }
 
-    async fn read(&self, n: usize) -> io::Result<Bytes> {
-        read_spooled(
-            self.source.file.clone(),
-            self.source.body_offset + self.pos,
-            n,
-        )
-        .await
+    async fn changed(&mut self) -> io::Result<()> {
+        self.progress
+            .changed()
+            .await
+            .map_err(|_| io::Error::other("S3 fill task ended unexpectedly"))
+    }
+
+    fn waiting_at(&mut self, pos: u64) {
+        let segment = (pos / SEGMENT) as usize;
+        if self.asked_for != Some(segment) {
+            self.asked_for = Some(segment);
+            // The fill is gone if this fails; `changed` reports it.
+            let _ = self.source.wanted.send(segment);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod parts;
 mod read;
 pub use read::RangedObject;
 pub mod spool;
+pub mod tail;
 
 use std::io;
 use std::path::{Path, PathBuf};

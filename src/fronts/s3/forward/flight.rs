@@ -23,15 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::store::disk::spool::read_spooled;
+use crate::store::disk::tail::{self, Look, Spooled};
 use crate::store::{ByteStream, Key, ObjectMeta};
-
-/// The most a waiter reads from the spool file at once.
-const BATCH: u64 = 256 * 1024;
 
 /// The fills in flight (and the requests about to start one), by key.
 #[derive(Default)]
@@ -234,27 +230,21 @@ impl Follower {
         matches!(*self.stage.borrow(), Stage::Over)
     }
 
-    /// `span` of the object, read from the spool file as the fill writes it.
+    /// `span` of the object, read from the spool file as the fill writes it (see
+    /// [`crate::store::disk::tail`]).
     pub fn tail(self, span: Range<u64>, metrics: Arc<Metrics>) -> ByteStream {
         metrics.single_flight_waiters.inc();
-        let tail = Tail {
+        let spooled = Spooled {
+            file: self.source.file.clone(),
+            body_offset: self.source.body_offset,
+            len: self.source.meta.len,
+        };
+        let progress = StageProgress {
             stage: self.stage,
-            source: self.source,
-            pos: span.start,
-            end: span.end,
+            len: self.source.meta.len,
             _waiting: Waiting(metrics),
         };
-        Box::pin(futures_util::stream::unfold(
-            Some(tail),
-            |tail| async move {
-                let mut tail = tail?;
-                match tail.next().await {
-                    Ok(Some(chunk)) => Some((Ok(chunk), Some(tail))),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(e), None)),
-                }
-            },
-        ))
+        tail::tail(progress, spooled, span)
     }
 }
 
@@ -267,53 +257,36 @@ impl Drop for Waiting {
     }
 }
 
-struct Tail {
+/// A follower's view of the leader's fill.
+struct StageProgress {
     stage: watch::Receiver<Stage>,
-    source: Arc<Source>,
-    pos: u64,
-    end: u64,
+    len: u64,
     _waiting: Waiting,
 }
 
-impl Tail {
-    async fn next(&mut self) -> io::Result<Option<Bytes>> {
-        let len = self.source.meta.len;
-        loop {
-            let (readable, complete) = match &*self.stage.borrow_and_update() {
-                Stage::Complete { .. } => (len, true),
-                // The last byte only once the whole body is there.
-                Stage::Filling { written, .. } => ((*written).min(len.saturating_sub(1)), false),
-                Stage::Asking | Stage::Over => {
-                    return Err(io::Error::other(
-                        "the S3 read this request waited on failed",
-                    ))
-                }
-            };
-            // A span short of the body's end is done once its bytes are (S3 sent them, and
-            // the response says nothing about the whole); one to the end, once it is complete.
-            if self.pos >= self.end && (self.end < len || complete) {
-                return Ok(None);
-            }
-            let readable = readable.min(self.end);
-            if self.pos < readable {
-                let n = (readable - self.pos).min(BATCH) as usize;
-                let chunk = self.read(n).await?;
-                self.pos += chunk.len() as u64;
-                return Ok(Some(chunk));
-            }
-            if self.stage.changed().await.is_err() {
-                return Err(io::Error::other("the S3 read this request waited on ended"));
-            }
+impl tail::Progress for StageProgress {
+    fn look(&mut self, _pos: u64) -> Look {
+        match &*self.stage.borrow_and_update() {
+            Stage::Complete { .. } => Look::Readable {
+                upto: self.len,
+                complete: true,
+            },
+            Stage::Filling { written, .. } => Look::Readable {
+                upto: *written,
+                complete: false,
+            },
+            Stage::Asking | Stage::Over => Look::Failed {
+                upto: 0,
+                why: "the S3 read this request waited on failed".into(),
+            },
         }
     }
 
-    async fn read(&self, n: usize) -> io::Result<Bytes> {
-        read_spooled(
-            self.source.file.clone(),
-            self.source.body_offset + self.pos,
-            n,
-        )
-        .await
+    async fn changed(&mut self) -> io::Result<()> {
+        self.stage
+            .changed()
+            .await
+            .map_err(|_| io::Error::other("the S3 read this request waited on ended"))
     }
 }
 
