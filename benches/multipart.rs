@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use build_cache_proxy::store::disk::parts::CopyMethod;
 use build_cache_proxy::store::disk::{Commit, DiskSettings, DiskTier};
-use build_cache_proxy::store::multipart::{Multipart, MultipartSettings};
+use build_cache_proxy::store::multipart::{Completion, Multipart, MultipartSettings};
 use build_cache_proxy::store::{ByteStream, Key, Namespace, ObjectAttrs};
 use bytes::Bytes;
 
@@ -106,7 +106,9 @@ async fn run_case(case: &str, method: CopyMethod, total: u64, part_size: u64) {
 
     let before = Usage::now();
     let started = Instant::now();
-    let done = uploads.complete(&key, &id, &listed).await.unwrap();
+    let Completion::Assembled(done) = uploads.complete(&key, &id, &listed).await.unwrap() else {
+        unreachable!("a first completion assembles");
+    };
     let stats = done.stats;
     done.sealed.commit(Commit::Cached).await.unwrap();
     let wall = started.elapsed();

@@ -90,6 +90,11 @@ impl<B: Backend> S3Front<B> {
                 text.to_string()
             }
         };
+        let fetch_owner = !v2 || route.param("fetch-owner") == Some("true");
+        let owner = fetch_owner.then(|| xml::ObjectOwner {
+            id: auth.verified.access_key.clone(),
+            display_name: auth.verified.access_key.clone(),
+        });
         let contents: Vec<xml::ListedObject> = listing
             .objects
             .iter()
@@ -98,6 +103,7 @@ impl<B: Backend> S3Front<B> {
                 last_modified: xml::timestamp(o.modified),
                 etag: format!("\"{}\"", o.etag.as_deref().unwrap_or_default()),
                 size: o.len,
+                owner: owner.clone(),
                 storage_class: "STANDARD",
             })
             .collect();

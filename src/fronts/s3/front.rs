@@ -398,7 +398,7 @@ fn auth_failure_label(err: &sigv4::AuthError) -> &'static str {
         E::Anonymous => "anonymous",
         E::InvalidAccessKeyId => "unknown_key",
         E::SignatureDoesNotMatch => "bad_signature",
-        E::Expired | E::NotYetValid | E::RequestTimeTooSkewed => "expired",
+        E::Expired | E::NotYetValid | E::RequestTimeTooSkewed | E::BadExpiry(_) => "expired",
         E::TemporaryCredentials => "temporary_credentials",
         _ => "malformed",
     }

@@ -15,7 +15,7 @@ use super::xml;
 use crate::fronts::reply::{content_length, respond, set_length, with_tier};
 use crate::server::body::{self, ResponseBody};
 use crate::server::ConnInfo;
-use crate::store::backend::{Backend, ByteRange, Verdict};
+use crate::store::backend::{Backend, ByteRange, Conditions, GetOptions, Verdict};
 use crate::store::{ByteStream, Object, ObjectMeta, PutOptions, Read, Store};
 
 /// The largest object one PutObject may create (S3's limit; larger ones go in parts).
@@ -29,12 +29,14 @@ impl<B: Backend> S3Front<B> {
     ) -> Result<Response<ResponseBody>, S3Error> {
         let key = auth.key(&self.namespace(auth))?;
         let options = get_options(req.headers());
+        let overrides = response_overrides(auth)?;
         let read = self.store.read(&key, &options).await.map_err(store_error)?;
         match read {
             Read::Found { object, span } => {
                 let Object { meta, body, tier } = object;
                 let ranged = options.range.is_some();
-                let response = found(&meta, span, ranged, body::stream(body));
+                let mut response = found(&meta, span, ranged, body::stream(body));
+                apply_overrides(&overrides, response.headers_mut());
                 Ok(with_tier(response, tier))
             }
             Read::NotModified(meta) => Ok(not_modified(&meta)),
@@ -53,6 +55,7 @@ impl<B: Backend> S3Front<B> {
     ) -> Result<Response<ResponseBody>, S3Error> {
         let key = auth.key(&self.namespace(auth))?;
         let options = get_options(req.headers());
+        let overrides = response_overrides(auth)?;
         let Some(meta) = self.store.head(&key).await.map_err(store_error)? else {
             return Err(no_such_key());
         };
@@ -71,7 +74,9 @@ impl<B: Backend> S3Front<B> {
                 None => return Ok(self.unsatisfiable(auth, meta.len, true)),
             },
         };
-        Ok(found(&meta, span, options.range.is_some(), body::empty()))
+        let mut response = found(&meta, span, options.range.is_some(), body::empty());
+        apply_overrides(&overrides, response.headers_mut());
+        Ok(response)
     }
 
     /// PutObject: the body is decoded (aws-chunked) and checked (signed sha256, Content-MD5,
@@ -199,13 +204,33 @@ impl<B: Backend> S3Front<B> {
         let source_namespace = self.buckets[source_bucket].clone();
         let source = crate::store::Key::object(source_namespace, source_key)
             .map_err(|e| S3Error::new(S3ErrorCode::InvalidArgument, e.to_string()))?;
-        let Some(object) = self.store.get(&source).await.map_err(store_error)? else {
-            return Err(no_such_key());
-        };
         let replace = req
             .headers()
             .get("x-amz-metadata-directive")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"REPLACE"));
+        if source == key && !replace {
+            return Err(S3Error::new(
+                S3ErrorCode::InvalidRequest,
+                "An object cannot be copied onto itself without a change: send x-amz-metadata-directive: REPLACE with the new metadata.",
+            ));
+        }
+        // The source's preconditions (`x-amz-copy-source-if-*`): any that fails is a 412,
+        // If-None-Match and If-Modified-Since included (a copy has no 304).
+        let conditions = GetOptions {
+            range: None,
+            conditions: copy_source_conditions(req.headers()),
+        };
+        let object = match self
+            .store
+            .read(&source, &conditions)
+            .await
+            .map_err(store_error)?
+        {
+            Read::Found { object, .. } => object,
+            Read::Missing => return Err(no_such_key()),
+            Read::NotModified(_) | Read::PreconditionFailed => return Err(precondition_failed()),
+            Read::RangeNotSatisfiable(_) => unreachable!("a copy asks for no range"),
+        };
         let options = if replace {
             put_options(req.headers()).map_err(header_error)?
         } else {
@@ -329,6 +354,52 @@ pub(super) fn found(
         );
     }
     response
+}
+
+/// What a GetObject or HeadObject asks to see in place of the object's own headers: the
+/// `response-*` parameters of its (signed) query, checked as header values.
+fn response_overrides(
+    auth: &Authorized,
+) -> Result<Vec<(header::HeaderName, HeaderValue)>, S3Error> {
+    const OVERRIDES: [(&str, header::HeaderName); 6] = [
+        ("response-content-type", header::CONTENT_TYPE),
+        ("response-content-language", header::CONTENT_LANGUAGE),
+        ("response-expires", header::EXPIRES),
+        ("response-cache-control", header::CACHE_CONTROL),
+        ("response-content-disposition", header::CONTENT_DISPOSITION),
+        ("response-content-encoding", header::CONTENT_ENCODING),
+    ];
+    let mut found = Vec::new();
+    for (param, name) in OVERRIDES {
+        if let Some(value) = auth.route.param(param) {
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    format!("{param} is not a valid header value"),
+                )
+            })?;
+            found.push((name, value));
+        }
+    }
+    Ok(found)
+}
+
+fn apply_overrides(overrides: &[(header::HeaderName, HeaderValue)], headers: &mut http::HeaderMap) {
+    for (name, value) in overrides {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// A CopyObject's conditions on its source, from its `x-amz-copy-source-if-*` headers.
+fn copy_source_conditions(headers: &http::HeaderMap) -> Conditions {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let date = |name: &str| text(name).and_then(|v| httpdate::parse_http_date(v).ok());
+    Conditions {
+        if_match: text("x-amz-copy-source-if-match").map(str::to_string),
+        if_none_match: text("x-amz-copy-source-if-none-match").map(str::to_string),
+        if_modified_since: date("x-amz-copy-source-if-modified-since"),
+        if_unmodified_since: date("x-amz-copy-source-if-unmodified-since"),
+    }
 }
 
 /// A 304: the object's validators, no body.

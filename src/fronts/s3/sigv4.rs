@@ -231,6 +231,10 @@ pub enum AuthError {
     RequestTimeTooSkewed,
     #[error("presigned URL expired")]
     Expired,
+    /// `X-Amz-Expires` that no presigned URL may carry: not a positive number of seconds, or
+    /// more than a week.
+    #[error("bad X-Amz-Expires: {0}")]
+    BadExpiry(&'static str),
     #[error("presigned URL dated in the future")]
     NotYetValid,
 }
@@ -280,6 +284,7 @@ impl From<AuthError> for S3Error {
                 "The difference between the request time and the current time is too large.",
             ),
             AuthError::Expired => S3Error::new(C::AccessDenied, "Request has expired"),
+            AuthError::BadExpiry(why) => S3Error::new(C::AccessDenied, format!("X-Amz-Expires {why}")),
             AuthError::NotYetValid => S3Error::new(C::AccessDenied, "Request is not valid yet"),
         }
     }
@@ -657,17 +662,20 @@ fn verify_presigned<C: CredentialLookup>(
         ));
     }
     let expires = required("X-Amz-Expires")?;
-    let expires = expires
-        .parse::<u64>()
-        .ok()
-        .filter(|secs| *secs > 0)
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            AuthError::QueryMalformed("X-Amz-Expires should be a number of seconds".into())
-        })?;
+    // As S3 does (and its conformance suites expect): an expiry no URL may have is refused
+    // as access denied, with the reason, like an expired one.
+    let expires = match expires.parse::<i64>() {
+        Ok(secs) if secs > 0 => Duration::from_secs(secs as u64),
+        Ok(_) => return Err(AuthError::BadExpiry("must be a positive number of seconds")),
+        Err(_) => {
+            return Err(AuthError::QueryMalformed(
+                "X-Amz-Expires should be a number of seconds".into(),
+            ))
+        }
+    };
     if expires > MAX_PRESIGNED_EXPIRES {
-        return Err(AuthError::QueryMalformed(
-            "X-Amz-Expires must be less than a week (in seconds) that is 604800".into(),
+        return Err(AuthError::BadExpiry(
+            "must be at most a week (604800 seconds)",
         ));
     }
     let signed_headers_param = required("X-Amz-SignedHeaders")?;

@@ -88,7 +88,20 @@ pub struct ListedObject {
     #[serde(rename = "ETag")]
     pub etag: String,
     pub size: u64,
+    /// ListObjects (v1) always, ListObjectsV2 with `fetch-owner=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<ObjectOwner>,
     pub storage_class: &'static str,
+}
+
+/// Who owns a listed object. There are no accounts here: the owner is the access key that
+/// lists, as in ListBuckets' answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectOwner {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "DisplayName")]
+    pub display_name: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

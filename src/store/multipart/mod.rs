@@ -180,6 +180,48 @@ struct Inner {
     settings: MultipartSettings,
     dir: PathBuf,
     uploads: Mutex<HashMap<String, Upload>>,
+    /// Uploads completed lately, so that a retried completion is answered as the first was.
+    completed: Mutex<CompletedUploads>,
+}
+
+/// How many completed upload ids are remembered, and for how long: long enough for an SDK's
+/// retries of a completion whose answer was lost (seconds to minutes), bounded in memory.
+const COMPLETED_REMEMBERED: usize = 4096;
+const COMPLETED_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// The uploads completed lately, oldest first.
+#[derive(Default)]
+struct CompletedUploads {
+    by_id: HashMap<String, Done>,
+    order: std::collections::VecDeque<(std::time::Instant, String)>,
+}
+
+struct Done {
+    key: Key,
+    /// What the completion stored; `None` while its caller is still storing it.
+    stored: Option<ObjectMeta>,
+}
+
+impl CompletedUploads {
+    fn forget_old(&mut self, now: std::time::Instant) {
+        while let Some((at, id)) = self.order.front() {
+            if self.order.len() <= COMPLETED_REMEMBERED && now.duration_since(*at) < COMPLETED_FOR {
+                break;
+            }
+            self.by_id.remove(id);
+            self.order.pop_front();
+        }
+    }
+}
+
+/// What a completion did.
+pub enum Completion {
+    /// The parts were assembled: the caller stores the entry, then calls
+    /// [`Multipart::settle`].
+    Assembled(Box<Completed>),
+    /// The upload had been completed already, and this is what it stored: a retried
+    /// completion (its first answer lost) gets the same answer, as S3 gives it.
+    Repeated(ObjectMeta),
 }
 
 struct Upload {
@@ -213,6 +255,7 @@ impl Multipart {
                     settings,
                     dir,
                     uploads: Mutex::new(uploads),
+                    completed: Mutex::new(CompletedUploads::default()),
                 }),
             })
         })
@@ -393,7 +436,15 @@ impl Multipart {
         key: &Key,
         upload_id: &str,
         listed: &[(u32, String)],
-    ) -> Result<Completed, MultipartError> {
+    ) -> Result<Completion, MultipartError> {
+        if let Some(done) = self.inner.completed().by_id.get(upload_id) {
+            if done.key == *key {
+                return match &done.stored {
+                    Some(meta) => Ok(Completion::Repeated(meta.clone())),
+                    None => Err(MultipartError::Busy),
+                };
+            }
+        }
         let (sources, attrs) = {
             let mut uploads = self.inner.lock();
             let min = self.inner.settings.min_part_size;
@@ -418,7 +469,14 @@ impl Multipart {
             let finished = {
                 let mut uploads = inner.lock();
                 match &assembled {
-                    Ok(_) => uploads.remove(&upload_id),
+                    Ok(_) => {
+                        let done = Done {
+                            key: key.clone(),
+                            stored: None,
+                        };
+                        inner.remember_completed(&upload_id, done);
+                        uploads.remove(&upload_id)
+                    }
                     Err(_) => {
                         if let Some(upload) = uploads.get_mut(&upload_id) {
                             upload.state = State::Open;
@@ -446,12 +504,29 @@ impl Multipart {
             assembled
         });
         let assembled = task.await.map_err(io::Error::other)??;
-        Ok(Completed {
+        Ok(Completion::Assembled(Box::new(Completed {
             meta: assembled.sealed.header().meta(),
             sealed: assembled.sealed,
             layout,
             stats: assembled.stats,
-        })
+        })))
+    }
+
+    /// Records how the caller's storing of an assembled completion ended: with what it stored
+    /// (a retried completion is then answered with it), or failed (a retry finds no upload, as
+    /// the parts are gone).
+    pub fn settle(&self, upload_id: &str, stored: Option<ObjectMeta>) {
+        let mut completed = self.inner.completed();
+        match stored {
+            Some(meta) => {
+                if let Some(done) = completed.by_id.get_mut(upload_id) {
+                    done.stored = Some(meta);
+                }
+            }
+            None => {
+                completed.by_id.remove(upload_id);
+            }
+        }
     }
 
     /// Aborts every open upload initiated more than `max_age` before `now`; returns how many.
@@ -523,6 +598,18 @@ impl Multipart {
 }
 
 impl Inner {
+    fn completed(&self) -> MutexGuard<'_, CompletedUploads> {
+        self.completed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_completed(&self, upload_id: &str, done: Done) {
+        let now = std::time::Instant::now();
+        let mut completed = self.completed();
+        completed.by_id.insert(upload_id.to_string(), done);
+        completed.order.push_back((now, upload_id.to_string()));
+        completed.forget_old(now);
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Upload>> {
         // Every mutation under this lock is a single step, so a poisoned lock is still usable.
         self.uploads.lock().unwrap_or_else(|e| e.into_inner())

@@ -27,9 +27,13 @@ impl Multipart {
         listed: &[(u32, String)],
         mode: Commit,
     ) -> Result<Committed, MultipartError> {
-        let done = self.complete(key, upload_id, listed).await?;
+        let Completion::Assembled(done) = self.complete(key, upload_id, listed).await? else {
+            panic!("a first completion assembles");
+        };
+        let done = *done;
         let header = done.sealed.header().clone();
         let version = done.sealed.commit(mode).await?;
+        self.settle(upload_id, Some(done.meta.clone()));
         Ok(Committed {
             meta: done.meta,
             layout: done.layout,
@@ -368,9 +372,10 @@ async fn completions_are_checked_as_s3_checks_them_and_leave_the_upload_open() {
     assert_eq!(done.meta.len, 3001);
     assert_eq!(done.layout, PartLayout::Sizes(vec![2000, 1000, 1]));
     assert_eq!(s.upload_dirs(), 0);
+    // Completed: a retry is answered as the completion was.
     assert!(matches!(
-        complete(vec![l(0)]).await,
-        Err(MultipartError::NoSuchUpload)
+        s.uploads.complete(&k, &id, &[l(0)]).await,
+        Ok(Completion::Repeated(meta)) if meta == done.meta
     ));
 }
 
@@ -781,4 +786,46 @@ async fn damaged_part_bytes_never_reach_a_reader() {
         .unwrap();
     assert!(s.disk.get(&k).await.unwrap().is_none());
     assert!(!s.disk.contains(&k));
+}
+
+/// A completion retried after its answer was lost gets the first one's answer (S3 answers a
+/// retried CompleteMultipartUpload 200 with the same ETag), once the caller stored the entry;
+/// while it stores, a retry is told the upload is busy; a completion whose storing failed is
+/// not repeated. Another key never learns of the id.
+#[tokio::test]
+async fn a_retried_completion_gets_the_first_ones_answer() {
+    let s = Setup::new(64 << 20, small_parts()).await;
+    let k = key("retried.zip");
+    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let listed = s
+        .put_parts(&k, &id, &[(1, &pattern(4000, 1)), (2, b"end")])
+        .await;
+    let Completion::Assembled(done) = s.uploads.complete(&k, &id, &listed).await.unwrap() else {
+        panic!("a first completion assembles");
+    };
+    assert!(matches!(
+        s.uploads.complete(&k, &id, &listed).await,
+        Err(MultipartError::Busy)
+    ));
+    done.sealed.commit(Commit::Cached).await.unwrap();
+    s.uploads.settle(&id, Some(done.meta.clone()));
+    for _ in 0..2 {
+        match s.uploads.complete(&k, &id, &listed).await {
+            Ok(Completion::Repeated(meta)) => assert_eq!(meta, done.meta),
+            _ => panic!("a retried completion repeats the first answer"),
+        }
+    }
+    assert!(matches!(
+        s.uploads.complete(&key("other.zip"), &id, &listed).await,
+        Err(MultipartError::NoSuchUpload)
+    ));
+
+    let failed = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let listed = s.put_parts(&k, &failed, &[(1, b"only")]).await;
+    assert!(s.uploads.complete(&k, &failed, &listed).await.is_ok());
+    s.uploads.settle(&failed, None);
+    assert!(matches!(
+        s.uploads.complete(&k, &failed, &listed).await,
+        Err(MultipartError::NoSuchUpload)
+    ));
 }

@@ -7,7 +7,7 @@ use crate::store::backend::{Backend, PartLayout};
 use crate::store::disk::spool::Spool;
 use crate::store::disk::{Commit, Sealed};
 use crate::store::entry_file::EntryHeader;
-use crate::store::multipart::{Multipart, MultipartError};
+use crate::store::multipart::{Completion, Multipart, MultipartError};
 use crate::store::write_back::{Op, Slot, WriteBack};
 use crate::store::{ByteStream, Key, ObjectMeta, PutOptions, StoreError};
 
@@ -137,18 +137,23 @@ impl<B: Backend> TieredStore<B> {
             Route::Back(queue) => Some((queue, queue.reserve(key)?)),
             Route::Local | Route::Through(_) => None,
         };
-        let completed = uploads.complete(key, upload_id, listed).await?;
+        let completed = match uploads.complete(key, upload_id, listed).await? {
+            Completion::Assembled(completed) => *completed,
+            Completion::Repeated(meta) => return Ok(meta),
+        };
         let meta = completed.meta.clone();
-        match slot {
+        let stored = match slot {
             Some((queue, slot)) => {
                 self.put_back(queue, slot, key, completed.sealed, completed.layout)
-                    .await?;
+                    .await
             }
             None => {
                 self.put_sealed(key, completed.sealed, completed.layout)
-                    .await?;
+                    .await
             }
-        }
+        };
+        uploads.settle(upload_id, stored.is_ok().then(|| meta.clone()));
+        stored?;
         Ok(meta)
     }
 

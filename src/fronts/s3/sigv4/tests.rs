@@ -382,16 +382,29 @@ fn presigned_expiry_is_at_most_seven_days() {
     let url = AWS_PRESIGNED.replace("X-Amz-Expires=86400", "X-Amz-Expires=604801");
     let err = check("GET", &url, &[], at("20130524T000000Z", 0)).unwrap_err();
     assert!(
-        matches!(err, AuthError::QueryMalformed(ref why) if why.contains("604800")),
+        matches!(err, AuthError::BadExpiry(why) if why.contains("604800")),
         "{err}"
     );
-    for bad in ["X-Amz-Expires=0", "X-Amz-Expires=-1", "X-Amz-Expires=soon"] {
+    // Refused as access denied, with the reason, as S3 answers.
+    let answer = S3Error::from(err);
+    assert_eq!(answer.code, S3ErrorCode::AccessDenied);
+    assert!(
+        answer.message.contains("X-Amz-Expires"),
+        "{}",
+        answer.message
+    );
+    for bad in ["X-Amz-Expires=0", "X-Amz-Expires=-1"] {
         let url = AWS_PRESIGNED.replace("X-Amz-Expires=86400", bad);
         assert!(matches!(
             check("GET", &url, &[], at("20130524T000000Z", 0)).unwrap_err(),
-            AuthError::QueryMalformed(_)
+            AuthError::BadExpiry(_)
         ));
     }
+    let url = AWS_PRESIGNED.replace("X-Amz-Expires=86400", "X-Amz-Expires=soon");
+    assert!(matches!(
+        check("GET", &url, &[], at("20130524T000000Z", 0)).unwrap_err(),
+        AuthError::QueryMalformed(_)
+    ));
 }
 
 #[test]

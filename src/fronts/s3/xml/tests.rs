@@ -30,13 +30,27 @@ fn list_objects_v2() {
         key_count: 2,
         is_truncated: true,
         next_continuation_token: Some("tok&en".into()),
-        contents: vec![ListedObject {
-            key: "project/a<b".into(),
-            last_modified: "2024-03-01T12:00:00.000Z".into(),
-            etag: "\"0123\"".into(),
-            size: 42,
-            storage_class: "STANDARD",
-        }],
+        contents: vec![
+            ListedObject {
+                key: "project/a<b".into(),
+                last_modified: "2024-03-01T12:00:00.000Z".into(),
+                etag: "\"0123\"".into(),
+                size: 42,
+                owner: None,
+                storage_class: "STANDARD",
+            },
+            ListedObject {
+                key: "project/c".into(),
+                last_modified: "2024-03-01T12:00:00.000Z".into(),
+                etag: "\"4567\"".into(),
+                size: 7,
+                owner: Some(ObjectOwner {
+                    id: "runner".into(),
+                    display_name: "runner".into(),
+                }),
+                storage_class: "STANDARD",
+            },
+        ],
         common_prefixes: vec![CommonPrefix {
             prefix: "project/1/".into(),
         }],
@@ -48,6 +62,7 @@ fn list_objects_v2() {
         "<Name>cache</Name><Prefix>project/</Prefix><Delimiter>/</Delimiter><MaxKeys>1000</MaxKeys><KeyCount>2</KeyCount><IsTruncated>true</IsTruncated>",
         "<NextContinuationToken>tok&amp;en</NextContinuationToken>",
         "<Contents><Key>project/a&lt;b</Key><LastModified>2024-03-01T12:00:00.000Z</LastModified><ETag>\"0123\"</ETag><Size>42</Size><StorageClass>STANDARD</StorageClass></Contents>",
+        "<Size>7</Size><Owner><ID>runner</ID><DisplayName>runner</DisplayName></Owner><StorageClass>STANDARD</StorageClass>",
         "<CommonPrefixes><Prefix>project/1/</Prefix></CommonPrefixes>",
     ] {
         assert!(xml.contains(part), "{part} in {xml}");

@@ -1,0 +1,449 @@
+//! The S3 front answering as S3 does where SDKs and tools depend on it, driven with
+//! `aws-sdk-s3` over a socket, SeaweedFS behind write-through and write-back buckets and a
+//! local one beside them: a retried CompleteMultipartUpload, CopyObject's source conditions and
+//! its refusal to copy an object onto itself unchanged, GetObject's `response-*` overrides,
+//! ListObjects' owners, and presigned URLs whose expiry is out of range or past.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use common::s3::{self as s3t, client, client_as, endpoint, fresh_bucket, remove_bucket};
+use common::Daemon;
+
+const KEY: &str = "runner";
+const SECRET: &str = "runner-secret-0123456789";
+/// The front's buckets: one per write mode.
+const BUCKETS: [&str; 3] = ["through", "back", "local"];
+
+fn node_config(backend: &str) -> String {
+    let buckets: String = BUCKETS
+        .iter()
+        .map(|name| {
+            let backend_lines = if *name == "local" {
+                String::new()
+            } else {
+                format!("backend_bucket = \"{backend}\"\nbackend_prefix = \"{name}/\"\n")
+            };
+            format!("[[s3_api.buckets]]\nname = \"{name}\"\n{backend_lines}write = \"{name}\"\nfreshness = \"revalidate\"\n\n")
+        })
+        .collect();
+    let grants: Vec<String> = BUCKETS
+        .iter()
+        .map(|name| format!("\"{name}\" = \"readwrite\""))
+        .collect();
+    s3t::config(
+        backend,
+        &endpoint(),
+        "",
+        &format!(
+            "{buckets}[[s3_api.credentials]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\nbuckets = {{ {} }}\n",
+            grants.join(", ")
+        ),
+    )
+}
+
+struct Node {
+    _work: tempfile::TempDir,
+    daemon: Daemon,
+    backend: String,
+}
+
+impl Node {
+    async fn start(test: &str) -> Node {
+        let backend = fresh_bucket(&client(&endpoint()), test).await;
+        let work = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start_spec(work.path(), s3t::spec(&node_config(&backend)));
+        Node {
+            _work: work,
+            daemon,
+            backend,
+        }
+    }
+
+    fn front(&self) -> aws_sdk_s3::Client {
+        client_as(&self.daemon.s3_url(), KEY, SECRET)
+    }
+
+    async fn stop(self) {
+        drop(self.daemon);
+        remove_bucket(&client(&endpoint()), &self.backend).await;
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8)
+        .collect()
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: Vec<u8>) -> String {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/zip")
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .to_string()
+}
+
+async fn read(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+fn status<T, E>(result: Result<T, aws_sdk_s3::error::SdkError<E>>) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(e) => e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0),
+    }
+}
+
+/// The SDK retries a completion whose answer it lost: the retry, on the node that completed
+/// the upload, gets 200 and the same ETag, and the object is the parts' bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_complete_multipart_upload_gets_the_same_answer() {
+    let node = Node::start("retried-complete").await;
+    let s3 = node.front();
+    let part1 = pattern(5 << 20, 1);
+    let part2 = pattern(1000, 2);
+    for bucket in BUCKETS {
+        let key = "multi/retried.zip";
+        let id = s3
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .upload_id()
+            .unwrap()
+            .to_string();
+        let mut parts = Vec::new();
+        for (number, data) in [(1, &part1), (2, &part2)] {
+            let etag = s3
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .part_number(number)
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .unwrap()
+                .e_tag()
+                .unwrap()
+                .to_string();
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(etag)
+                    .build(),
+            );
+        }
+        let complete = || {
+            s3.complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts.clone()))
+                        .build(),
+                )
+                .send()
+        };
+        let first = complete().await.unwrap();
+        let retried = complete().await.unwrap_or_else(|e| {
+            panic!(
+                "{bucket}: retried completion: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        });
+        assert_eq!(first.e_tag(), retried.e_tag(), "{bucket}");
+        assert!(first.e_tag().unwrap().ends_with("-2\""), "{bucket}");
+        assert!(read(&s3, bucket, key).await == [part1.clone(), part2.clone()].concat());
+        // Another key never learns of the upload.
+        let other = s3
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key("multi/other.zip")
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await;
+        assert_eq!(status(other), 404, "{bucket}");
+    }
+    node.stop().await;
+}
+
+/// CopyObject's `x-amz-copy-source-if-*` conditions: any that fails is a 412 (a copy has no
+/// 304); an object copied onto itself needs `x-amz-metadata-directive: REPLACE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_conditions_and_copies_onto_themselves() {
+    let node = Node::start("copy-conditions").await;
+    let s3 = node.front();
+    for bucket in BUCKETS {
+        let etag = put(&s3, bucket, "copy/source.zip", pattern(3000, 3)).await;
+        let source = format!("{bucket}/copy/source.zip");
+        let copy = || {
+            s3.copy_object()
+                .bucket(bucket)
+                .key("copy/target.zip")
+                .copy_source(&source)
+        };
+        let past = DateTime::from(SystemTime::now() - Duration::from_secs(86400));
+        let future = DateTime::from(SystemTime::now() + Duration::from_secs(86400));
+        assert_eq!(
+            status(copy().copy_source_if_match("\"0000\"").send().await),
+            412
+        );
+        assert_eq!(
+            status(copy().copy_source_if_none_match(&etag).send().await),
+            412
+        );
+        assert_eq!(
+            status(copy().copy_source_if_unmodified_since(past).send().await),
+            412
+        );
+        assert_eq!(
+            status(copy().copy_source_if_modified_since(future).send().await),
+            412
+        );
+        assert_eq!(status(copy().copy_source_if_match(&etag).send().await), 200);
+        assert_eq!(
+            status(copy().copy_source_if_none_match("\"0000\"").send().await),
+            200
+        );
+        assert!(read(&s3, bucket, "copy/target.zip").await == pattern(3000, 3));
+
+        let onto_itself = || {
+            s3.copy_object()
+                .bucket(bucket)
+                .key("copy/source.zip")
+                .copy_source(&source)
+        };
+        match onto_itself().send().await {
+            Err(e) => {
+                let code = e
+                    .as_service_error()
+                    .and_then(|s| s.meta().code())
+                    .map(str::to_string);
+                assert_eq!(code.as_deref(), Some("InvalidRequest"), "{bucket}");
+                assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(400));
+            }
+            Ok(_) => panic!("{bucket}: an unchanged copy onto itself was accepted"),
+        }
+        onto_itself()
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type("text/plain")
+            .send()
+            .await
+            .unwrap();
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key("copy/source.zip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.content_type(), Some("text/plain"), "{bucket}");
+    }
+    node.stop().await;
+}
+
+/// GetObject and HeadObject apply the `response-*` overrides of a signed request; the object
+/// keeps its own headers for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_object_applies_response_overrides() {
+    let node = Node::start("overrides").await;
+    let s3 = node.front();
+    for bucket in BUCKETS {
+        put(&s3, bucket, "over/ride.zip", pattern(2000, 4)).await;
+        let got = s3
+            .get_object()
+            .bucket(bucket)
+            .key("over/ride.zip")
+            .response_content_type("text/csv")
+            .response_content_disposition("attachment; filename=\"r.csv\"")
+            .response_content_encoding("identity")
+            .response_content_language("de")
+            .response_cache_control("no-store")
+            .response_expires(DateTime::from_secs(4_102_444_800))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.content_type(), Some("text/csv"), "{bucket}");
+        assert_eq!(
+            got.content_disposition(),
+            Some("attachment; filename=\"r.csv\"")
+        );
+        assert_eq!(got.content_encoding(), Some("identity"));
+        assert_eq!(got.content_language(), Some("de"));
+        assert_eq!(got.cache_control(), Some("no-store"));
+        assert!(
+            got.expires_string().unwrap().contains("2100"),
+            "{:?}",
+            got.expires_string()
+        );
+        assert!(got.body.collect().await.unwrap().into_bytes().to_vec() == pattern(2000, 4));
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key("over/ride.zip")
+            .response_content_type("text/csv")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.content_type(), Some("text/csv"));
+        let plain = s3
+            .get_object()
+            .bucket(bucket)
+            .key("over/ride.zip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.content_type(),
+            Some("application/zip"),
+            "overrides are per request"
+        );
+    }
+    node.stop().await;
+}
+
+/// ListObjects (v1) lists each object's owner; ListObjectsV2 only with `fetch-owner=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_name_owners_when_asked() {
+    let node = Node::start("owners").await;
+    let s3 = node.front();
+    for bucket in BUCKETS {
+        put(&s3, bucket, "owned/a.zip", pattern(10, 5)).await;
+        let v2 = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("owned/")
+            .send()
+            .await
+            .unwrap();
+        assert!(v2.contents()[0].owner().is_none(), "{bucket}");
+        let v2 = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("owned/")
+            .fetch_owner(true)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            v2.contents()[0].owner().and_then(|o| o.id()),
+            Some(KEY),
+            "{bucket}"
+        );
+        let v1 = s3
+            .list_objects()
+            .bucket(bucket)
+            .prefix("owned/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            v1.contents()[0].owner().and_then(|o| o.display_name()),
+            Some(KEY)
+        );
+    }
+    node.stop().await;
+}
+
+/// A presigned URL past its expiry, or with an expiry no URL may have (0, negative, more than
+/// a week), is refused 403 AccessDenied, with the reason in the message; a PUT stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_out_of_their_time_are_access_denied() {
+    let node = Node::start("presigned-expiry").await;
+    let s3 = node.front();
+    let bucket = "through";
+    put(&s3, bucket, "signed/there.zip", pattern(100, 6)).await;
+    let expired = PresigningConfig::builder()
+        .start_time(SystemTime::now() - Duration::from_secs(3600))
+        .expires_in(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let get = s3
+        .get_object()
+        .bucket(bucket)
+        .key("signed/there.zip")
+        .presigned(expired.clone())
+        .await
+        .unwrap();
+    let put_url = s3
+        .put_object()
+        .bucket(bucket)
+        .key("signed/new.zip")
+        .presigned(expired)
+        .await
+        .unwrap();
+    let answers = [
+        http.get(get.uri()).send().await.unwrap(),
+        http.put(put_url.uri())
+            .body(vec![1u8; 100])
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for answer in answers {
+        assert_eq!(answer.status(), 403);
+        let text = answer.text().await.unwrap();
+        assert!(
+            text.contains("<Code>AccessDenied</Code>") && text.contains("expired"),
+            "{text}"
+        );
+    }
+    // Expiries no URL may have: the signature is never looked at.
+    let valid = PresigningConfig::expires_in(Duration::from_secs(300)).unwrap();
+    let url = s3
+        .get_object()
+        .bucket(bucket)
+        .key("signed/there.zip")
+        .presigned(valid)
+        .await
+        .unwrap()
+        .uri()
+        .to_string();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    for bad in ["0", "-7", "604801"] {
+        let url = url.replace("X-Amz-Expires=300", &format!("X-Amz-Expires={bad}"));
+        let answer = http.get(&url).send().await.unwrap();
+        assert_eq!(answer.status(), 403, "X-Amz-Expires={bad}");
+        let text = answer.text().await.unwrap();
+        assert!(
+            text.contains("AccessDenied") && text.contains("X-Amz-Expires"),
+            "{text}"
+        );
+    }
+    let missing = s3
+        .head_object()
+        .bucket(bucket)
+        .key("signed/new.zip")
+        .send()
+        .await;
+    assert_eq!(status(missing), 404, "the expired PUT stored nothing");
+    node.stop().await;
+}
