@@ -447,3 +447,69 @@ async fn presigned_urls_out_of_their_time_are_access_denied() {
     assert_eq!(status(missing), 404, "the expired PUT stored nothing");
     node.stop().await;
 }
+
+/// `Expires`, `Content-Disposition` and `Content-Language` given on PutObject are kept and
+/// returned, by the node that took the PUT and, through S3, by another node that never saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_headers_travel_with_the_object() {
+    let node = Node::start("kept-headers").await;
+    let other_work = tempfile::tempdir().unwrap();
+    let other = Daemon::start_spec(other_work.path(), s3t::spec(&node_config(&node.backend)));
+    let (s3, s3_other) = (node.front(), client_as(&other.s3_url(), KEY, SECRET));
+    let expires = DateTime::from_secs(4_102_444_800); // 2100-01-01
+    for bucket in BUCKETS {
+        s3.put_object()
+            .bucket(bucket)
+            .key("kept/report.csv")
+            .content_disposition("attachment; filename=\"report.csv\"")
+            .content_language("en-GB")
+            .expires(expires)
+            .body(ByteStream::from(pattern(500, 7)))
+            .send()
+            .await
+            .unwrap();
+        let mut readers = vec![("this node", &s3)];
+        if bucket != "local" {
+            readers.push(("another node", &s3_other));
+        }
+        if bucket == "back" {
+            common::eventually("the write-back upload", Duration::from_secs(30), || async {
+                s3t::object(&client(&endpoint()), &node.backend, "back/kept/report.csv")
+                    .await
+                    .is_some()
+            })
+            .await;
+        }
+        for (who, reader) in readers {
+            let got = reader
+                .get_object()
+                .bucket(bucket)
+                .key("kept/report.csv")
+                .send()
+                .await
+                .unwrap();
+            let case = format!("{bucket}, {who}");
+            assert_eq!(
+                got.content_disposition(),
+                Some("attachment; filename=\"report.csv\""),
+                "{case}"
+            );
+            assert_eq!(got.content_language(), Some("en-GB"), "{case}");
+            assert_eq!(
+                got.expires_string(),
+                Some("Fri, 01 Jan 2100 00:00:00 GMT"),
+                "{case}"
+            );
+            let head = reader
+                .head_object()
+                .bucket(bucket)
+                .key("kept/report.csv")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.content_language(), Some("en-GB"), "{case}");
+        }
+    }
+    drop(other);
+    node.stop().await;
+}

@@ -1,7 +1,8 @@
 //! The on-disk format of one entry: a small header followed by the body bytes.
 //!
 //! ```text
-//! version 2 (written now):
+//! version 3 (written now): as version 2, with the attrs' kept headers (below).
+//! version 2 (still read):
 //!   magic "BCPE" | version u16 | header_len u32 | body_len u64 | crc32c u32 | modified_ms u64
 //!   | etag_len u8 | etag [63 bytes, zero-padded]
 //!   | namespace_len u16 | namespace | name_len u16 | name
@@ -10,6 +11,7 @@
 //!   | block_crcs: one CRC32C (u32) per BLOCK bytes of body, the last block possibly shorter
 //! attrs: content_type, content_encoding, cache_control (each u16 length, 0xFFFF = absent,
 //!   then the bytes) | user_count u16 | user_count × (name u16+bytes, value u16+bytes)
+//!   | version 3: kept_count u16 | kept_count × (name u16+bytes, value u16+bytes)
 //! version 1 (still read): the first six fields, then namespace and name, then the body; no
 //!   ETag, no attributes, no block checksums.
 //! ```
@@ -26,7 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Key, Namespace, ObjectAttrs, ObjectMeta};
 
 const MAGIC: &[u8; 4] = b"BCPE";
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
+/// The first version with an ETag, attributes and block checksums.
+const WITH_ATTRS: u16 = 2;
 /// Bytes before the ETag in every version.
 const FIXED_V1: usize = 4 + 2 + 4 + 8 + 4 + 8;
 /// Room for the ETag: S3's are 32 hex digits, or 32 + "-" + part count for multipart.
@@ -126,7 +130,7 @@ impl EntryHeader {
             return Err(invalid("not an entry file (bad magic)"));
         }
         let version = u16::from_le_bytes([fixed[4], fixed[5]]);
-        if version != 1 && version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(invalid("unknown entry file version"));
         }
         let header_len = u64::from(u32::from_le_bytes(fixed[6..10].try_into().unwrap()));
@@ -137,7 +141,7 @@ impl EntryHeader {
             return Err(invalid("entry file was never sealed"));
         }
         let mut etag = None;
-        if version == VERSION {
+        if version >= WITH_ATTRS {
             let mut slot = [0u8; 1 + MAX_ETAG_LEN];
             file.read_exact(&mut slot)?;
             let len = slot[0] as usize;
@@ -159,7 +163,7 @@ impl EntryHeader {
             Key::object(ns, &name)
         }
         .map_err(|_| invalid("bad key in entry header"))?;
-        let (attrs, expected_len) = if version == VERSION {
+        let (attrs, expected_len) = if version >= WITH_ATTRS {
             let mut len = [0u8; 4];
             file.read_exact(&mut len)?;
             let len = u32::from_le_bytes(len) as usize;
@@ -168,7 +172,7 @@ impl EntryHeader {
             }
             let mut raw = vec![0u8; len];
             file.read_exact(&mut raw)?;
-            let attrs = decode_attrs(&raw)?;
+            let attrs = decode_attrs(&raw, version)?;
             (attrs, (FIXED_V2 + key_len(&key) + 4 + len) as u64)
         } else {
             (ObjectAttrs::default(), (FIXED_V1 + key_len(&key)) as u64)
@@ -184,7 +188,7 @@ impl EntryHeader {
             modified: UNIX_EPOCH + Duration::from_millis(millis),
             etag,
             attrs,
-            block_crcs: version == VERSION,
+            block_crcs: version >= WITH_ATTRS,
         })
     }
 
@@ -233,15 +237,17 @@ fn encode_attrs(attrs: &ObjectAttrs) -> Vec<u8> {
             None => out.extend_from_slice(&ABSENT.to_le_bytes()),
         }
     }
-    out.extend_from_slice(&(attrs.user.len() as u16).to_le_bytes());
-    for (name, value) in &attrs.user {
-        put_str(&mut out, name);
-        put_str(&mut out, value);
+    for list in [&attrs.user, &attrs.kept] {
+        out.extend_from_slice(&(list.len() as u16).to_le_bytes());
+        for (name, value) in list {
+            put_str(&mut out, name);
+            put_str(&mut out, value);
+        }
     }
     out
 }
 
-fn decode_attrs(mut raw: &[u8]) -> io::Result<ObjectAttrs> {
+fn decode_attrs(mut raw: &[u8], version: u16) -> io::Result<ObjectAttrs> {
     let mut optional = || -> io::Result<Option<String>> {
         let mut len = [0u8; 2];
         raw.read_exact(&mut len)?;
@@ -258,12 +264,19 @@ fn decode_attrs(mut raw: &[u8]) -> io::Result<ObjectAttrs> {
     let content_type = optional()?;
     let content_encoding = optional()?;
     let cache_control = optional()?;
-    let mut count = [0u8; 2];
-    raw.read_exact(&mut count)?;
-    let mut user = Vec::new();
-    for _ in 0..u16::from_le_bytes(count) {
-        user.push((read_str(&mut raw)?, read_str(&mut raw)?));
-    }
+    let pairs = |raw: &mut &[u8]| -> io::Result<Vec<(String, String)>> {
+        let mut count = [0u8; 2];
+        raw.read_exact(&mut count)?;
+        (0..u16::from_le_bytes(count))
+            .map(|_| Ok((read_str(raw)?, read_str(raw)?)))
+            .collect()
+    };
+    let user = pairs(&mut raw)?;
+    let kept = if version > WITH_ATTRS {
+        pairs(&mut raw)?
+    } else {
+        Vec::new()
+    };
     if !raw.is_empty() {
         return Err(invalid("entry attributes have trailing bytes"));
     }
@@ -272,6 +285,7 @@ fn decode_attrs(mut raw: &[u8]) -> io::Result<ObjectAttrs> {
         content_encoding,
         cache_control,
         user,
+        kept,
     })
 }
 
@@ -319,6 +333,10 @@ mod tests {
             content_encoding: None,
             cache_control: Some("no-cache".into()),
             user: vec![("cachekey".into(), "default-protected".into())],
+            kept: vec![
+                ("content-disposition".into(), "attachment".into()),
+                ("expires".into(), "Thu, 01 Jan 2099 00:00:00 GMT".into()),
+            ],
         };
         let unsealed = EntryHeader::unsealed(&key, attrs);
         let mut file = Cursor::new(unsealed.encode());
@@ -354,6 +372,37 @@ mod tests {
         assert_eq!(header.etag, None);
         assert_eq!(header.attrs, ObjectAttrs::default());
         assert_eq!(header.file_len(), header.header_len + 5);
+    }
+
+    /// Entries of format 2 (attributes without kept headers) are still read.
+    #[test]
+    fn version_2_headers_are_still_read() {
+        let ns = Namespace::new("runner-cache").unwrap();
+        let key = Key::object(ns, "k").unwrap();
+        let attrs = ObjectAttrs {
+            content_type: Some("application/zip".into()),
+            user: vec![("a".into(), "b".into())],
+            ..ObjectAttrs::default()
+        };
+        let header = EntryHeader {
+            body_len: 0,
+            etag: Some("0123".into()),
+            ..EntryHeader::unsealed(&key, attrs)
+        };
+        // Format 3 ends its attributes with the kept headers' count (0 here): without it, and
+        // with the lengths and the version adjusted, it is format 2.
+        let mut v2 = header.encode();
+        v2.truncate(v2.len() - 2);
+        let attrs_len_at = v2.len() - encode_attrs(&header.attrs).len() + 2 - 4;
+        let attrs_len = u32::from_le_bytes(v2[attrs_len_at..attrs_len_at + 4].try_into().unwrap());
+        v2[attrs_len_at..attrs_len_at + 4].copy_from_slice(&(attrs_len - 2).to_le_bytes());
+        v2[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let header_len = v2.len() as u32;
+        v2[6..10].copy_from_slice(&header_len.to_le_bytes());
+        let read = EntryHeader::read_from(&mut Cursor::new(v2.clone())).unwrap();
+        assert_eq!(read.attrs, header.attrs);
+        assert_eq!(read.etag, header.etag);
+        assert_eq!(read.header_len, v2.len() as u64);
     }
 
     #[test]

@@ -100,6 +100,23 @@ pub struct ObjectAttrs {
     pub cache_control: Option<String>,
     /// User metadata: names lowercase and without the `x-amz-meta-` prefix, sorted by name.
     pub user: Vec<(String, String)>,
+    /// The other headers S3 keeps with an object and answers on GET and HEAD, as the writer
+    /// sent them: [`KEPT_HEADERS`], in that order, those present.
+    pub kept: Vec<(String, String)>,
+}
+
+/// The system headers, besides `Content-Type`, `Content-Encoding` and `Cache-Control`, that S3
+/// stores with an object as given on its PUT and returns on every read (lowercase names).
+pub const KEPT_HEADERS: [&str; 3] = ["content-disposition", "content-language", "expires"];
+
+impl ObjectAttrs {
+    /// A kept header's value, if the object has it.
+    pub fn kept(&self, name: &str) -> Option<&str> {
+        self.kept
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What a put says about its object besides the body.

@@ -193,6 +193,8 @@ pub enum Ask<'a> {
 
 /// What the backend said.
 #[derive(Debug)]
+// As `Fetch`: the object is the common answer.
+#[allow(clippy::large_enum_variant)]
 pub enum Through {
     /// The backend's object (filled as it streams, or streamed through), the read's range and
     /// preconditions applied; `Read::Missing` when the backend has no such object (and a local

@@ -8,12 +8,15 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::store::backend::{ByteRange, Conditions, GetOptions};
-use crate::store::{ObjectAttrs, ObjectMeta, PutOptions};
+use crate::store::{ObjectAttrs, ObjectMeta, PutOptions, KEPT_HEADERS};
 
 /// The prefix of user metadata headers.
 pub const META_PREFIX: &str = "x-amz-meta-";
 /// S3's limit on user metadata: names and values together, in bytes.
 pub const MAX_USER_METADATA: usize = 2048;
+/// The longest value of a kept header (`Content-Disposition`, `Content-Language`, `Expires`)
+/// an object may have: far more than any real one, and small enough for the entry format.
+const MAX_KEPT_HEADER: usize = 4096;
 /// What S3 answers as the type of an object stored without one.
 const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 /// The `Content-Encoding` token that frames an `aws-chunked` body: it describes the request,
@@ -79,11 +82,21 @@ pub fn put_options(headers: &HeaderMap) -> Result<PutOptions, HeaderError> {
             false
         }
     });
+    let mut kept = Vec::new();
+    for name in KEPT_HEADERS {
+        if let Some(value) = text_checked(headers, HeaderName::from_static(name))? {
+            if value.len() > MAX_KEPT_HEADER {
+                return Err(HeaderError::MetadataTooLarge(value.len()));
+            }
+            kept.push((name.to_string(), value.to_string()));
+        }
+    }
     Ok(PutOptions::object(ObjectAttrs {
         content_type: text_checked(headers, header::CONTENT_TYPE)?.map(str::to_string),
         content_encoding,
         cache_control: text_checked(headers, header::CACHE_CONTROL)?.map(str::to_string),
         user,
+        kept,
     }))
 }
 
@@ -111,6 +124,11 @@ pub fn object_headers(meta: &ObjectMeta, headers: &mut HeaderMap) {
     }
     for (name, value) in &attrs.user {
         if let Ok(name) = HeaderName::try_from(format!("{META_PREFIX}{name}")) {
+            insert_text(headers, name, value);
+        }
+    }
+    for (name, value) in &attrs.kept {
+        if let Ok(name) = HeaderName::try_from(name.as_str()) {
             insert_text(headers, name, value);
         }
     }
@@ -209,6 +227,7 @@ mod tests {
                     ("b".into(), "1,2".into()),
                     ("cachekey".into(), "build-jar".into())
                 ],
+                kept: vec![],
             }
         );
         let gzip = put_options(&headers(&[("content-encoding", "aws-chunked, gzip")])).unwrap();

@@ -119,6 +119,7 @@ fn attrs() -> ObjectAttrs {
         content_encoding: None,
         cache_control: Some("no-store".into()),
         user: vec![("origin".into(), "runner".into())],
+        kept: vec![("content-language".into(), "en".into())],
     }
 }
 

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use super::{S3Tier, CRC32C_META, LEGACY_CRC32C_META};
 use crate::metrics::Metrics;
 use crate::store::backend::{unquote, Fetch, Fetched, GetOptions, ListRequest, Listed, Listing};
-use crate::store::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError};
+use crate::store::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError, KEPT_HEADERS};
 
 /// The [`ObjectMeta`] of a GetObject or HeadObject answer (two SDK types with the same
 /// accessors) for an object of `len` bytes stored under `key`.
@@ -27,6 +27,11 @@ macro_rules! object_meta {
             content_type: $out.content_type(),
             content_encoding: $out.content_encoding(),
             cache_control: $out.cache_control(),
+            kept: [
+                $out.content_disposition(),
+                $out.content_language(),
+                $out.expires_string(),
+            ],
             legacy_crc: $key.namespace() == &Namespace::gradle(),
         }
         .meta()
@@ -44,6 +49,8 @@ struct Headers<'a> {
     legacy_crc: bool,
     content_encoding: Option<&'a str>,
     cache_control: Option<&'a str>,
+    /// The values of [`KEPT_HEADERS`], in that order.
+    kept: [Option<&'a str>; 3],
 }
 
 impl Headers<'_> {
@@ -72,6 +79,11 @@ impl Headers<'_> {
             content_encoding: self.content_encoding.map(str::to_string),
             cache_control: self.cache_control.map(str::to_string),
             user,
+            kept: KEPT_HEADERS
+                .iter()
+                .zip(self.kept)
+                .filter_map(|(name, value)| Some((name.to_string(), value?.to_string())))
+                .collect(),
         };
         meta
     }

@@ -12,7 +12,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::file_body::region_body;
 use super::{S3Tier, CRC32C_META, MIN_PART_SIZE, UPLOAD_BASE_DEADLINE};
 use crate::store::backend::{unquote, PartLayout, Upload};
-use crate::store::StoreError;
+use crate::store::{ObjectAttrs, StoreError};
 
 /// S3's limit on parts per multipart upload.
 const MAX_PARTS: u64 = 10_000;
@@ -24,6 +24,13 @@ fn metadata(upload: &Upload) -> Vec<(String, String)> {
         all.push((CRC32C_META.to_string(), format!("{crc:08x}")));
     }
     all
+}
+
+/// The object's `Expires` as the SDK sends it: an HTTP date (one that does not parse as one is
+/// not sent; S3 would not keep it as a date either).
+fn expires(attrs: &ObjectAttrs) -> Option<aws_smithy_types::DateTime> {
+    let text = attrs.kept("expires")?;
+    aws_smithy_types::DateTime::from_str(text, aws_smithy_types::date_time::Format::HttpDate).ok()
 }
 
 impl S3Tier {
@@ -72,6 +79,9 @@ impl S3Tier {
                 .set_content_type(attrs.content_type.clone())
                 .set_content_encoding(attrs.content_encoding.clone())
                 .set_cache_control(attrs.cache_control.clone())
+                .set_content_disposition(attrs.kept("content-disposition").map(str::to_string))
+                .set_content_language(attrs.kept("content-language").map(str::to_string))
+                .set_expires(expires(attrs))
                 .body(Self::part_body(upload, 0, upload.len));
             for (name, value) in metadata(upload) {
                 req = req.metadata(name, value);
@@ -86,7 +96,10 @@ impl S3Tier {
             .key(&object_key)
             .set_content_type(attrs.content_type.clone())
             .set_content_encoding(attrs.content_encoding.clone())
-            .set_cache_control(attrs.cache_control.clone());
+            .set_cache_control(attrs.cache_control.clone())
+            .set_content_disposition(attrs.kept("content-disposition").map(str::to_string))
+            .set_content_language(attrs.kept("content-language").map(str::to_string))
+            .set_expires(expires(attrs));
         for (name, value) in metadata(upload) {
             create = create.metadata(name, value);
         }
