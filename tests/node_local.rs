@@ -10,8 +10,8 @@
 //! dummy driver, as on our test machines); curl in the pod namespace resolves S3's name to the
 //! address by its own mapping (`--resolve`, what a host alias does) and uses presigned URLs
 //! signed for that name: the forward mode's answers come back, the second GET from the node's
-//! copy. A restart finds the address in place; `node-local down` leaves the node namespace as it
-//! was; a link of the configured name that is not a dummy keeps the pod unready, says why in one
+//! copy. A restart finds the address in place; with `node_local.run_as_user` the daemon serves
+//! as that user with no capability left; `node-local down` leaves the node namespace as it was; a link of the configured name that is not a dummy keeps the pod unready, says why in one
 //! log line and the metric. Needs root (CI runs as root); skipped otherwise.
 
 mod common;
@@ -411,6 +411,47 @@ async fn build_pods_reach_the_forward_mode_on_the_node_local_address() {
     assert_eq!(status, "200");
     assert!(again == body);
     assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
+    daemon.stop();
+
+    // As the chart runs it: root with the capabilities the set-up needs, then the pod's user
+    // with none at all, before the cache is opened or a request taken.
+    let dropped = work.path().join("dropped");
+    std::fs::create_dir_all(dropped.join("data")).unwrap();
+    for dir in [work.path(), dropped.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    ok(&[
+        "chown",
+        "65534:65534",
+        dropped.join("data").to_str().unwrap(),
+    ]);
+    let daemon = NodeDaemon::start(
+        &ns,
+        &dropped,
+        &[
+            ("BUILD_CACHE_PROXY_NODE_LOCAL_RUN_AS_USER", "65534"),
+            ("BUILD_CACHE_PROXY_NODE_LOCAL_RUN_AS_GROUP", "65534"),
+        ],
+    );
+    assert_eq!(daemon.admin(&ns, "/readyz").0, "200", "{}", daemon.log());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(field("Uid:"), ["65534"; 4], "{status}");
+    assert_eq!(field("Gid:"), ["65534"; 4], "{status}");
+    for caps in ["CapEff:", "CapPrm:"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{status}");
+    }
+    let (status, again) = from_pod(&ns, "GET", get.uri(), None);
+    assert_eq!(status, "200", "{}", daemon.log());
+    assert!(again == body);
     daemon.stop();
 
     // Taken away on request: the node namespace is as it was before the daemon ran.
