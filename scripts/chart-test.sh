@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Tests the Helm chart (chart/build-cache-proxy) without a cluster:
 #   1. helm lint --strict, and yamllint on the chart's own YAML;
-#   2. helm template with the default values, every option on (ci/full-values.yaml) and the
-#      S3 front on (ci/s3-api-values.yaml); the manifests must pass kubernetes-validate for
+#   2. helm template with the default values, every option on (ci/full-values.yaml), the
+#      S3 front on (ci/s3-api-values.yaml) and the node-local address the chart makes
+#      (ci/node-local-values.yaml); the manifests must pass kubernetes-validate for
 #      Kubernetes 1.30, and a few bad values must fail the render;
+#   2b. the node-local render runs the daemon on the host network with NET_ADMIN,
+#      NET_BIND_SERVICE, SETUID and SETGID only, dropping to the pod's user, and check-config
+#      refuses a node-local address outside 169.254.0.0/16 and 127.0.0.0/8 without the override;
 #   3. the TOML config is taken out of each rendered ConfigMap and checked by the daemon
 #      itself (`build-cache-proxy check-config`);
 #   4. every metric the Grafana dashboard queries is one the daemon exports: the daemon runs on
@@ -98,6 +102,7 @@ render default
 render full -f "$chart/ci/full-values.yaml"
 render s3-api -f "$chart/ci/s3-api-values.yaml"
 render emptydir --set cache.type=emptyDir --set cache.emptyDir.sizeLimit=25Gi
+render node-local -f "$chart/ci/node-local-values.yaml"
 
 grep -q 'internalTrafficPolicy: Local' "$work/default.yaml" || fail "the Service must be node-local"
 grep -q 'name: s3$' "$work/default.yaml" && fail "the default render opens the S3 port although s3Api is off"
@@ -105,6 +110,47 @@ grep -q 'targetPort: s3' "$work/s3-api.yaml" || fail "s3Api.enabled must expose 
 grep -q 'hostIP: "169.254.20.11"' "$work/s3-api.yaml" || fail "s3Api.hostPort must publish the S3 port on the link-local address"
 grep -q '^ *\[\[s3_api.forward\]\]' "$work/s3-api.yaml" || fail "s3Api.forward must render [[s3_api.forward]]"
 grep -q 'hostPort:' "$work/default.yaml" && fail "the default render publishes a host port"
+grep -q 'hostNetwork' "$work/default.yaml" "$work/s3-api.yaml" && fail "only s3Api.nodeLocalAddress puts the pod on the host network"
+# s3Api.nodeLocalAddress: the daemon on the host network makes the address and binds S3 there,
+# with only the capabilities that takes, and drops to the pod's user (node_local.run_as_user).
+python3 - "$work/node-local.yaml" <<'NODELOCAL'
+import sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+def fail(message):
+    sys.exit(f"chart-test: FAIL: s3Api.nodeLocalAddress: {message}")
+ds = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+daemon = next(c for c in ds["containers"] if c["name"] == "build-cache-proxy")
+config = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap"
+                            and "build-cache-proxy.toml" in d.get("data", {}))["data"]["build-cache-proxy.toml"])
+if ds.get("hostNetwork") is not True or ds.get("dnsPolicy") != "Default":
+    fail("the pod must run on the host network with the node's resolver")
+sc = daemon["securityContext"]
+if sorted(sc["capabilities"]["add"]) != ["NET_ADMIN", "NET_BIND_SERVICE", "SETGID", "SETUID"] \
+        or sc["capabilities"]["drop"] != ["ALL"] or sc.get("privileged") or sc["allowPrivilegeEscalation"]:
+    fail(f"capabilities beyond the four the set-up needs: {sc}")
+node = config.get("node_local", {})
+if node.get("address") != "169.254.20.11" or config["listen"]["s3"] != "169.254.20.11:80":
+    fail(f"[node_local] {node}, listen.s3 {config['listen'].get('s3')}")
+if node.get("run_as_user") != ds["securityContext"]["runAsUser"] or node.get("run_as_user") == 0:
+    fail("the daemon must drop to podSecurityContext.runAsUser once the address is made")
+env = {e["name"]: e for e in daemon.get("env", [])}
+if env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "status.podIP" \
+        or env.get("BUILD_CACHE_PROXY_LISTEN_GRADLE", {}).get("value") != "$(POD_IP):5071" \
+        or env.get("BUILD_CACHE_PROXY_LISTEN_ADMIN", {}).get("value") != "$(POD_IP):9091":
+    fail("the Gradle and admin listeners must bind the pod IP (the node's address) for the Service and probes")
+ports = {p["name"]: p for p in daemon["ports"]}
+if ports["s3"]["containerPort"] != 80 or "hostPort" in ports["s3"]:
+    fail(f"the S3 port: {ports['s3']}")
+svc = next(d for d in docs if d["kind"] == "Service" and d["spec"].get("internalTrafficPolicy") == "Local")
+if [p["name"] for p in svc["spec"]["ports"]] != ["gradle"]:
+    fail("the Service cannot reach the S3 listener on the node-local address; it must carry only gradle")
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    if daemon[probe]["httpGet"]["port"] != "admin":
+        fail(f"{probe} must use the admin port")
+print("chart-test: ok: s3Api.nodeLocalAddress renders a host-network daemon with NET_ADMIN, NET_BIND_SERVICE, "
+      "SETUID and SETGID that drops to the pod's user; S3 on 169.254.20.11:80, Gradle and admin on the pod IP",
+      file=sys.stderr)
+NODELOCAL
 
 must_not_render() { # reason [helm args...]
   local reason=$1; shift
@@ -118,6 +164,15 @@ must_not_render "TLS has no Secret" --set tls.enabled=true
 must_not_render "a user has no password and no existing Secret" \
   --set 'auth.gradleUsers[0].name=ci,auth.gradleUsers[0].access=read,auth.gradleUsers[0].passwordKey=p'
 must_not_render "a config value is a table" --set config.disk.dir_options.x=1
+must_not_render "s3Api.nodeLocalAddress and s3Api.hostPort are both set" \
+  -f "$chart/ci/node-local-values.yaml" --set s3Api.hostPort.enabled=true
+must_not_render "a NetworkPolicy cannot select a host-network pod" \
+  -f "$chart/ci/node-local-values.yaml" --set networkPolicy.enabled=true
+must_not_render "s3Api.nodeLocalAddress without the S3 front" --set s3Api.nodeLocalAddress=169.254.20.11
+must_not_render "s3Api.nodeLocalAddress is not an IPv4 address" -f "$chart/ci/node-local-values.yaml" \
+  --set s3Api.nodeLocalAddress=node-local
+must_not_render "config.node_local.address belongs to the chart" -f "$chart/ci/node-local-values.yaml" \
+  --set config.node_local.address=169.254.20.12
 must_not_render "a forwarded endpoint has a path" --set s3Api.enabled=true \
   --set "s3Api.forward[0].namespace=fwd" --set "s3Api.forward[0].hosts[0]=s3.test" \
   --set "s3Api.forward[0].endpoint=https://s3.test/bucket"
@@ -143,7 +198,14 @@ drop=()
 knows tls '[tls]' || drop+=(tls)
 knows s3 $'[listen]\ns3 = ""' || drop+=(s3_api)
 
-for name in default full s3-api; do
+# A routable node-local address renders, and check-config refuses it unless told otherwise.
+"$helm" template bcp "$chart" -f "$chart/ci/node-local-values.yaml" --set s3Api.nodeLocalAddress=10.1.2.3 \
+  >"$work/node-local-routable.yaml" || fail "helm template (node-local-routable) failed"
+"$helm" template bcp "$chart" -f "$chart/ci/node-local-values.yaml" --set s3Api.nodeLocalAddress=10.1.2.3 \
+  --set config.node_local.allow_routable_address=true >"$work/node-local-allowed.yaml" \
+  || fail "helm template (node-local-allowed) failed"
+
+for name in default full s3-api node-local node-local-routable node-local-allowed; do
   python3 - "$work/$name.yaml" "$work/$name.toml" "$work" "${drop[@]}" <<'EOF'
 import sys, tomllib, yaml
 manifests, out, root, drop = sys.argv[1], sys.argv[2], sys.argv[3], set(sys.argv[4:])
@@ -165,6 +227,15 @@ for line in text.splitlines():
                      .replace('"/var/cache/build-cache-proxy"', '"' + root + '/cache"'))
 open(out, "w").write("\n".join(lines) + "\n")
 EOF
+  if [ "$name" = node-local-routable ]; then
+    if "$bin" check-config "$work/$name.toml" >/dev/null 2>"$work/check.err"; then
+      fail "check-config accepts a node-local address outside 169.254.0.0/16 and 127.0.0.0/8"
+    fi
+    grep -q 'node_local.address: 10.1.2.3 is outside 169.254.0.0/16 and 127.0.0.0/8' "$work/check.err" \
+      || { cat "$work/check.err" >&2; fail "check-config's refusal of a routable node-local address names no key"; }
+    say "ok: check-config refuses a routable node-local address without node_local.allow_routable_address"
+    continue
+  fi
   "$bin" check-config "$work/$name.toml" >/dev/null 2>"$work/check.err" \
     || { cat "$work/$name.toml" "$work/check.err" >&2; fail "check-config refuses the $name config"; }
   say "ok: check-config accepts the $name config"

@@ -2,16 +2,17 @@
 # Installs what the test suite drives: Gradle (the real build cache client; its JDK brings
 # keytool), openssl (test certificates for tests/tls.rs), SeaweedFS (the real S3 server behind
 # the daemon in tests), the Python S3 SDKs and the aws CLI, and what scripts/chart-test.sh and
-# scripts/guide-check.sh read manifests and validate them with (PyYAML, kubernetes-validate).
+# scripts/guide-check.sh read manifests and validate them with (PyYAML, kubernetes-validate),
+# and iproute2 (`ip`: tests/node_local.rs makes network namespaces and a veth pair).
 # Idempotent: skips what exists.
 set -euo pipefail
 
 if ! command -v gradle >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
-  || ! command -v openssl >/dev/null 2>&1; then
-  echo "setup: installing gradle, curl and openssl (apt)" >&2
+  || ! command -v openssl >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  echo "setup: installing gradle, curl, openssl and iproute2 (apt)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq gradle curl openssl >/dev/null
+  apt-get install -y -qq gradle curl openssl iproute2 >/dev/null
 fi
 
 need_pip=()

@@ -18,6 +18,7 @@ use crate::fronts::gradle::GradleFront;
 use crate::fronts::s3::forward::Forward;
 use crate::fronts::s3::front::S3Front;
 use crate::metrics::Metrics;
+use crate::node_local::{NodeLocalState, Prepared};
 use crate::server::body::BodyLimits;
 use crate::server::deadline::Deadlines;
 use crate::server::limits::Slots;
@@ -45,8 +46,31 @@ pub struct Daemon {
 
 impl Daemon {
     /// Opens the store and binds every configured listener; serving starts immediately.
+    /// Without `[node_local]`; with it, [`crate::node_local::prepare`] and
+    /// [`Daemon::start_prepared`].
     pub async fn start(config: &Config) -> anyhow::Result<Daemon> {
+        let prepared = Prepared {
+            s3_listener: None,
+            state: None,
+        };
+        Self::start_prepared(config, prepared).await
+    }
+
+    /// [`Daemon::start`] with what ran before the runtime: with `[node_local]`, the S3
+    /// listener bound on the node-local address (none if that failed) and its state, which the
+    /// admin front and a metric report.
+    pub async fn start_prepared(config: &Config, prepared: Prepared) -> anyhow::Result<Daemon> {
         let metrics = Arc::new(Metrics::new());
+        if let Some(state) = &prepared.state {
+            let listen = match state {
+                NodeLocalState::Ready { listen, .. } => listen.to_string(),
+                NodeLocalState::Failed { listen, .. } => listen.clone(),
+            };
+            metrics
+                .node_local_address_ready
+                .with_label_values(&[listen.as_str()])
+                .set(i64::from(state.is_ready()));
+        }
         metrics
             .disk_max_bytes
             .set(config.disk.max_size.as_u64() as i64);
@@ -216,7 +240,15 @@ impl Daemon {
                 tasks.clone(),
             ));
         }
-        if let Some(listener) = bind("listen.s3", &config.listen.s3).await? {
+        // With [node_local] the listener was bound before the runtime started (or could not be).
+        let s3_listener = match &prepared.state {
+            Some(_) => match prepared.s3_listener {
+                Some(listener) => Some(tokio::net::TcpListener::from_std(listener)?),
+                None => None,
+            },
+            None => bind("listen.s3", &config.listen.s3).await?,
+        };
+        if let Some(listener) = s3_listener {
             daemon.s3_addr = Some(listener.local_addr()?);
             // Uploads left open by an earlier run come back (or are swept when stale).
             let multipart = Multipart::open(disk.clone(), MultipartSettings::default())
@@ -264,6 +296,9 @@ impl Daemon {
             let mut front = AdminFront::new(metrics.clone(), memory, disk);
             if let Some(status) = remote_status {
                 front = front.with_remote(status);
+            }
+            if let Some(state) = prepared.state.clone() {
+                front = front.with_node_local(state);
             }
             let front = Arc::new(front);
             // The admin listener's budget is its own: probes answer while the cache is full. One

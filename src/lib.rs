@@ -11,12 +11,14 @@
 //! - [`store`] is one narrow streaming interface ([`store::Store`]) and its tiers; the
 //!   composition in [`store::tiered`] is what the fronts use.
 //! - [`config`] is the typed configuration tree; [`metrics`] defines every exported metric;
-//!   [`daemon`] wires it all together.
+//!   [`daemon`] wires it all together; [`node_local`] makes the node-local address the S3
+//!   listener binds to on a host-network DaemonSet.
 
 pub mod config;
 pub mod daemon;
 pub mod fronts;
 pub mod logging;
 pub mod metrics;
+pub mod node_local;
 pub mod server;
 pub mod store;

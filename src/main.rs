@@ -31,6 +31,21 @@ enum Command {
         /// TOML config file.
         file: PathBuf,
     },
+    /// The node-local address of `[node_local]`: `up` makes it as `serve` does at start,
+    /// `down` removes it (the daemon leaves it in place when it stops).
+    NodeLocal {
+        #[arg(value_enum)]
+        action: NodeLocalAction,
+        /// TOML config file with `[node_local]`.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NodeLocalAction {
+    Up,
+    Down,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +61,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::NodeLocal { action, config } => node_local(action, &config),
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -58,6 +74,15 @@ fn main() -> ExitCode {
                 eprintln!("invalid configuration: {e}");
                 return ExitCode::from(2);
             }
+            // Before any thread starts: the node-local address, and dropping privileges.
+            let prepared = match build_cache_proxy::node_local::prepare(&config) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("build-cache-proxy: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -68,7 +93,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            match runtime.block_on(serve(config, prepared)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -80,8 +105,59 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let daemon = Daemon::start(&config).await?;
+fn node_local(action: NodeLocalAction, file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(Some(file)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let node = &config.node_local;
+    let Ok(address) = node.address.parse() else {
+        eprintln!("{}: node_local.address is not set", file.display());
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    use build_cache_proxy::node_local::{ensure, remove};
+    let done = runtime.block_on(async {
+        match action {
+            NodeLocalAction::Up => ensure(address, &node.interface)
+                .await
+                .map(|placement| format!("{address} {placement}")),
+            NodeLocalAction::Down => remove(address, &node.interface).await.map(|removed| {
+                removed.map_or(format!("{address}: nothing to remove"), |what| {
+                    format!("removed {what}")
+                })
+            }),
+        }
+    });
+    match done {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("node-local address {address}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    config: Config,
+    prepared: build_cache_proxy::node_local::Prepared,
+) -> anyhow::Result<()> {
+    let daemon = Daemon::start_prepared(&config, prepared).await?;
     // One line on stdout once every listener is bound: people read it, and tests wait for it.
     let show =
         |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub disk_bytes: IntGauge,
     pub disk_entries: IntGauge,
     pub disk_max_bytes: IntGauge,
+    /// 1 while the node-local address is set up and `listen.s3` bound on it, 0 when that
+    /// failed; one series (`listen`), only with `[node_local]`.
+    pub node_local_address_ready: IntGaugeVec,
     pub disk_pinned_bytes: IntGauge,
     pub disk_evictions: IntCounter,
     evictions_seen: AtomicU64,
@@ -158,6 +161,14 @@ impl Metrics {
                 "disk_max_bytes",
                 "Configured bound of the disk tier.",
             ))
+            .unwrap(),
+            node_local_address_ready: IntGaugeVec::new(
+                opts(
+                    "node_local_address_ready",
+                    "1 when the node-local address is set up and the S3 listener bound on it, 0 when that failed (the pod stays unready).",
+                ),
+                &["listen"],
+            )
             .unwrap(),
             disk_pinned_bytes: IntGauge::with_opts(opts(
                 "disk_pinned_bytes",
@@ -388,6 +399,7 @@ impl Metrics {
             Box::new(self.disk_bytes.clone()),
             Box::new(self.disk_entries.clone()),
             Box::new(self.disk_max_bytes.clone()),
+            Box::new(self.node_local_address_ready.clone()),
             Box::new(self.disk_pinned_bytes.clone()),
             Box::new(self.disk_evictions.clone()),
             Box::new(self.s3_requests.clone()),

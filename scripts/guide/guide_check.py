@@ -186,6 +186,15 @@ def deep_merge(a, b):
     return out
 
 
+def node_address(v):
+    """Where build pods reach the S3 listener on their node: (address, port), from
+    s3Api.nodeLocalAddress (the chart makes the address) or s3Api.hostPort (the node has it)."""
+    api = v["s3Api"]
+    if api.get("nodeLocalAddress"):
+        return api["nodeLocalAddress"], api["nodeLocalPort"]
+    return api["hostPort"]["hostIP"], api["hostPort"]["port"]
+
+
 def check_chart_values(b):
     path = os.path.join(WORK, f"values-{b.name}.yaml")
     open(path, "w").write(b.text)
@@ -216,7 +225,12 @@ def check_chart_values(b):
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
     ports = {p["name"]: p for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]}
     hp = v["s3Api"]["hostPort"]
-    if v["s3Api"]["enabled"] and hp["enabled"]:
+    if v["s3Api"]["enabled"] and v["s3Api"].get("nodeLocalAddress"):
+        address, port = node_address(v)
+        listen = tomllib.loads(configs[b.name])["listen"]["s3"]
+        if ds["spec"]["template"]["spec"].get("hostNetwork") is not True or listen != f"{address}:{port}":
+            fail(b.where, f"the daemon must run on the host network with listen.s3 on {address}:{port} (is {listen})")
+    elif v["s3Api"]["enabled"] and hp["enabled"]:
         s3 = ports.get("s3", {})
         if s3.get("hostPort") != hp["port"] or s3.get("hostIP", "") != hp["hostIP"]:
             fail(b.where, f"the DaemonSet does not publish the S3 port on {hp['hostIP']}:{hp['port']}: {s3}")
@@ -462,7 +476,7 @@ def check_runner_values(b):
         return
     forward = v["s3Api"]["forward"]
     hosts = {h for f in forward for h in f["hosts"]}
-    hp = v["s3Api"]["hostPort"]
+    address, port = node_address(v)
     if cache.get("Type") != "s3":
         fail(b.where, 'Type must be "s3"')
     if cache.get("Shared") is not True:
@@ -475,17 +489,17 @@ def check_runner_values(b):
             fail(b.where, f"ServerAddress {server!r} is not a host of the chart's s3Api.forward ({sorted(hosts)})")
         aliases = k.get("host_aliases", [])
         ips = {a["ip"] for a in aliases}
-        names = {n for a in aliases if a["ip"] == hp["hostIP"] for n in a["hostnames"]}
-        if ips != {hp["hostIP"]}:
-            fail(b.where, f"host_aliases ip {sorted(ips)} is not the chart's s3Api.hostPort.hostIP {hp['hostIP']}")
+        names = {n for a in aliases if a["ip"] == address for n in a["hostnames"]}
+        if ips != {address}:
+            fail(b.where, f"host_aliases ip {sorted(ips)} is not the chart's node-local address {address}")
         if server not in names:
             fail(b.where, f"host_aliases does not map {server} to the node")
         if s3.get("PathStyle") is not True and f"{s3.get('BucketName')}.{server}" not in names:
             fail(b.where, "without PathStyle = true the bucket's virtual-host name must be aliased too")
         tls_s3 = v["tls"]["enabled"] and "s3" in v["tls"]["listeners"]
-        want_insecure = hp["port"] == 80 and not tls_s3
+        want_insecure = port == 80 and not tls_s3
         if s3.get("Insecure", False) != want_insecure:
-            fail(b.where, f"Insecure must be {want_insecure} for the chart's host port {hp['port']}")
+            fail(b.where, f"Insecure must be {want_insecure} for the chart's port {port} on the node")
         region = re.match(r"s3\.([a-z0-9-]+)\.amazonaws\.com$", server)
         if not region or s3.get("BucketLocation") != region.group(1):
             fail(b.where, f"BucketLocation {s3.get('BucketLocation')!r} is not the region of {server}")
@@ -520,12 +534,17 @@ def check_runner_cache(b):
             fail(b.where, "no chart-values access-key block before it")
             return
         v = merged_values("access-key")
-        svc = next(d for d in renders.get("access-key", []) if d["kind"] == "Service"
-                   and any(p["name"] == "s3" for p in d["spec"]["ports"]))
-        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "s3")
-        want = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{port}"
+        svc = next((d for d in renders.get("access-key", []) if d["kind"] == "Service"
+                    and any(p["name"] == "s3" for p in d["spec"]["ports"])), None)
+        if svc is not None:
+            port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "s3")
+            want = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{port}"
+        else:
+            # The S3 listener is on the node-local address only.
+            address, port = node_address(v)
+            want = address if port == 80 else f"{address}:{port}"
         if s3.get("ServerAddress") != want:
-            fail(b.where, f"ServerAddress {s3.get('ServerAddress')!r}: the chart's Service is {want}")
+            fail(b.where, f"ServerAddress {s3.get('ServerAddress')!r}: the chart's S3 front is at {want}")
         if s3.get("BucketName") not in {bk["name"] for bk in v["s3Api"]["buckets"]}:
             fail(b.where, f"BucketName {s3.get('BucketName')!r} is not one of the chart's s3Api.buckets")
         if s3.get("AuthenticationType") != "access-key":
@@ -640,7 +659,7 @@ def check_node_bootstrap(b):
     if not check_shell(b):
         return
     v = merged_values("base") if "base" in values_files else None
-    ip = v["s3Api"]["hostPort"]["hostIP"] if v else "?"
+    ip = node_address(v)[0] if v else "?"
     if f"Address={ip}/32" not in b.text:
         fail(b.where, f"does not put the chart's s3Api.hostPort.hostIP {ip} on the node")
     else:
@@ -665,7 +684,7 @@ CHECKS = {
 }
 # Each of these must be in the guide: a block removed is a check lost.
 REQUIRED = ["chart-values", "daemon-config", "iam-policy", "iam-trust", "runner-values",
-            "runner-cache", "settings-gradle", "build-gradle", "gitlab-ci", "node-bootstrap"]
+            "runner-cache", "settings-gradle", "build-gradle", "gitlab-ci"]
 
 # chart-values first (the others compare against them), then the runner, then the rest.
 order = ["chart-values", "daemon-config", "runner-values", "runner-cache", "build-gradle"]

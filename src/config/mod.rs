@@ -188,6 +188,7 @@ impl Config {
         }
         self.validate_tls()?;
         self.validate_s3_api()?;
+        self.validate_node_local()?;
         if let Some(s3) = &self.s3 {
             if s3.bucket.is_empty() {
                 return Err(ConfigError::invalid(
@@ -560,6 +561,91 @@ impl Config {
             tls.handshake_timeout,
             Duration::from_secs(300),
         )
+    }
+}
+
+/// Addresses of AWS services on every instance, which a node-local address must never shadow.
+const AWS_LINK_LOCAL: [(&str, &str); 5] = [
+    ("169.254.169.254", "the instance metadata service"),
+    ("169.254.169.253", "the Amazon DNS server"),
+    ("169.254.169.123", "the Amazon Time Sync Service"),
+    ("169.254.170.2", "the ECS credentials endpoint"),
+    ("169.254.170.23", "the EKS Pod Identity agent"),
+];
+
+impl Config {
+    /// A link-local or loopback IPv4 address (others only when asked for), not one of AWS's,
+    /// a link name the kernel accepts, and `listen.s3` on the address.
+    fn validate_node_local(&self) -> Result<(), ConfigError> {
+        let node = &self.node_local;
+        if node.address.is_empty() {
+            if node.run_as_user != 0 || node.run_as_group != 0 {
+                return Err(ConfigError::invalid(
+                    "node_local.run_as_user",
+                    "switches users after the node-local address is set up; it needs node_local.address",
+                ));
+            }
+            return Ok(());
+        }
+        let address: std::net::Ipv4Addr = node.address.parse().map_err(|_| {
+            ConfigError::invalid(
+                "node_local.address",
+                format!(
+                    "{:?} is not an IPv4 address like \"169.254.20.11\"",
+                    node.address
+                ),
+            )
+        })?;
+        if let Some((_, what)) = AWS_LINK_LOCAL.iter().find(|(a, _)| *a == node.address) {
+            return Err(ConfigError::invalid(
+                "node_local.address",
+                format!("{address} is {what} on AWS; choose another, e.g. 169.254.20.11"),
+            ));
+        }
+        let local = address.is_link_local() || address.is_loopback();
+        if !local && !node.allow_routable_address {
+            return Err(ConfigError::invalid(
+                "node_local.address",
+                format!(
+                    "{address} is outside 169.254.0.0/16 and 127.0.0.0/8, so it may be routed beyond the node or belong to another host; set node_local.allow_routable_address = true if that is meant"
+                ),
+            ));
+        }
+        if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
+            return Err(ConfigError::invalid(
+                "node_local.address",
+                format!("{address} cannot be a host's address"),
+            ));
+        }
+        let name = &node.interface;
+        let valid_name = (1..=15).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && name != "lo";
+        if !valid_name {
+            return Err(ConfigError::invalid(
+                "node_local.interface",
+                format!(
+                    "{name:?} is not a link name: 1 to 15 letters, digits, '-', '_' or '.', not lo"
+                ),
+            ));
+        }
+        let on_address = self
+            .listen
+            .s3
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|listen| listen.ip() == std::net::IpAddr::V4(address));
+        if !on_address {
+            return Err(ConfigError::invalid(
+                "listen.s3",
+                format!(
+                    "{:?} must be on node_local.address, e.g. \"{address}:80\"",
+                    self.listen.s3
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -485,3 +485,62 @@ fn forward_entries_need_the_s3_listener() {
     let err = parse(text).unwrap_err().to_string();
     assert!(err.contains("listen.s3"), "{err}");
 }
+
+#[test]
+fn node_local_address_must_be_link_local_or_loopback() {
+    let with = |address: &str, extra: &str| {
+        parse(&format!(
+            "[listen]\ns3 = \"{address}:80\"\n[node_local]\naddress = \"{address}\"\n{extra}"
+        ))
+    };
+    let config = with("169.254.20.11", "").unwrap();
+    assert_eq!(config.node_local.interface, "bcp0");
+    with("127.0.0.53", "").unwrap();
+    let err = with("10.0.0.5", "").unwrap_err().to_string();
+    assert!(err.starts_with("node_local.address:"), "{err}");
+    assert!(err.contains("allow_routable_address"), "{err}");
+    with("10.0.0.5", "allow_routable_address = true").unwrap();
+    // AWS's own link-local services, whatever the override says.
+    for aws in ["169.254.169.254", "169.254.170.23"] {
+        let err = with(aws, "allow_routable_address = true").unwrap_err();
+        assert!(err.to_string().contains("on AWS"), "{err}");
+    }
+    let err =
+        parse("[listen]\ns3 = \"169.254.20.11:80\"\n[node_local]\naddress = \"169.254.20.1x\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("not an IPv4 address"), "{err}");
+    let err = with("169.254.20.11", "interface = \"lo\"").unwrap_err();
+    assert!(
+        err.to_string().starts_with("node_local.interface:"),
+        "{err}"
+    );
+    let err = with("169.254.20.11", "interface = \"a-very-long-link-name\"").unwrap_err();
+    assert!(
+        err.to_string().starts_with("node_local.interface:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn node_local_address_is_where_the_s3_listener_is() {
+    let err = parse("[node_local]\naddress = \"169.254.20.11\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("listen.s3:"), "{err}");
+    let err = parse("[node_local]\nrun_as_user = 65532\n").unwrap_err();
+    assert!(
+        err.to_string().starts_with("node_local.run_as_user:"),
+        "{err}"
+    );
+    // The chart sets the address through the environment too.
+    let config = parse_env(
+        "",
+        &[
+            ("BUILD_CACHE_PROXY_NODE_LOCAL_ADDRESS", "169.254.20.11"),
+            ("BUILD_CACHE_PROXY_LISTEN_S3", "169.254.20.11:80"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.node_local.address, "169.254.20.11");
+}

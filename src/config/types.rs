@@ -28,8 +28,46 @@ pub struct Config {
     pub s3_api: S3ApiConfig,
     /// TLS on the listeners; off while no certificate is configured.
     pub tls: TlsConfig,
+    /// The node-local address `listen.s3` is bound to, made by the daemon at start.
+    pub node_local: NodeLocalConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The node-local address (docs/s3-forward.md): an IPv4 address, the same on every node, that
+/// the daemon makes exist in its network namespace at start (a dummy link, or `lo` when the
+/// kernel has no dummy driver) before binding `listen.s3` to it. For a DaemonSet on the host
+/// network, so build pods reach their node's S3 listener under a host alias. Off while
+/// `address` is empty.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeLocalConfig {
+    /// The address, e.g. "169.254.20.11"; `listen.s3` must be on it. "" turns this off.
+    pub address: String,
+    /// The dummy link made for it (at most 15 characters). Without a dummy driver the address
+    /// goes on `lo` instead.
+    pub interface: String,
+    /// Accept an address outside 169.254.0.0/16 and 127.0.0.0/8. Any other address may be
+    /// routed beyond the node, or be someone else's; refused unless this says so.
+    pub allow_routable_address: bool,
+    /// Once the address is set up and `listen.s3` bound (which need CAP_NET_ADMIN and, below
+    /// port 1024, CAP_NET_BIND_SERVICE), switch to this user ID, which drops every capability.
+    /// 0 keeps the user the daemon was started as.
+    pub run_as_user: u32,
+    /// The group ID to switch to with `run_as_user`.
+    pub run_as_group: u32,
+}
+
+impl Default for NodeLocalConfig {
+    fn default() -> Self {
+        NodeLocalConfig {
+            address: String::new(),
+            interface: "bcp0".into(),
+            allow_routable_address: false,
+            run_as_user: 0,
+            run_as_group: 0,
+        }
+    }
 }
 
 /// Where the daemon listens. An empty address turns that listener off.

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use crate::metrics::Metrics;
+use crate::node_local::NodeLocalState;
 use crate::server::access::Outcome;
 use crate::server::body::{self, ResponseBody};
 use crate::server::Front;
@@ -28,6 +29,8 @@ pub struct AdminFront {
     memory: MemoryTier,
     disk: DiskTier,
     remote: Option<RemoteStatus>,
+    /// The node-local address, with `[node_local]`: `/readyz` fails while it is not set up.
+    node_local: Option<NodeLocalState>,
     /// The last disk check: when it started, and what it found.
     ready_check: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
@@ -60,6 +63,7 @@ impl AdminFront {
             memory,
             disk,
             remote: None,
+            node_local: None,
             ready_check: tokio::sync::Mutex::new(None),
         }
     }
@@ -68,6 +72,18 @@ impl AdminFront {
     pub fn with_remote(mut self, remote: RemoteStatus) -> Self {
         self.remote = Some(remote);
         self
+    }
+
+    /// Reports the node-local address on the status page and `/readyz`.
+    pub fn with_node_local(mut self, state: NodeLocalState) -> Self {
+        self.node_local = Some(state);
+        self
+    }
+
+    fn node_local_line(&self) -> String {
+        self.node_local
+            .as_ref()
+            .map_or(String::new(), NodeLocalState::describe)
     }
 
     fn remote_line(&self) -> String {
@@ -122,7 +138,8 @@ impl AdminFront {
             settings.dir.display(),
             disk.evictions,
             disk.pinned_bytes,
-        ) + &self.remote_line()
+        ) + &self.node_local_line()
+            + &self.remote_line()
     }
 }
 
@@ -143,10 +160,16 @@ impl Front for AdminFront {
             }
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             "/readyz" => match self.disk_writable().await {
+                // Build pods reach S3 through the address: without it the node serves nothing.
+                Ok(()) if self.node_local.as_ref().is_some_and(|n| !n.is_ready()) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    self.node_local_line(),
+                ),
                 Ok(()) => (
                     StatusCode::OK,
                     "text/plain",
-                    format!("ready\n{}", self.remote_line()),
+                    format!("ready\n{}{}", self.node_local_line(), self.remote_line()),
                 ),
                 Err(why) => (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -65,6 +65,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $root.Values.tls.enabled (has (index . 1) $root.Values.tls.listeners) }}true{{ end }}
 {{- end }}
 
+{{/* True ("true") when the chart makes the node-local address: the pod runs on the host network. */}}
+{{- define "bcp.nodeLocal" -}}
+{{- if .Values.s3Api.nodeLocalAddress }}
+{{- if not .Values.s3Api.enabled }}
+{{- fail "s3Api.nodeLocalAddress is where the S3 listener answers: it needs s3Api.enabled" }}
+{{- end }}true
+{{- end }}
+{{- end }}
+
 {{/* The Service's in-cluster DNS name. */}}
 {{- define "bcp.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "bcp.fullname" .) .Release.Namespace }}
@@ -134,12 +143,22 @@ daemon's default applies. Pass (list "section.path" $map).
 {{- if or (hasKey $cfg "tls") (hasKey $cfg "s3_api") }}
 {{- fail "config.tls and config.s3_api are rendered from tls and s3Api; remove them from config" }}
 {{- end }}
+{{- range $owned := list "address" "interface" "run_as_user" "run_as_group" }}
+{{- if hasKey ($cfg.node_local | default dict) $owned }}
+{{- fail (printf "config.node_local.%s is set by the chart (s3Api.nodeLocalAddress, nodeLocalInterface, podSecurityContext); remove it" $owned) }}
+{{- end }}
+{{- end }}
 {{- if hasKey ($cfg.gradle | default dict) "users" }}
 {{- fail "config.gradle.users is rendered from auth.gradleUsers; remove it" }}
 {{- end }}
 {{- $bind := $v.bindAddress }}
 {{- $listen := merge (dict "gradle" (printf "%s:%d" $bind (int $v.ports.gradle)) "admin" (printf "%s:%d" $bind (int $v.ports.admin))) ($cfg.listen | default dict) }}
-{{- if $v.s3Api.enabled }}
+{{- if include "bcp.nodeLocal" . }}
+{{- /* The daemon makes the address and binds the S3 listener there, then drops to the pod's user. */}}
+{{- $_ := set $listen "s3" (printf "%s:%d" $v.s3Api.nodeLocalAddress (int $v.s3Api.nodeLocalPort)) }}
+{{- $node := dict "address" $v.s3Api.nodeLocalAddress "interface" $v.s3Api.nodeLocalInterface "run_as_user" (int $v.podSecurityContext.runAsUser) "run_as_group" (int $v.podSecurityContext.runAsGroup) }}
+{{- $_ := set $cfg "node_local" (merge $node ($cfg.node_local | default dict)) }}
+{{- else if $v.s3Api.enabled }}
 {{- $_ := set $listen "s3" (printf "%s:%d" $bind (int $v.ports.s3)) }}
 {{- else }}
 {{- $_ := set $listen "s3" "" }}
@@ -149,6 +168,10 @@ daemon's default applies. Pass (list "section.path" $map).
 {{- $s3 := $cfg.s3 | default dict }}
 {{- $_ := unset $cfg "s3" }}
 # Rendered by the build-cache-proxy Helm chart from its values; edit the values, not this file.
+{{- if include "bcp.nodeLocal" . }}
+# On the host network (s3Api.nodeLocalAddress) the pod sets listen.gradle and listen.admin to
+# its own address, the node's (BUILD_CACHE_PROXY_LISTEN_GRADLE and _ADMIN from status.podIP).
+{{- end }}
 {{- range $section := list "listen" "memory" "disk" }}
 {{- if hasKey $cfg $section }}
 
