@@ -16,7 +16,7 @@
 # BCP_S3TESTS_BIN (a daemon binary; default: `cargo build --bin build-cache-proxy`, copied into
 # the scratch directory so a rebuild of the tree does not change it mid-run),
 # BCP_S3TESTS_SEAWEEDFS_PORT, BCP_S3TESTS_FRONT_PORT, BCP_S3TESTS_POOL (how many buckets the
-# front serves for the suite, default 30), BCP_S3TESTS_TIMEOUT (seconds per test, default 120),
+# front serves for the suite, each used once; default 1000), BCP_S3TESTS_TIMEOUT (seconds per test, default 120),
 # BCP_S3TESTS_ONLY ("seaweedfs" or "front": run one target).
 set -euo pipefail
 
@@ -31,7 +31,7 @@ work=$(cd "$work" && pwd)
 venv=${BCP_S3TESTS_VENV:-$HOME/.cache/build-cache-proxy/s3-tests-venv}
 sw_port=${BCP_S3TESTS_SEAWEEDFS_PORT:-8633}
 front_port=${BCP_S3TESTS_FRONT_PORT:-8660}
-pool=${BCP_S3TESTS_POOL:-30}
+pool=${BCP_S3TESTS_POOL:-1000}
 timeout=${BCP_S3TESTS_TIMEOUT:-120}
 only=${BCP_S3TESTS_ONLY:-}
 echo "scratch: $work"

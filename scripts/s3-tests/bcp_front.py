@@ -6,8 +6,10 @@ bucket named "<prefix><n>" (n counting up in the test process) and ends by delet
 whose name holds the prefix, listing it with ListObjectVersions first (also 501 on the front).
 So, for the front run only, this plugin:
 
-- starts n again at 1 for each test, so each test's buckets are "<prefix>1", "<prefix>2", ...,
-  which the daemon is configured with (BCP_S3TESTS_BUCKETS, comma-separated);
+- relies on the daemon being configured with "<prefix>1" ... "<prefix><pool>"
+  (BCP_S3TESTS_BUCKETS, comma-separated), enough for every bucket of the run, so each name is
+  used once (reusing names would show what the backend keeps of a previous test: SeaweedFS
+  lists the "directories" of deleted keys as common prefixes, under a key prefix);
 - answers CreateBucket of one of those names on the client side, after emptying the bucket
   through the front (objects and unfinished multipart uploads), so the test starts on an existing,
   empty bucket as it expects; CreateBucket of any other name goes to the front as sent;
@@ -19,7 +21,6 @@ So, for the front run only, this plugin:
 
 Everything else a test sends reaches the front unchanged. The SeaweedFS run uses none of this.
 """
-import itertools
 import os
 
 import boto3
@@ -114,6 +115,5 @@ def pytest_configure(config):
 def pytest_runtest_setup(item):
     import s3tests.functional as suite
 
-    suite.bucket_counter = itertools.count(1)
     suite.setup = lambda: None
     suite.teardown = lambda: None

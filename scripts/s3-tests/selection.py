@@ -68,7 +68,7 @@ NAMES = [
     (r"cors", "CORS: not offered by the front"),
     (r"torrent", "torrent: not offered by the front"),
     (r"attributes", "GetObjectAttributes: not offered by the front"),
-    (r"versioned|versioning|_version_", "versioning: the front has no versions"),
+    (r"versioned|versioning|_version_|current", "versioning: the front has no versions"),
     (r"sse_c|sse_kms|_enc$|encryption|kms", "server-side encryption: not offered by the front"),
     (r"tagging|_tags_", "tagging: not offered by the front"),
     (r"lock", "object lock: not offered by the front"),
