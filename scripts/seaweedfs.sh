@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts one SeaweedFS S3 server on loopback for the test run: `scripts/seaweedfs.sh start DIR`
 # prints the endpoint once it answers; `scripts/seaweedfs.sh stop DIR` stops it.
-# Credentials are AK / SK (tests/common/s3.rs uses the same).
+# Credentials are AK / SK (tests/common/s3.rs uses the same), or the identities of the
+# SeaweedFS s3.json file named by BCP_SEAWEEDFS_S3_CONFIG.
 set -euo pipefail
 cmd=${1:?start|stop}
 dir=${2:?state directory}
@@ -17,9 +18,14 @@ fi
 case "$cmd" in
 start)
   mkdir -p "$dir/data" "$dir/log"
-  cat > "$dir/s3.json" <<'JSON'
+  if [ -n "${BCP_SEAWEEDFS_S3_CONFIG:-}" ]; then
+    # Other identities (scripts/s3-tests.sh gives the suite's three users their keys).
+    cp "$BCP_SEAWEEDFS_S3_CONFIG" "$dir/s3.json"
+  else
+    cat > "$dir/s3.json" <<'JSON'
 {"identities":[{"name":"test","credentials":[{"accessKey":"AK","secretKey":"SK"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
+  fi
   weed -logdir="$dir/log" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$port" -s3.config="$dir/s3.json" \
     -s3.localSocket="$dir/s3.sock" -filer.localSocket="$dir/filer.sock" \
