@@ -513,3 +513,56 @@ async fn kept_headers_travel_with_the_object() {
     drop(other);
     node.stop().await;
 }
+
+/// A part uploaded twice (a retry whose first attempt finished last) and listed twice in the
+/// completion, as the ceph suite's "resend, first finishes last" does: the object is the part
+/// that finished last, whose listing comes last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_listed_twice_completes_with_the_last_one() {
+    let node = Node::start("part-twice").await;
+    let s3 = node.front();
+    for bucket in BUCKETS {
+        let key = "multi/twice.zip";
+        let id = s3
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .upload_id()
+            .unwrap()
+            .to_string();
+        let mut parts = Vec::new();
+        for body in [b"BBBBBBBB", b"AAAAAAAA"] {
+            let etag = s3
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .part_number(1)
+                .body(ByteStream::from(body.to_vec()))
+                .send()
+                .await
+                .unwrap()
+                .e_tag()
+                .unwrap()
+                .to_string();
+            parts.push(CompletedPart::builder().part_number(1).e_tag(etag).build());
+        }
+        s3.complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        assert_eq!(read(&s3, bucket, key).await, b"AAAAAAAA", "{bucket}");
+    }
+    node.stop().await;
+}

@@ -454,7 +454,8 @@ struct CompletePartDocument {
 }
 
 /// Parses a CompleteMultipartUpload body: 1 to 10,000 parts, numbers 1 to 10,000 in ascending
-/// order.
+/// order; a number may be listed again right after itself (a retried part's two ETags: the
+/// store uses the last).
 pub fn parse_complete_multipart_upload(body: &[u8]) -> Result<Vec<CompletedPart>, S3Error> {
     let document: CompleteDocument = parse(body, MAX_COMPLETE_BODY)?;
     if document.parts.is_empty() {
@@ -469,7 +470,7 @@ pub fn parse_complete_multipart_upload(body: &[u8]) -> Result<Vec<CompletedPart>
                 "Part number must be an integer between 1 and 10000, inclusive",
             ));
         }
-        if part.part_number <= previous {
+        if part.part_number < previous {
             return Err(S3Error::new(
                 S3ErrorCode::InvalidPartOrder,
                 "The list of parts was not in ascending order. Parts must be ordered by part number.",

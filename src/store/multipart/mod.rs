@@ -657,11 +657,19 @@ fn check_completion(
     if listed.is_empty() {
         return Err(MultipartError::NoParts);
     }
-    if listed.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+    if listed.windows(2).any(|pair| pair[0].0 > pair[1].0) {
         return Err(MultipartError::InvalidPartOrder);
     }
+    // A part number listed more than once (a client that retried a part lists both attempts'
+    // ETags): as S3 does, the part is used once, and the last listing of it is the one checked.
+    let listed: Vec<&(u32, String)> = listed
+        .iter()
+        .enumerate()
+        .filter(|(i, (number, _))| listed.get(i + 1).is_none_or(|next| next.0 != *number))
+        .map(|(_, part)| part)
+        .collect();
     let mut sources = Vec::with_capacity(listed.len());
-    for (i, (number, etag)) in listed.iter().enumerate() {
+    for (i, (number, etag)) in listed.iter().copied().enumerate() {
         let part = parts
             .get(number)
             .filter(|part| unquote(etag.trim()).eq_ignore_ascii_case(&part.info.etag()))

@@ -190,7 +190,14 @@ fn complete_multipart_upload_bodies() {
         format!("<CompleteMultipartUpload>{inner}</CompleteMultipartUpload>")
     };
     assert_eq!(code(&doc(&[2, 1])), S3ErrorCode::InvalidPartOrder);
-    assert_eq!(code(&doc(&[1, 1])), S3ErrorCode::InvalidPartOrder);
+    assert_eq!(code(&doc(&[1, 2, 1])), S3ErrorCode::InvalidPartOrder);
+    assert_eq!(
+        parse_complete_multipart_upload(doc(&[1, 1, 2]).as_bytes())
+            .unwrap()
+            .len(),
+        3,
+        "a retried part may be listed twice"
+    );
     assert_eq!(code(&doc(&[0])), S3ErrorCode::InvalidArgument);
     assert_eq!(code(&doc(&[10_001])), S3ErrorCode::InvalidArgument);
     assert_eq!(code(&doc(&[])), S3ErrorCode::MalformedXML);
