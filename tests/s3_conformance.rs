@@ -566,3 +566,77 @@ async fn a_part_listed_twice_completes_with_the_last_one() {
     }
     node.stop().await;
 }
+
+/// A PutObject's `x-amz-checksum-*` (verified against the body) is kept: GET and HEAD with
+/// `x-amz-checksum-mode: ENABLED` return it (the SDK then checks the body against it), and
+/// nothing else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_objects_checksum_is_returned_when_asked() {
+    use base64::Engine;
+    use sha2::Digest;
+    let node = Node::start("checksums").await;
+    let s3 = node.front();
+    let data = pattern(70_000, 8);
+    let sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
+    for bucket in BUCKETS {
+        s3.put_object()
+            .bucket(bucket)
+            .key("sum/checked.bin")
+            .checksum_sha256(&sha256)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap();
+        let asked = s3
+            .get_object()
+            .bucket(bucket)
+            .key("sum/checked.bin")
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asked.checksum_sha256(), Some(sha256.as_str()), "{bucket}");
+        assert!(asked.body.collect().await.unwrap().into_bytes().to_vec() == data);
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key("sum/checked.bin")
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.checksum_sha256(), Some(sha256.as_str()), "{bucket}");
+        // The SDK asks for checksums on every GET; a plain client that does not gets none.
+        let url = s3
+            .get_object()
+            .bucket(bucket)
+            .key("sum/checked.bin")
+            .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+            .await
+            .unwrap();
+        let plain = reqwest::get(url.uri()).await.unwrap();
+        assert_eq!(plain.status(), 200);
+        assert!(
+            plain.headers().get("x-amz-checksum-sha256").is_none(),
+            "{bucket}: only when asked"
+        );
+        // A wrong checksum stores nothing.
+        let wrong = s3
+            .put_object()
+            .bucket(bucket)
+            .key("sum/wrong.bin")
+            .checksum_sha256(&sha256)
+            .body(ByteStream::from(pattern(10, 9)))
+            .send()
+            .await;
+        assert_eq!(status(wrong), 400, "{bucket}");
+        let missing = s3
+            .head_object()
+            .bucket(bucket)
+            .key("sum/wrong.bin")
+            .send()
+            .await;
+        assert_eq!(status(missing), 404, "{bucket}");
+    }
+    node.stop().await;
+}

@@ -101,13 +101,23 @@ pub struct ObjectAttrs {
     /// User metadata: names lowercase and without the `x-amz-meta-` prefix, sorted by name.
     pub user: Vec<(String, String)>,
     /// The other headers S3 keeps with an object and answers on GET and HEAD, as the writer
-    /// sent them: [`KEPT_HEADERS`], in that order, those present.
+    /// sent them: [`KEPT_HEADERS`], then [`CHECKSUM_HEADERS`], in that order, those present.
     pub kept: Vec<(String, String)>,
 }
 
 /// The system headers, besides `Content-Type`, `Content-Encoding` and `Cache-Control`, that S3
 /// stores with an object as given on its PUT and returns on every read (lowercase names).
 pub const KEPT_HEADERS: [&str; 3] = ["content-disposition", "content-language", "expires"];
+
+/// The whole-object checksums a PUT may carry (and the front verified), kept with the object
+/// among its kept headers and returned when a reader asks for checksums.
+pub const CHECKSUM_HEADERS: [&str; 5] = [
+    "x-amz-checksum-crc32",
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-crc64nvme",
+    "x-amz-checksum-sha1",
+    "x-amz-checksum-sha256",
+];
 
 impl ObjectAttrs {
     /// A kept header's value, if the object has it.

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::store::backend::{ByteRange, Conditions, GetOptions};
-use crate::store::{ObjectAttrs, ObjectMeta, PutOptions, KEPT_HEADERS};
+use crate::store::{ObjectAttrs, ObjectMeta, PutOptions, CHECKSUM_HEADERS, KEPT_HEADERS};
 
 /// The prefix of user metadata headers.
 pub const META_PREFIX: &str = "x-amz-meta-";
@@ -128,9 +128,40 @@ pub fn object_headers(meta: &ObjectMeta, headers: &mut HeaderMap) {
         }
     }
     for (name, value) in &attrs.kept {
+        // Checksums only when asked for (see `checksum_headers`).
+        if CHECKSUM_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
         if let Ok(name) = HeaderName::try_from(name.as_str()) {
             insert_text(headers, name, value);
         }
+    }
+}
+
+/// The object's checksums, for a reader that sent `x-amz-checksum-mode: ENABLED` and reads the
+/// whole object (S3 gives none for a range): the kept `x-amz-checksum-*` headers and
+/// `x-amz-checksum-type: FULL_OBJECT`.
+pub fn checksum_headers(meta: &ObjectMeta, request: &HeaderMap, headers: &mut HeaderMap) {
+    let asked = request
+        .get("x-amz-checksum-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"ENABLED"));
+    if !asked {
+        return;
+    }
+    let mut any = false;
+    for (name, value) in &meta.attrs.kept {
+        if CHECKSUM_HEADERS.contains(&name.as_str()) {
+            if let Ok(name) = HeaderName::try_from(name.as_str()) {
+                insert_text(headers, name, value);
+                any = true;
+            }
+        }
+    }
+    if any {
+        headers.insert(
+            HeaderName::from_static("x-amz-checksum-type"),
+            HeaderValue::from_static("FULL_OBJECT"),
+        );
     }
 }
 

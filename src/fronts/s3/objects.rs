@@ -6,17 +6,20 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
+use super::checksum::to_base64;
 use super::chunked::{AwsChunkedDecoder, ChunkedOptions};
 use super::digest::{ExpectedDigests, VerifyDigests};
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
-use super::object_headers::{get_options, http_date, object_headers, put_options, HeaderError};
+use super::object_headers::{
+    checksum_headers, get_options, http_date, object_headers, put_options, HeaderError,
+};
 use super::xml;
 use crate::fronts::reply::{content_length, respond, set_length, with_tier};
 use crate::server::body::{self, ResponseBody};
 use crate::server::ConnInfo;
 use crate::store::backend::{Backend, ByteRange, Conditions, GetOptions, Verdict};
-use crate::store::{ByteStream, Object, ObjectMeta, PutOptions, Read, Store};
+use crate::store::{ByteStream, Object, ObjectMeta, PutOptions, Read, Store, CHECKSUM_HEADERS};
 
 /// The largest object one PutObject may create (S3's limit; larger ones go in parts).
 pub const MAX_PUT_SIZE: u64 = 5 << 30;
@@ -36,6 +39,9 @@ impl<B: Backend> S3Front<B> {
                 let Object { meta, body, tier } = object;
                 let ranged = options.range.is_some();
                 let mut response = found(&meta, span, ranged, body::stream(body));
+                if !ranged {
+                    checksum_headers(&meta, req.headers(), response.headers_mut());
+                }
                 apply_overrides(&overrides, response.headers_mut());
                 Ok(with_tier(response, tier))
             }
@@ -75,6 +81,9 @@ impl<B: Backend> S3Front<B> {
             },
         };
         let mut response = found(&meta, span, options.range.is_some(), body::empty());
+        if options.range.is_none() {
+            checksum_headers(&meta, req.headers(), response.headers_mut());
+        }
         apply_overrides(&overrides, response.headers_mut());
         Ok(response)
     }
@@ -89,7 +98,13 @@ impl<B: Backend> S3Front<B> {
     ) -> Response<ResponseBody> {
         let prepared = auth.key(&self.namespace(auth)).and_then(|key| {
             let plan = self.body_plan(&req, auth, MAX_PUT_SIZE)?;
-            let options = put_options(req.headers()).map_err(header_error)?;
+            let mut options = put_options(req.headers()).map_err(header_error)?;
+            // The body is verified against its `x-amz-checksum-*` header before anything is
+            // stored, so the object keeps a checksum it is known to have.
+            if let Some((algorithm, value)) = &plan.digests.checksum {
+                let kept = (algorithm.header_name().to_string(), to_base64(value));
+                options.attrs.kept.push(kept);
+            }
             Ok((key, plan, options))
         });
         let (key, plan, options) = match prepared {
@@ -232,7 +247,15 @@ impl<B: Backend> S3Front<B> {
             Read::RangeNotSatisfiable(_) => unreachable!("a copy asks for no range"),
         };
         let options = if replace {
-            put_options(req.headers()).map_err(header_error)?
+            // The body is the source's: so are its checksums.
+            let mut options = put_options(req.headers()).map_err(header_error)?;
+            let checksums = object.meta.attrs.kept.iter();
+            options.attrs.kept.extend(
+                checksums
+                    .filter(|(name, _)| CHECKSUM_HEADERS.contains(&name.as_str()))
+                    .cloned(),
+            );
+            options
         } else {
             PutOptions::object(object.meta.attrs.clone())
         };
