@@ -576,6 +576,9 @@ async fn a_put_objects_checksum_is_returned_when_asked() {
     use sha2::Digest;
     let node = Node::start("checksums").await;
     let s3 = node.front();
+    let other_work = tempfile::tempdir().unwrap();
+    let other_node = Daemon::start_spec(other_work.path(), s3t::spec(&node_config(&node.backend)));
+    let s3_other = client_as(&other_node.s3_url(), KEY, SECRET);
     let data = pattern(70_000, 8);
     let sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
     for bucket in BUCKETS {
@@ -620,6 +623,45 @@ async fn a_put_objects_checksum_is_returned_when_asked() {
             plain.headers().get("x-amz-checksum-sha256").is_none(),
             "{bucket}: only when asked"
         );
+        // Another node, which never saw the PUT, reads the checksum with the object from S3.
+        if bucket != "local" {
+            if bucket == "back" {
+                common::eventually("the write-back upload", Duration::from_secs(30), || async {
+                    s3t::object(&client(&endpoint()), &node.backend, "back/sum/checked.bin")
+                        .await
+                        .is_some()
+                })
+                .await;
+            }
+            let other = s3_other
+                .head_object()
+                .bucket(bucket)
+                .key("sum/checked.bin")
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                other.checksum_sha256(),
+                Some(sha256.as_str()),
+                "{bucket}: other node"
+            );
+            assert!(
+                other.metadata().is_none_or(|m| m.is_empty()),
+                "{bucket}: the daemon's own metadata is not shown: {:?}",
+                other.metadata()
+            );
+        }
+        // The daemon's own metadata names are not a client's to set.
+        let reserved = s3
+            .put_object()
+            .bucket(bucket)
+            .key("sum/forged.bin")
+            .metadata("build-cache-proxy-checksum-sha256", &sha256)
+            .body(ByteStream::from(pattern(10, 9)))
+            .send()
+            .await;
+        assert_eq!(status(reserved), 400, "{bucket}");
         // A wrong checksum stores nothing.
         let wrong = s3
             .put_object()

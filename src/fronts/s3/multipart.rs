@@ -8,7 +8,7 @@ use hyper::Request;
 
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
-use super::object_headers::put_options;
+use super::object_headers::client_put_options;
 use super::objects::{header_error, quoted};
 use super::xml;
 use crate::fronts::reply::respond;
@@ -28,7 +28,7 @@ impl<B: Backend> S3Front<B> {
         auth: &Authorized,
     ) -> Result<Response<ResponseBody>, S3Error> {
         let key = auth.key(&self.namespace(auth))?;
-        let options = put_options(req.headers()).map_err(header_error)?;
+        let options = client_put_options(req.headers()).map_err(header_error)?;
         let upload_id = self
             .multipart
             .create(&key, options.attrs)

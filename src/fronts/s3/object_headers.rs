@@ -30,7 +30,14 @@ pub enum HeaderError {
     MetadataTooLarge(usize),
     /// A header whose value is not text (S3's `InvalidArgument`).
     NotText(String),
+    /// User metadata under the daemon's own names (`InvalidArgument`): they carry the
+    /// checksums other nodes trust, so no client may set them.
+    Reserved(String),
 }
+
+/// The user metadata names the daemon keeps for itself in S3 (the object's CRC32C, a kept
+/// checksum): `x-amz-meta-build-cache-proxy-*`.
+pub const RESERVED_METADATA: &str = "build-cache-proxy-";
 
 /// A GET's or HEAD's range and preconditions. A `Range` that is not one byte range is ignored
 /// (the whole object is served, as S3 does), and so is a date that does not parse.
@@ -43,6 +50,21 @@ pub fn get_options(headers: &HeaderMap) -> GetOptions {
             if_modified_since: date(headers, header::IF_MODIFIED_SINCE),
             if_unmodified_since: date(headers, header::IF_UNMODIFIED_SINCE),
         },
+    }
+}
+
+/// [`put_options`] of a client's write through the front, which may not set the daemon's own
+/// metadata ([`RESERVED_METADATA`]).
+pub fn client_put_options(headers: &HeaderMap) -> Result<PutOptions, HeaderError> {
+    let options = put_options(headers)?;
+    match options
+        .attrs
+        .user
+        .iter()
+        .find(|(name, _)| name.starts_with(RESERVED_METADATA))
+    {
+        Some((name, _)) => Err(HeaderError::Reserved(format!("{META_PREFIX}{name}"))),
+        None => Ok(options),
     }
 }
 
@@ -62,6 +84,7 @@ pub fn put_options(headers: &HeaderMap) -> Result<PutOptions, HeaderError> {
         let Some(short) = name.as_str().strip_prefix(META_PREFIX) else {
             continue;
         };
+
         let value = value
             .to_str()
             .map_err(|_| HeaderError::NotText(name.to_string()))?;

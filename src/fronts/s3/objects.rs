@@ -12,7 +12,8 @@ use super::digest::{ExpectedDigests, VerifyDigests};
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
 use super::object_headers::{
-    checksum_headers, get_options, http_date, object_headers, put_options, HeaderError,
+    checksum_headers, client_put_options, get_options, http_date, object_headers, HeaderError,
+    RESERVED_METADATA,
 };
 use super::xml;
 use crate::fronts::reply::{content_length, respond, set_length, with_tier};
@@ -98,7 +99,7 @@ impl<B: Backend> S3Front<B> {
     ) -> Response<ResponseBody> {
         let prepared = auth.key(&self.namespace(auth)).and_then(|key| {
             let plan = self.body_plan(&req, auth, MAX_PUT_SIZE)?;
-            let mut options = put_options(req.headers()).map_err(header_error)?;
+            let mut options = client_put_options(req.headers()).map_err(header_error)?;
             // The body is verified against its `x-amz-checksum-*` header before anything is
             // stored, so the object keeps a checksum it is known to have.
             if let Some((algorithm, value)) = &plan.digests.checksum {
@@ -248,7 +249,7 @@ impl<B: Backend> S3Front<B> {
         };
         let options = if replace {
             // The body is the source's: so are its checksums.
-            let mut options = put_options(req.headers()).map_err(header_error)?;
+            let mut options = client_put_options(req.headers()).map_err(header_error)?;
             let checksums = object.meta.attrs.kept.iter();
             options.attrs.kept.extend(
                 checksums
@@ -463,6 +464,12 @@ pub(super) fn header_error(err: HeaderError) -> S3Error {
         HeaderError::NotText(name) => S3Error::new(
             S3ErrorCode::InvalidArgument,
             format!("Header {name} is not valid text"),
+        ),
+        HeaderError::Reserved(name) => S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            format!(
+                "Metadata names starting with {RESERVED_METADATA} are this endpoint's own: {name}"
+            ),
         ),
     }
 }

@@ -48,6 +48,16 @@ type SdkError<E> = aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::Http
 /// client's own `x-amz-meta-*` can never be taken for it (the S3 front refuses it from clients
 /// and never shows it).
 pub const CRC32C_META: &str = "build-cache-proxy-crc32c";
+/// The user metadata that carries a client's verified whole-object checksum (a kept
+/// `x-amz-checksum-<algorithm>`) between nodes: `build-cache-proxy-checksum-<algorithm>`. In our
+/// own metadata, so that a node reads it with the object's headers and no checksum validation
+/// of its body by the SDK (the fill verifies the CRC32C already).
+pub const CHECKSUM_META_PREFIX: &str = "build-cache-proxy-checksum-";
+/// The S3 header of a kept checksum, and its metadata name.
+pub fn checksum_meta_name(header: &str) -> Option<String> {
+    let algorithm = header.strip_prefix("x-amz-checksum-")?;
+    Some(format!("{CHECKSUM_META_PREFIX}{algorithm}"))
+}
 /// The name the first release used, still honoured for Gradle entries (whose objects no client
 /// writes metadata on).
 pub const LEGACY_CRC32C_META: &str = "crc32c";

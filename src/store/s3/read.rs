@@ -10,10 +10,12 @@ use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_smithy_types::DateTime;
 use futures_util::StreamExt;
 
-use super::{S3Tier, CRC32C_META, LEGACY_CRC32C_META};
+use super::{checksum_meta_name, S3Tier, CHECKSUM_META_PREFIX, CRC32C_META, LEGACY_CRC32C_META};
 use crate::metrics::Metrics;
 use crate::store::backend::{unquote, Fetch, Fetched, GetOptions, ListRequest, Listed, Listing};
-use crate::store::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError, KEPT_HEADERS};
+use crate::store::{
+    ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError, CHECKSUM_HEADERS, KEPT_HEADERS,
+};
 
 /// The [`ObjectMeta`] of a GetObject or HeadObject answer (two SDK types with the same
 /// accessors) for an object of `len` bytes stored under `key`.
@@ -55,8 +57,11 @@ struct Headers<'a> {
 
 impl Headers<'_> {
     fn meta(&self) -> ObjectMeta {
-        let ours =
-            |name: &str| name == CRC32C_META || (self.legacy_crc && name == LEGACY_CRC32C_META);
+        let ours = |name: &str| {
+            name == CRC32C_META
+                || name.starts_with(CHECKSUM_META_PREFIX)
+                || (self.legacy_crc && name == LEGACY_CRC32C_META)
+        };
         let crc32c = self
             .metadata
             .and_then(|m| {
@@ -83,6 +88,11 @@ impl Headers<'_> {
                 .iter()
                 .zip(self.kept)
                 .filter_map(|(name, value)| Some((name.to_string(), value?.to_string())))
+                .chain(CHECKSUM_HEADERS.iter().filter_map(|header| {
+                    let meta_name = checksum_meta_name(header)?;
+                    let value = self.metadata?.get(&meta_name)?;
+                    Some((header.to_string(), value.clone()))
+                }))
                 .collect(),
         };
         meta

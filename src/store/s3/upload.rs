@@ -10,7 +10,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::file_body::region_body;
-use super::{S3Tier, CRC32C_META, MIN_PART_SIZE, UPLOAD_BASE_DEADLINE};
+use super::{checksum_meta_name, S3Tier, CRC32C_META, MIN_PART_SIZE, UPLOAD_BASE_DEADLINE};
 use crate::store::backend::{unquote, PartLayout, Upload};
 use crate::store::{ObjectAttrs, StoreError};
 
@@ -22,6 +22,11 @@ fn metadata(upload: &Upload) -> Vec<(String, String)> {
     let mut all = upload.attrs.user.clone();
     if let Some(crc) = upload.crc32c {
         all.push((CRC32C_META.to_string(), format!("{crc:08x}")));
+    }
+    for (header, value) in &upload.attrs.kept {
+        if let Some(name) = checksum_meta_name(header) {
+            all.push((name, value.clone()));
+        }
     }
     all
 }
