@@ -631,7 +631,13 @@ def check_gitlab_ci(b):
         return
     stages = doc.get("stages", ["build", "test", "deploy"])
     reserved = {"stages", "default", "variables", "cache", "include", "workflow", "image", "services"}
-    jobs = {k: j for k, j in doc.items() if isinstance(j, dict) and "script" in j}
+    for name in reserved & set(doc):
+        if isinstance(doc[name], dict) and "script" in doc[name]:
+            fail(b.where, f"{name!r} is a keyword of .gitlab-ci.yml, not a job name")
+    files = (doc.get("cache") or {}).get("key", {})
+    if isinstance(files, dict) and len(files.get("files", [])) > 2:
+        fail(b.where, "cache:key:files takes at most two files")
+    jobs = {k: j for k, j in doc.items() if isinstance(j, dict) and "script" in j and k not in reserved}
     for name, job in jobs.items():
         if job.get("stage", "test") not in stages:
             fail(b.where, f"job {name}: stage {job.get('stage')} is not in stages")
