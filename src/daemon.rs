@@ -214,6 +214,7 @@ impl Daemon {
                 limits.max_upload_bytes_per_ip.as_u64(),
                 metrics.uploads_declared_bytes.clone(),
             ),
+            max_unsized: limits.max_unsized_upload.as_u64(),
         };
         let mut daemon = Daemon {
             gradle_addr: None,

@@ -40,7 +40,7 @@ fn node_config(backend: &str) -> String {
         &endpoint(),
         "",
         &format!(
-            "{buckets}[[s3_api.credentials]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\nbuckets = {{ {} }}\n",
+            "[limits]\nmax_unsized_upload = \"4MiB\"\n\n{buckets}[[s3_api.credentials]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\nbuckets = {{ {} }}\n",
             grants.join(", ")
         ),
     )
@@ -66,6 +66,17 @@ impl Node {
 
     fn front(&self) -> aws_sdk_s3::Client {
         client_as(&self.daemon.s3_url(), KEY, SECRET)
+    }
+
+    /// Waits until the write-back bucket's `key` is in S3.
+    async fn uploaded(&self, key: &str) {
+        let backend_key = format!("back/{key}");
+        common::eventually("the write-back upload", Duration::from_secs(30), || async {
+            s3t::object(&client(&endpoint()), &self.backend, &backend_key)
+                .await
+                .is_some()
+        })
+        .await;
     }
 
     async fn stop(self) {
@@ -112,6 +123,69 @@ fn status<T, E>(result: Result<T, aws_sdk_s3::error::SdkError<E>>) -> u16 {
     }
 }
 
+/// Starts a multipart upload of `key` and uploads `parts` (number and body; a number may come
+/// again): the upload's id, and each part as a completion lists it.
+async fn upload_parts(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    parts: &[(i32, &[u8])],
+) -> (String, Vec<CompletedPart>) {
+    let id = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let mut listed = Vec::new();
+    for (number, data) in parts {
+        let etag = s3
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(*number)
+            .body(ByteStream::from(data.to_vec()))
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap()
+            .to_string();
+        listed.push(
+            CompletedPart::builder()
+                .part_number(*number)
+                .e_tag(etag)
+                .build(),
+        );
+    }
+    (id, listed)
+}
+
+/// A CompleteMultipartUpload of `parts`, to be sent (with conditions, if any).
+fn completion(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    parts: &[CompletedPart],
+) -> aws_sdk_s3::operation::complete_multipart_upload::builders::CompleteMultipartUploadFluentBuilder
+{
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.to_vec()))
+                .build(),
+        )
+}
+
 /// The SDK retries a completion whose answer it lost: the retry, on the node that completed
 /// the upload, gets 200 and the same ETag, and the object is the parts' bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,71 +196,25 @@ async fn a_retried_complete_multipart_upload_gets_the_same_answer() {
     let part2 = pattern(1000, 2);
     for bucket in BUCKETS {
         let key = "multi/retried.zip";
-        let id = s3
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
+        let (id, parts) = upload_parts(&s3, bucket, key, &[(1, &part1), (2, &part2)]).await;
+        let first = completion(&s3, bucket, key, &id, &parts)
             .send()
             .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_string();
-        let mut parts = Vec::new();
-        for (number, data) in [(1, &part1), (2, &part2)] {
-            let etag = s3
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&id)
-                .part_number(number)
-                .body(ByteStream::from(data.clone()))
-                .send()
-                .await
-                .unwrap()
-                .e_tag()
-                .unwrap()
-                .to_string();
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .e_tag(etag)
-                    .build(),
-            );
-        }
-        let complete = || {
-            s3.complete_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts.clone()))
-                        .build(),
+            .unwrap();
+        let retried = completion(&s3, bucket, key, &id, &parts)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{bucket}: retried completion: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
                 )
-                .send()
-        };
-        let first = complete().await.unwrap();
-        let retried = complete().await.unwrap_or_else(|e| {
-            panic!(
-                "{bucket}: retried completion: {}",
-                aws_sdk_s3::error::DisplayErrorContext(e)
-            )
-        });
+            });
         assert_eq!(first.e_tag(), retried.e_tag(), "{bucket}");
         assert!(first.e_tag().unwrap().ends_with("-2\""), "{bucket}");
         assert!(read(&s3, bucket, key).await == [part1.clone(), part2.clone()].concat());
         // Another key never learns of the upload.
-        let other = s3
-            .complete_multipart_upload()
-            .bucket(bucket)
-            .key("multi/other.zip")
-            .upload_id(&id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts.clone()))
-                    .build(),
-            )
+        let other = completion(&s3, bucket, "multi/other.zip", &id, &parts)
             .send()
             .await;
         assert_eq!(status(other), 404, "{bucket}");
@@ -473,12 +501,7 @@ async fn kept_headers_travel_with_the_object() {
             readers.push(("another node", &s3_other));
         }
         if bucket == "back" {
-            common::eventually("the write-back upload", Duration::from_secs(30), || async {
-                s3t::object(&client(&endpoint()), &node.backend, "back/kept/report.csv")
-                    .await
-                    .is_some()
-            })
-            .await;
+            node.uploaded("kept/report.csv").await;
         }
         for (who, reader) in readers {
             let got = reader
@@ -523,42 +546,9 @@ async fn a_part_listed_twice_completes_with_the_last_one() {
     let s3 = node.front();
     for bucket in BUCKETS {
         let key = "multi/twice.zip";
-        let id = s3
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .upload_id()
-            .unwrap()
-            .to_string();
-        let mut parts = Vec::new();
-        for body in [b"BBBBBBBB", b"AAAAAAAA"] {
-            let etag = s3
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&id)
-                .part_number(1)
-                .body(ByteStream::from(body.to_vec()))
-                .send()
-                .await
-                .unwrap()
-                .e_tag()
-                .unwrap()
-                .to_string();
-            parts.push(CompletedPart::builder().part_number(1).e_tag(etag).build());
-        }
-        s3.complete_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+        let (id, parts) =
+            upload_parts(&s3, bucket, key, &[(1, b"BBBBBBBB"), (1, b"AAAAAAAA")]).await;
+        completion(&s3, bucket, key, &id, &parts)
             .send()
             .await
             .unwrap_or_else(|e| panic!("{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
@@ -582,7 +572,8 @@ async fn a_put_objects_checksum_is_returned_when_asked() {
     let data = pattern(70_000, 8);
     let sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
     for bucket in BUCKETS {
-        s3.put_object()
+        let stored = s3
+            .put_object()
             .bucket(bucket)
             .key("sum/checked.bin")
             .checksum_sha256(&sha256)
@@ -590,6 +581,7 @@ async fn a_put_objects_checksum_is_returned_when_asked() {
             .send()
             .await
             .unwrap();
+        assert_eq!(stored.checksum_sha256(), Some(sha256.as_str()), "{bucket}");
         let asked = s3
             .get_object()
             .bucket(bucket)
@@ -626,12 +618,7 @@ async fn a_put_objects_checksum_is_returned_when_asked() {
         // Another node, which never saw the PUT, reads the checksum with the object from S3.
         if bucket != "local" {
             if bucket == "back" {
-                common::eventually("the write-back upload", Duration::from_secs(30), || async {
-                    s3t::object(&client(&endpoint()), &node.backend, "back/sum/checked.bin")
-                        .await
-                        .is_some()
-                })
-                .await;
+                node.uploaded("sum/checked.bin").await;
             }
             let other = s3_other
                 .head_object()
@@ -679,6 +666,168 @@ async fn a_put_objects_checksum_is_returned_when_asked() {
             .send()
             .await;
         assert_eq!(status(missing), 404, "{bucket}");
+    }
+    node.stop().await;
+}
+
+/// Uploads `data` to a presigned PUT URL as `curl -T -` does: from a pipe, so in HTTP/1.1
+/// chunked framing with no Content-Length. Returns the status and the answer's head and body.
+fn curl_upload_from_pipe(url: &str, data: &[u8]) -> (u16, String) {
+    use std::io::Write;
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sS", "-i", "-T", "-", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let mut stdin = curl.stdin.take().unwrap();
+    // curl may stop reading once it has the answer to a refused upload.
+    let _ = stdin.write_all(data);
+    drop(stdin);
+    let out = curl.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .filter(|line| line.starts_with("HTTP/"))
+        .filter_map(|line| line.split(' ').nth(1)?.parse().ok())
+        .rfind(|code| *code != 100)
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A PUT whose body comes in chunked framing with no length (`curl -T -`) is stored like any
+/// other, with its MD5 ETag, up to `limits.max_unsized_upload`; past that it is answered 400
+/// EntityTooLarge and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_without_a_length_is_taken_up_to_its_cap() {
+    use md5::Digest;
+    let node = Node::start("unsized").await;
+    let s3 = node.front();
+    let presign = |key: &'static str, bucket: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
+                .await
+                .unwrap()
+                .uri()
+                .to_string()
+        }
+    };
+    let data = pattern(3 * 1024 * 1024 + 5, 10);
+    let etag = format!("\"{}\"", hex::encode(md5::Md5::digest(&data)));
+    for bucket in BUCKETS {
+        let url = presign("piped/fits.bin", bucket).await;
+        let (code, answer) = tokio::task::spawn_blocking(move || {
+            curl_upload_from_pipe(&url, &pattern(3 * 1024 * 1024 + 5, 10))
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{bucket}: {answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("etag: {etag}")),
+            "{bucket}: {answer}"
+        );
+        assert!(
+            read(&s3, bucket, "piped/fits.bin").await == data,
+            "{bucket}"
+        );
+        let url = presign("piped/too-big.bin", bucket).await;
+        let (code, answer) = tokio::task::spawn_blocking(move || {
+            curl_upload_from_pipe(&url, &pattern(5 * 1024 * 1024, 11))
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 400, "{bucket}: {answer}");
+        assert!(answer.contains("<Code>EntityTooLarge</Code>"), "{answer}");
+        let missing = s3
+            .head_object()
+            .bucket(bucket)
+            .key("piped/too-big.bin")
+            .send()
+            .await;
+        assert_eq!(status(missing), 404, "{bucket}: nothing stored");
+    }
+    node.stop().await;
+}
+
+/// Conditional writes (`If-None-Match`, `If-Match` on PutObject and CompleteMultipartUpload)
+/// decide on the object the key has now: 412 when it fails, 404 for `If-Match` of a key with
+/// no object, and nothing written either way. Through S3, a second node decides on what the
+/// first one wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_decide_on_the_current_object() {
+    let node = Node::start("conditional-writes").await;
+    let s3 = node.front();
+    let other_work = tempfile::tempdir().unwrap();
+    let other_node = Daemon::start_spec(other_work.path(), s3t::spec(&node_config(&node.backend)));
+    let s3_other = client_as(&other_node.s3_url(), KEY, SECRET);
+    let put_if = |s3: &aws_sdk_s3::Client, bucket: &str, data: &[u8]| {
+        s3.put_object()
+            .bucket(bucket)
+            .key("cond/obj")
+            .body(ByteStream::from(data.to_vec()))
+    };
+    for bucket in BUCKETS {
+        let first = put_if(&s3, bucket, b"first")
+            .if_none_match("*")
+            .send()
+            .await
+            .unwrap();
+        let etag = first.e_tag().unwrap().to_string();
+        let refused = put_if(&s3, bucket, b"second")
+            .if_none_match("*")
+            .send()
+            .await;
+        assert_eq!(status(refused), 412, "{bucket}");
+        let refused = put_if(&s3, bucket, b"second")
+            .if_match("\"0123\"")
+            .send()
+            .await;
+        assert_eq!(status(refused), 412, "{bucket}");
+        assert_eq!(read(&s3, bucket, "cond/obj").await, b"first", "{bucket}");
+        let replaced = put_if(&s3, bucket, b"third").if_match(&etag).send().await;
+        assert_eq!(status(replaced), 200, "{bucket}");
+        assert_eq!(read(&s3, bucket, "cond/obj").await, b"third", "{bucket}");
+
+        // A completion: checked before its parts are assembled, so a refused one can be sent
+        // again once its condition holds.
+        let (id, parts) = upload_parts(&s3, bucket, "cond/obj", &[(1, b"parts")]).await;
+        let refused = completion(&s3, bucket, "cond/obj", &id, &parts)
+            .if_none_match("*")
+            .send()
+            .await;
+        assert_eq!(status(refused), 412, "{bucket}");
+        s3.delete_object()
+            .bucket(bucket)
+            .key("cond/obj")
+            .send()
+            .await
+            .unwrap();
+        let missing = put_if(&s3, bucket, b"fourth").if_match("*").send().await;
+        assert_eq!(status(missing), 404, "{bucket}");
+        let done = completion(&s3, bucket, "cond/obj", &id, &parts)
+            .if_none_match("*")
+            .send()
+            .await;
+        assert_eq!(status(done), 200, "{bucket}");
+        assert_eq!(read(&s3, bucket, "cond/obj").await, b"parts", "{bucket}");
+
+        // Another node sees the object through S3 and refuses to overwrite it.
+        if bucket != "local" {
+            if bucket == "back" {
+                node.uploaded("cond/obj").await;
+            }
+            let refused = put_if(&s3_other, bucket, b"other")
+                .if_none_match("*")
+                .send()
+                .await;
+            assert_eq!(status(refused), 412, "{bucket}: other node");
+        }
     }
     node.stop().await;
 }

@@ -124,6 +124,11 @@ pub struct LimitsConfig {
     /// lengths count against `disk.max_size` until the upload ends, so this keeps a few pods
     /// from refusing everyone else's writes by declaring large bodies.
     pub max_upload_bytes_per_ip: ByteSize,
+    /// Largest S3 object sent without a length (`Transfer-Encoding: chunked` with no
+    /// `Content-Length`, as `curl -T -` and streaming clients send it). Such a body counts this
+    /// much against `max_upload_bytes_per_ip` while it arrives, and takes disk space only as its
+    /// bytes arrive.
+    pub max_unsized_upload: ByteSize,
     /// A request head (request line and headers) must be complete this long after its first
     /// byte, or after the connection opened for the first request; else 408 and close.
     #[serde(with = "humantime_serde")]
@@ -154,6 +159,7 @@ impl Default for LimitsConfig {
             max_uploads: 256,
             max_uploads_per_ip: 64,
             max_upload_bytes_per_ip: ByteSize::gib(2),
+            max_unsized_upload: ByteSize::gib(1),
             header_timeout: Duration::from_secs(10),
             max_header_bytes: ByteSize::kib(16),
             body_min_rate: ByteSize::kib(16),

@@ -161,6 +161,9 @@ impl<S: Store> GradleFront<S> {
                 "s3_error"
             }
             StoreError::LengthMismatch { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::PreconditionFailed
+            | StoreError::NotFound
             | StoreError::BodyAborted(_)
             | StoreError::Full { .. }
             | StoreError::Io(_)
@@ -209,6 +212,16 @@ impl<S: Store> GradleFront<S> {
         drop(admitted);
         let response = match stored {
             Ok(_) => respond(StatusCode::OK, "stored", body::empty()),
+            // None of these comes of a Gradle PUT (its length is declared and checked above,
+            // and it has no conditions); listed so that the match stays exhaustive.
+            Err(StoreError::TooLarge { .. }) => {
+                respond(StatusCode::PAYLOAD_TOO_LARGE, "oversize", body::empty())
+            }
+            Err(StoreError::PreconditionFailed | StoreError::NotFound) => respond(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                body::empty(),
+            ),
             Err(StoreError::LengthMismatch { .. }) => respond(
                 StatusCode::BAD_REQUEST,
                 "short_body",

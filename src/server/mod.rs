@@ -326,6 +326,8 @@ pub struct UploadLimits {
     pub body: body::BodyLimits,
     pub slots: Slots,
     pub bytes: Slots,
+    /// The most a body sent without a length may have (where a front accepts one).
+    pub max_unsized: u64,
 }
 
 impl UploadLimits {

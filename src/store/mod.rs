@@ -129,6 +129,31 @@ impl ObjectAttrs {
     }
 }
 
+/// How long the body of a put is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLen {
+    /// Declared up front: exactly this many bytes, or the put fails.
+    Exact(u64),
+    /// Not declared (a request body sent with `Transfer-Encoding: chunked` and no length): what
+    /// arrives before the body's end, which must come within this many bytes.
+    AtMost(u64),
+}
+
+impl BodyLen {
+    /// The most bytes the body may have.
+    pub fn limit(self) -> u64 {
+        match self {
+            BodyLen::Exact(len) | BodyLen::AtMost(len) => len,
+        }
+    }
+}
+
+impl From<u64> for BodyLen {
+    fn from(len: u64) -> BodyLen {
+        BodyLen::Exact(len)
+    }
+}
+
 /// What a put says about its object besides the body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -137,12 +162,19 @@ pub struct PutOptions {
     /// Compute S3's ETag of a single PUT (the hex MD5 of the body) as the body is written, and
     /// keep it with the entry. Gradle entries are content-addressed and skip it.
     pub etag: bool,
+    /// A conditional write: `if_match` / `if_none_match` on the object it replaces (the other
+    /// conditions are a read's).
+    pub conditions: backend::Conditions,
 }
 
 impl PutOptions {
     /// An S3 object's put: with its attributes and an ETag.
     pub fn object(attrs: ObjectAttrs) -> PutOptions {
-        PutOptions { attrs, etag: true }
+        PutOptions {
+            attrs,
+            etag: true,
+            conditions: backend::Conditions::default(),
+        }
     }
 }
 
@@ -168,6 +200,15 @@ pub enum StoreError {
     /// The body stream ended before the declared length, or had more bytes than declared.
     #[error("body length mismatch: declared {declared} bytes, received {received}")]
     LengthMismatch { declared: u64, received: u64 },
+    /// A conditional write whose condition the current object fails.
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// A conditional write (`If-Match`) of a key that has no object.
+    #[error("no such object")]
+    NotFound,
+    /// A body of undeclared length went on past its limit ([`BodyLen::AtMost`]).
+    #[error("body larger than the {limit} bytes allowed")]
+    TooLarge { limit: u64 },
     /// The body stream failed (client disconnected, upstream error).
     #[error("body aborted: {0}")]
     BodyAborted(io::Error),
@@ -199,12 +240,13 @@ pub trait Store: Send + Sync + 'static {
         key: &Key,
     ) -> impl Future<Output = Result<Option<ObjectMeta>, StoreError>> + Send;
 
-    /// Stores exactly `len` bytes from `body`. Visible to readers only once complete; returns
-    /// the stored object's metadata (its ETag when `options.etag` asked for one).
+    /// Stores the bytes of `body`, as many as `len` says (a `u64` is an exact length). Visible
+    /// to readers only once complete; returns the stored object's metadata (its ETag when
+    /// `options.etag` asked for one).
     fn put(
         &self,
         key: &Key,
-        len: u64,
+        len: impl Into<BodyLen> + Send,
         body: ByteStream,
         options: &PutOptions,
     ) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;

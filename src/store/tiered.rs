@@ -46,7 +46,8 @@ use super::read_through::{Ask, ReadThrough, Through};
 use super::s3::S3Tier;
 use super::write_back::{Op, WriteBack};
 use super::{
-    ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store, StoreError, Tier,
+    BodyLen, ByteStream, Key, Namespace, Object, ObjectMeta, PutOptions, Read, Store, StoreError,
+    Tier,
 };
 use crate::metrics::Metrics;
 
@@ -293,11 +294,11 @@ impl<B: Backend> Store for TieredStore<B> {
     async fn put(
         &self,
         key: &Key,
-        len: u64,
+        len: impl Into<BodyLen> + Send,
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
-        self.put_routed(key, len, body, options).await
+        self.put_routed(key, len.into(), body, options).await
     }
 
     /// Per the namespace's write mode (see the module's documentation). `Ok(false)`: there was

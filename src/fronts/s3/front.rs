@@ -433,6 +433,9 @@ pub(super) fn store_error(err: StoreError) -> S3Error {
             S3ErrorCode::IncompleteBody,
             "You did not provide the number of bytes specified by the Content-Length HTTP header.",
         ),
+        StoreError::TooLarge { limit } => super::objects::too_large(limit),
+        StoreError::PreconditionFailed => super::objects::precondition_failed(),
+        StoreError::NotFound => super::objects::no_such_key(),
         StoreError::BodyAborted(e) => S3Error::from_body_error(&e).unwrap_or_else(|| {
             S3Error::new(
                 S3ErrorCode::IncompleteBody,

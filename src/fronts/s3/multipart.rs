@@ -8,13 +8,14 @@ use hyper::Request;
 
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
-use super::object_headers::client_put_options;
-use super::objects::{header_error, quoted};
+use super::object_headers::{client_put_options, write_conditions};
+use super::objects::{header_error, missing_content_length, quoted};
 use super::xml;
 use crate::fronts::reply::respond;
 use crate::server::body::{self, ResponseBody};
 use crate::store::backend::Backend;
 use crate::store::multipart::{MultipartError, MAX_PART_NUMBER};
+use crate::store::BodyLen;
 
 /// Most parts one ListParts page holds (S3's default and cap).
 const MAX_LISTED_PARTS: usize = 1000;
@@ -55,12 +56,17 @@ impl<B: Backend> S3Front<B> {
         let max_part = self.multipart.settings().max_part_size;
         let prepared = auth
             .key(&self.namespace(auth))
-            .and_then(|key| Ok((key, self.body_plan(&req, auth, max_part)?)));
-        let (key, plan) = match prepared {
+            .and_then(|key| Ok((key, self.body_plan(&req, auth, max_part)?)))
+            .and_then(|(key, plan)| match plan.len {
+                // A part's length is part of the upload's layout: it is declared.
+                BodyLen::Exact(len) => Ok((key, plan, len)),
+                BodyLen::AtMost(_) => Err(missing_content_length()),
+            });
+        let (key, plan, len) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => return self.refuse(req, auth, &e).await,
         };
-        self.receive(req, auth, plan, |stream, len| async move {
+        self.receive(req, auth, plan, |stream, _| async move {
             let etag = self
                 .multipart
                 .put_part(&key, upload_id, part_number, len, stream)
@@ -84,6 +90,7 @@ impl<B: Backend> S3Front<B> {
         auth: &Authorized,
         upload_id: &str,
     ) -> Response<ResponseBody> {
+        let conditions = write_conditions(req.headers());
         let (read, got) = match self
             .read_small_body(req, auth, xml::MAX_COMPLETE_BODY)
             .await
@@ -100,7 +107,7 @@ impl<B: Backend> S3Front<B> {
             let key = auth.key(&self.namespace(auth))?;
             let meta = self
                 .store
-                .complete_multipart(&self.multipart, &key, upload_id, &listed)
+                .complete_multipart(&self.multipart, &key, upload_id, &listed, &conditions)
                 .await
                 .map_err(multipart_error)?;
             let bucket = auth.route.bucket.clone().unwrap_or_default();

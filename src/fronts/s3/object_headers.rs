@@ -53,6 +53,15 @@ pub fn get_options(headers: &HeaderMap) -> GetOptions {
     }
 }
 
+/// A conditional write's `If-Match` / `If-None-Match` (PutObject, CompleteMultipartUpload).
+pub fn write_conditions(headers: &HeaderMap) -> Conditions {
+    Conditions {
+        if_match: text(headers, header::IF_MATCH).map(str::to_string),
+        if_none_match: text(headers, header::IF_NONE_MATCH).map(str::to_string),
+        ..Conditions::default()
+    }
+}
+
 /// [`put_options`] of a client's write through the front, which may not set the daemon's own
 /// metadata ([`RESERVED_METADATA`]).
 pub fn client_put_options(headers: &HeaderMap) -> Result<PutOptions, HeaderError> {
@@ -168,9 +177,14 @@ pub fn checksum_headers(meta: &ObjectMeta, request: &HeaderMap, headers: &mut He
     let asked = request
         .get("x-amz-checksum-mode")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"ENABLED"));
-    if !asked {
-        return;
+    if asked {
+        kept_checksums(meta, headers);
     }
+}
+
+/// The object's kept checksums, as GET and HEAD return them when asked and PutObject always
+/// answers them.
+pub fn kept_checksums(meta: &ObjectMeta, headers: &mut HeaderMap) {
     let mut any = false;
     for (name, value) in &meta.attrs.kept {
         if CHECKSUM_HEADERS.contains(&name.as_str()) {

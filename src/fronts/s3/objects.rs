@@ -12,15 +12,17 @@ use super::digest::{ExpectedDigests, VerifyDigests};
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
 use super::object_headers::{
-    checksum_headers, client_put_options, get_options, http_date, object_headers, HeaderError,
-    RESERVED_METADATA,
+    checksum_headers, client_put_options, get_options, http_date, kept_checksums, object_headers,
+    write_conditions, HeaderError, RESERVED_METADATA,
 };
 use super::xml;
 use crate::fronts::reply::{content_length, respond, set_length, with_tier};
 use crate::server::body::{self, ResponseBody};
 use crate::server::ConnInfo;
 use crate::store::backend::{Backend, ByteRange, Conditions, GetOptions, Verdict};
-use crate::store::{ByteStream, Object, ObjectMeta, PutOptions, Read, Store, CHECKSUM_HEADERS};
+use crate::store::{
+    BodyLen, ByteStream, Object, ObjectMeta, PutOptions, Read, Store, CHECKSUM_HEADERS,
+};
 
 /// The largest object one PutObject may create (S3's limit; larger ones go in parts).
 pub const MAX_PUT_SIZE: u64 = 5 << 30;
@@ -100,6 +102,7 @@ impl<B: Backend> S3Front<B> {
         let prepared = auth.key(&self.namespace(auth)).and_then(|key| {
             let plan = self.body_plan(&req, auth, MAX_PUT_SIZE)?;
             let mut options = client_put_options(req.headers()).map_err(header_error)?;
+            options.conditions = write_conditions(req.headers());
             // The body is verified against its `x-amz-checksum-*` header before anything is
             // stored, so the object keeps a checksum it is known to have.
             if let Some((algorithm, value)) = &plan.digests.checksum {
@@ -120,6 +123,7 @@ impl<B: Backend> S3Front<B> {
                 .map_err(store_error)?;
             let mut response = respond(StatusCode::OK, "stored", body::empty());
             object_etag(&meta, response.headers_mut());
+            kept_checksums(&meta, response.headers_mut());
             Ok(response)
         })
         .await
@@ -135,18 +139,21 @@ impl<B: Backend> S3Front<B> {
     ) -> Result<BodyPlan, S3Error> {
         let payload = &auth.verified.payload;
         let chunked = ChunkedOptions::for_request(payload, req.headers())?;
-        let len = match &chunked {
-            Some(options) => options.decoded_length,
-            None => content_length(req.headers()).ok_or_else(|| {
-                S3Error::new(
-                    S3ErrorCode::MissingContentLength,
-                    "You must provide the Content-Length HTTP header.",
-                )
-            })?,
-        };
         let disk_max = self.store.disk().settings().max_size;
-        if len > max.min(disk_max) {
-            return Err(too_large(max.min(disk_max)));
+        let limit = max.min(disk_max);
+        let len = match (&chunked, content_length(req.headers())) {
+            (Some(options), _) => BodyLen::Exact(options.decoded_length),
+            (None, Some(len)) => BodyLen::Exact(len),
+            // HTTP/1.1 chunked framing with no length: taken up to a cap, like any body.
+            (None, None) if is_chunked_transfer(req.headers()) => {
+                BodyLen::AtMost(limit.min(self.uploads.max_unsized))
+            }
+            (None, None) => return Err(missing_content_length()),
+        };
+        if let BodyLen::Exact(len) = len {
+            if len > limit {
+                return Err(too_large(limit));
+            }
         }
         let digests = ExpectedDigests::for_request(payload, req.headers())?;
         Ok(BodyPlan {
@@ -166,11 +173,11 @@ impl<B: Backend> S3Front<B> {
         store: F,
     ) -> Response<ResponseBody>
     where
-        F: FnOnce(ByteStream, u64) -> Fut,
+        F: FnOnce(ByteStream, BodyLen) -> Fut,
         Fut: std::future::Future<Output = Result<Response<ResponseBody>, S3Error>> + 'a,
     {
         let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
-        let admitted = match peer.map(|ip| self.uploads.admit(ip, plan.len)) {
+        let admitted = match peer.map(|ip| self.uploads.admit(ip, plan.len.limit())) {
             Some(Err(reason)) => {
                 self.metrics
                     .dropped_puts
@@ -313,7 +320,7 @@ impl<B: Backend> S3Front<B> {
 
 /// What a request's body is, decided from its head.
 pub(super) struct BodyPlan {
-    pub len: u64,
+    pub len: BodyLen,
     pub chunked: Option<ChunkedOptions>,
     pub digests: ExpectedDigests,
 }
@@ -435,22 +442,40 @@ fn not_modified(meta: &ObjectMeta) -> Response<ResponseBody> {
     response
 }
 
-fn no_such_key() -> S3Error {
+pub(super) fn no_such_key() -> S3Error {
     S3Error::new(S3ErrorCode::NoSuchKey, "The specified key does not exist.")
 }
 
-fn precondition_failed() -> S3Error {
+pub(super) fn precondition_failed() -> S3Error {
     S3Error::new(
         S3ErrorCode::PreconditionFailed,
         "At least one of the pre-conditions you specified did not hold",
     )
 }
 
-fn too_large(limit: u64) -> S3Error {
+pub(super) fn too_large(limit: u64) -> S3Error {
     S3Error::new(
         S3ErrorCode::EntityTooLarge,
         format!("Your proposed upload exceeds the maximum allowed size of {limit} bytes"),
     )
+}
+
+pub(super) fn missing_content_length() -> S3Error {
+    S3Error::new(
+        S3ErrorCode::MissingContentLength,
+        "You must provide the Content-Length HTTP header.",
+    )
+}
+
+/// Whether the body comes in HTTP/1.1 chunked framing (hyper has taken the framing off; the
+/// header stays).
+fn is_chunked_transfer(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
 pub(super) fn header_error(err: HeaderError) -> S3Error {

@@ -271,8 +271,28 @@ fn validate_bucket(bucket: &str) -> Result<(), S3Error> {
     }
 }
 
+/// An OPTIONS request is a CORS preflight, answered before any signature is looked at (a
+/// browser sends it unsigned). The front has no CORS configuration, so S3's answers for a
+/// bucket without one: 400 without an `Origin`, 403 with one.
+fn cors_preflight(headers: &HeaderMap) -> S3Error {
+    if headers.contains_key(http::header::ORIGIN) {
+        S3Error::new(
+            S3ErrorCode::AccessForbidden,
+            "CORSResponse: CORS is not enabled for this bucket.",
+        )
+    } else {
+        S3Error::new(
+            S3ErrorCode::BadRequest,
+            "Insufficient information. Origin request header needed.",
+        )
+    }
+}
+
 fn operation(method: &Method, route: &Route, headers: &HeaderMap) -> Result<Operation, S3Error> {
     let has = |name: &str| route.param(name).is_some();
+    if *method == Method::OPTIONS {
+        return Err(cors_preflight(headers));
+    }
     if route
         .query
         .iter()
@@ -553,6 +573,26 @@ mod tests {
         )
         .is_ok());
         assert_eq!(code("/Bad%20Bucket/k"), S3ErrorCode::InvalidBucketName);
+    }
+
+    /// OPTIONS is a CORS preflight: S3's answers for a bucket without a CORS configuration.
+    #[test]
+    fn options_is_a_refused_cors_preflight() {
+        let code = |headers: &[(&str, &str)]| {
+            route_with(
+                &Router::default(),
+                "OPTIONS",
+                "/cache/k?X-Amz-Expires=60",
+                headers,
+            )
+            .unwrap_err()
+            .code
+        };
+        assert_eq!(code(&[]), S3ErrorCode::BadRequest);
+        assert_eq!(
+            code(&[("origin", "https://example.test")]),
+            S3ErrorCode::AccessForbidden
+        );
     }
 
     /// Found by the `s3_route` fuzz target: `/../k` (or `/%2E%2E/k`) was routed to a bucket

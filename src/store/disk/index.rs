@@ -429,6 +429,22 @@ impl Reservation {
         Ok(())
     }
 
+    /// Bounds a write of up to some bytes, now known to be `total` in all: what was reserved
+    /// beyond `total` goes back, and no more than `total` can be reserved.
+    pub fn end_at(&mut self, total: u64) {
+        let surplus = self.reserved.saturating_sub(total);
+        let left = total.saturating_sub(self.reserved);
+        let promise_dropped = self.promised.saturating_sub(left);
+        if surplus + promise_dropped > 0 {
+            if let Some(disk) = &self.disk {
+                disk.lock().release(surplus, promise_dropped);
+            }
+        }
+        self.reserved -= surplus;
+        self.promised -= promise_dropped;
+        self.unpromised = self.unpromised.min(left - self.promised);
+    }
+
     /// Hands the bytes over to a commit, which needs all its bytes reserved; call with the
     /// index lock held.
     pub fn take(mut self) -> u64 {

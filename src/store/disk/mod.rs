@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::backend::{ByteRange, ListRequest, PartLayout, Upload};
 use super::entry_file::EntryHeader;
 use super::listing::{walk, Line};
-use super::{ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
+use super::{BodyLen, ByteStream, Key, Object, ObjectMeta, PutOptions, Store, StoreError};
 pub use index::{FillOrder, Version};
 use index::{Index, Reservation};
 use spool::{EntryMeta, EtagSource};
@@ -344,7 +344,7 @@ impl DiskTier {
     pub async fn put_entry(
         &self,
         key: &Key,
-        len: u64,
+        len: impl Into<BodyLen>,
         body: ByteStream,
         options: &PutOptions,
         pinned: bool,
@@ -366,10 +366,11 @@ impl DiskTier {
     pub async fn receive(
         &self,
         key: &Key,
-        len: u64,
+        len: impl Into<BodyLen>,
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<spool::Spool, StoreError> {
+        let len = len.into();
         let meta = EntryMeta {
             attrs: options.attrs.clone(),
             etag: if options.etag {
@@ -379,7 +380,10 @@ impl DiskTier {
             },
             modified: None,
         };
-        let mut spool = self.spool_with(key, len, meta).await?;
+        let mut spool = match len {
+            BodyLen::Exact(len) => self.spool_with(key, len, meta).await?,
+            BodyLen::AtMost(limit) => self.spool_up_to(key, limit, meta).await?,
+        };
         // Fused: the batching below may see the end before the loop does.
         let mut body = body.fuse();
         while let Some(first) = body.next().await {
@@ -397,13 +401,19 @@ impl DiskTier {
                 }
             }
             let received = spool.written() + batched as u64;
-            if received > len {
-                return Err(StoreError::LengthMismatch {
-                    declared: len,
-                    received,
-                });
+            match len {
+                BodyLen::Exact(declared) if received > declared => {
+                    return Err(StoreError::LengthMismatch { declared, received })
+                }
+                BodyLen::AtMost(limit) if received > limit => {
+                    return Err(StoreError::TooLarge { limit })
+                }
+                _ => {}
             }
             spool.write(concat(batch, batched)).await?;
+        }
+        if let BodyLen::AtMost(_) = len {
+            spool.end_here()?;
         }
         Ok(spool)
     }
@@ -553,11 +563,13 @@ impl Store for DiskTier {
     async fn put(
         &self,
         key: &Key,
-        len: u64,
+        len: impl Into<BodyLen> + Send,
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
-        let header = self.put_entry(key, len, body, options, false).await?;
+        let header = self
+            .put_entry(key, len.into(), body, options, false)
+            .await?;
         Ok(header.meta())
     }
 

@@ -52,6 +52,9 @@ enum Admission {
     Promised,
     /// Taken as the bytes arrive, nothing promised.
     AsBytesArrive,
+    /// As [`Admission::AsBytesArrive`], for a body whose length is not known: only its header
+    /// has to fit at the start.
+    Unsized,
 }
 
 /// What a write says about its entry besides the body.
@@ -108,6 +111,18 @@ impl DiskTier {
             .await
     }
 
+    /// [`DiskTier::spool_as_bytes_arrive`] for a body of undeclared length, at most `limit`
+    /// bytes: written as it arrives, then ended with [`Spool::end_here`].
+    pub async fn spool_up_to(
+        &self,
+        key: &Key,
+        limit: u64,
+        meta: EntryMeta,
+    ) -> Result<Spool, StoreError> {
+        self.spool_admitted(key, limit, meta, Admission::Unsized)
+            .await
+    }
+
     async fn spool_admitted(
         &self,
         key: &Key,
@@ -129,6 +144,10 @@ impl DiskTier {
                         }
                         Admission::AsBytesArrive => {
                             disk.lock().check_fits(bytes, &disk.inner.settings)?;
+                            Reservation::as_bytes_arrive(disk.clone(), bytes)
+                        }
+                        Admission::Unsized => {
+                            disk.lock().check_fits(header_len, &disk.inner.settings)?;
                             Reservation::as_bytes_arrive(disk.clone(), bytes)
                         }
                     };
@@ -279,6 +298,19 @@ impl Spool {
         }
         self.reservation = Some(reservation);
         self.written += end - at;
+        Ok(())
+    }
+
+    /// Ends a body of undeclared length ([`DiskTier::spool_up_to`]) where it stands: the entry
+    /// is the bytes written so far, and the space reserved ahead of them goes back.
+    pub fn end_here(&mut self) -> Result<(), StoreError> {
+        assert_eq!(self.segments.len(), 1, "an unsized body is one segment");
+        self.header.body_len = self.written;
+        let file_len = self.header.header_len + self.written + table_len(self.written);
+        self.reservation
+            .as_mut()
+            .ok_or_else(spool_failed)?
+            .end_at(file_len);
         Ok(())
     }
 

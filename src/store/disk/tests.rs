@@ -790,3 +790,63 @@ async fn a_write_admitted_as_its_bytes_arrive_holds_no_space_on_its_word() {
     let refused = disk.spool_as_bytes_arrive(&key(3), 5 << 20, meta).await;
     assert!(matches!(refused, Err(StoreError::Full { .. })));
 }
+
+/// A body of undeclared length takes what arrives: its entry is as long as the body, its space
+/// is what the file takes (nothing reserved ahead stays counted), past its limit it is refused,
+/// and past the disk it fails as its bytes arrive; neither leaves anything behind.
+#[tokio::test]
+async fn unsized_bodies_take_what_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 10 << 20))
+        .await
+        .unwrap();
+    let data = pattern(3 * 1024 * 1024 + 5, 4);
+    let stored = disk
+        .put(
+            &key(1),
+            BodyLen::AtMost(8 << 20),
+            body(&data),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len, data.len() as u64);
+    assert_eq!(read_all(&disk, &key(1)).await.unwrap().unwrap(), data);
+    let file_len = std::fs::metadata(disk.path_for(&key(1))).unwrap().len();
+    assert_eq!(disk.usage().bytes, file_len);
+
+    let over_limit = disk
+        .put(
+            &key(2),
+            BodyLen::AtMost(1 << 20),
+            body(&pattern(2 << 20, 5)),
+            &PutOptions::default(),
+        )
+        .await;
+    assert!(matches!(over_limit, Err(StoreError::TooLarge { limit }) if limit == 1 << 20));
+    let over_disk = disk
+        .put(
+            &key(3),
+            BodyLen::AtMost(100 << 20),
+            body(&pattern(12 << 20, 6)),
+            &PutOptions::default(),
+        )
+        .await;
+    assert!(
+        matches!(over_disk, Err(StoreError::Full { .. })),
+        "{over_disk:?}"
+    );
+    assert!(disk.head(&key(2)).await.unwrap().is_none());
+    assert!(disk.head(&key(3)).await.unwrap().is_none());
+    // Nothing of the refused writes is still held: the whole disk can be taken again.
+    disk.delete(&key(1)).await.unwrap();
+    let whole = pattern((10 << 20) - 64 * 1024, 7);
+    disk.put(
+        &key(4),
+        whole.len() as u64,
+        body(&whole),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+}

@@ -512,6 +512,11 @@ impl Multipart {
         })))
     }
 
+    /// Whether `upload_id` was completed (a retried completion is answered as the first was).
+    pub fn is_completed(&self, upload_id: &str) -> bool {
+        self.inner.completed().by_id.contains_key(upload_id)
+    }
+
     /// Records how the caller's storing of an assembled completion ended: with what it stored
     /// (a retried completion is then answered with it), or failed (a retry finds no upload, as
     /// the parts are gone).

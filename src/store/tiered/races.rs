@@ -181,3 +181,55 @@ async fn a_write_back_upload_unpins_only_the_version_it_uploaded() {
     );
     assert_eq!(served(&store, &k).await, [Some(v2.clone()), Some(v2)]);
 }
+
+/// Two conditional creates (`If-None-Match: *`) of one key through this node, the first held
+/// at S3 in its check while the second arrives: the first is stored, the second refused (its
+/// check waits for the first's commit), and S3 (once the queue ran) and the node hold the
+/// first's body, in both write modes that reach S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_creates_of_one_key_store_one() {
+    use crate::store::backend::Conditions;
+    use crate::store::StoreError;
+    for write in [WriteMode::Through, WriteMode::Back] {
+        let local = Local::new().await;
+        let (store, k) = store_for(&local, write, false).await;
+        let create = |data: Vec<u8>| {
+            let (store, k) = (store.clone(), k.clone());
+            let options = PutOptions {
+                conditions: Conditions {
+                    if_none_match: Some("*".into()),
+                    ..Conditions::default()
+                },
+                ..PutOptions::object(Default::default())
+            };
+            tokio::spawn(async move {
+                store
+                    .put(&k, data.len() as u64, body(&data), &options)
+                    .await
+            })
+        };
+        let (a, b) = (pattern(20_000, 1), pattern(20_000, 2));
+        local.backend.hold(true);
+        let first = create(a.clone());
+        let backend = local.backend.clone();
+        eventually("the first check to reach S3", || backend.calls("head") == 1).await;
+        let second = create(b);
+        // The second is received and sealed, and waits for the key.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(local.backend.calls("head"), 1, "{write:?}: the second waits");
+        local.backend.hold(false);
+        assert!(first.await.unwrap().is_ok(), "{write:?}");
+        assert!(
+            matches!(second.await.unwrap(), Err(StoreError::PreconditionFailed)),
+            "{write:?}"
+        );
+        if write == WriteMode::Back {
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            let queue = queue(&store);
+            queue.start(stop);
+            eventually("the upload", || queue.is_empty()).await;
+        }
+        assert!(local.backend.object(&k).unwrap() == a, "{write:?}");
+        assert_eq!(served(&store, &k).await, [Some(a.clone()), Some(a)]);
+    }
+}

@@ -181,7 +181,7 @@ async fn multipart_completions_keep_the_clients_parts_on_the_way_to_the_backend(
             listed.push((n, etag));
         }
         let meta = store
-            .complete_multipart(&uploads, &k, &id, &listed)
+            .complete_multipart(&uploads, &k, &id, &listed, &Default::default())
             .await
             .unwrap();
         assert!(meta.etag.as_deref().unwrap().ends_with("-2"), "{write:?}");

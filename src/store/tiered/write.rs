@@ -3,27 +3,15 @@
 //! back), ordered per key with the other writes that reach the backend.
 
 use super::{Route, TieredStore};
-use crate::store::backend::{Backend, PartLayout};
+use crate::store::backend::{Backend, Conditions, PartLayout, Verdict};
 use crate::store::disk::spool::Spool;
 use crate::store::disk::{Commit, Sealed};
 use crate::store::entry_file::EntryHeader;
 use crate::store::multipart::{Completion, Multipart, MultipartError};
 use crate::store::write_back::{Op, Slot, WriteBack};
-use crate::store::{ByteStream, Key, ObjectMeta, PutOptions, StoreError};
+use crate::store::{BodyLen, ByteStream, Key, ObjectMeta, PutOptions, Store, StoreError};
 
 impl<B: Backend> TieredStore<B> {
-    /// Writes the durable local copy, and a small entry's memory copy once that committed.
-    pub(super) async fn put_local(
-        &self,
-        key: &Key,
-        len: u64,
-        body: ByteStream,
-        options: &PutOptions,
-    ) -> Result<EntryHeader, StoreError> {
-        let spool = self.disk.receive(key, len, body, options).await?;
-        self.commit_local(spool.seal().await?, false).await
-    }
-
     /// Commits a sealed entry (pinned when it waits for the backend) and keeps a small one's
     /// memory copy.
     pub(super) async fn commit_local(
@@ -39,6 +27,22 @@ impl<B: Backend> TieredStore<B> {
         Ok(self.local.commit(sealed, mode).await?.0)
     }
 
+    /// A local-only write. Unordered with other writes of the key, unless it is conditional:
+    /// then its check and its commit happen under the key's lock.
+    async fn put_local(
+        &self,
+        key: &Key,
+        sealed: Sealed,
+        conditions: &Conditions,
+    ) -> Result<ObjectMeta, StoreError> {
+        if conditions.is_empty() {
+            return Ok(self.commit_local(sealed, false).await?.meta());
+        }
+        let _ordered = self.key_locks.lock(key).await;
+        self.check_write_conditions(key, conditions).await?;
+        Ok(self.commit_local(sealed, false).await?.meta())
+    }
+
     /// Write-through: the sealed entry is uploaded from its own file handle, and committed
     /// locally only once the backend has it, all under the key's lock. So two writes of a key
     /// reach S3 and the node in the same order and each upload reads only its own body; a
@@ -49,8 +53,10 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         sealed: Sealed,
         parts: PartLayout,
+        conditions: &Conditions,
     ) -> Result<ObjectMeta, StoreError> {
         let _ordered = self.key_locks.lock(key).await;
+        self.check_write_conditions(key, conditions).await?;
         backend.put(&sealed.upload(parts)).await?;
         let meta = sealed.header().meta();
         if let Err(e) = self.commit_local(sealed, false).await {
@@ -71,9 +77,11 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         sealed: Sealed,
         parts: PartLayout,
+        conditions: &Conditions,
     ) -> Result<ObjectMeta, StoreError> {
         let already_queued = !slot.is_new();
         let _ordered = self.key_locks.lock(key).await;
+        self.check_write_conditions(key, conditions).await?;
         let (header, version) = self.local.commit(sealed, Commit::Pinned).await?;
         let op = Op::Put {
             bytes: header.body_len,
@@ -90,6 +98,31 @@ impl<B: Backend> TieredStore<B> {
         Ok(header.meta())
     }
 
+    /// Decides a conditional write (S3's `If-Match` / `If-None-Match` on a PUT or a multipart
+    /// completion) on the key's object as this store sees it now: the local copy, else the
+    /// backend's. Called under the key's lock, so that no other write of the key through this
+    /// node comes between the check and the commit. Writes through other nodes are not
+    /// ordered with it (S3 is not asked to decide).
+    pub(super) async fn check_write_conditions(
+        &self,
+        key: &Key,
+        conditions: &Conditions,
+    ) -> Result<(), StoreError> {
+        if conditions.is_empty() {
+            return Ok(());
+        }
+        match self.head(key).await? {
+            None if conditions.if_match.is_some() => Err(StoreError::NotFound),
+            None => Ok(()),
+            Some(current) => match conditions.evaluate(current.etag.as_deref(), current.modified) {
+                Verdict::Serve => Ok(()),
+                Verdict::NotModified | Verdict::PreconditionFailed => {
+                    Err(StoreError::PreconditionFailed)
+                }
+            },
+        }
+    }
+
     /// Stores an entry whose body is already received in `spool` (a multipart upload's
     /// assembly), as [`Store::put`] would, except that an upload to the backend (now or from
     /// the queue) splits the body as `parts` says, so the backend's ETag is the one the client
@@ -100,7 +133,8 @@ impl<B: Backend> TieredStore<B> {
         spool: Spool,
         parts: PartLayout,
     ) -> Result<ObjectMeta, StoreError> {
-        self.put_sealed(key, spool.seal().await?, parts).await
+        self.put_sealed(key, spool.seal().await?, parts, &Conditions::default())
+            .await
     }
 
     /// Stores a sealed entry as the namespace's write mode says.
@@ -109,13 +143,18 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         sealed: Sealed,
         parts: PartLayout,
+        conditions: &Conditions,
     ) -> Result<ObjectMeta, StoreError> {
         match self.route(key.namespace()) {
-            Route::Local => Ok(self.commit_local(sealed, false).await?.meta()),
-            Route::Through(backend) => self.put_through(backend, key, sealed, parts).await,
+            Route::Local => self.put_local(key, sealed, conditions).await,
+            Route::Through(backend) => {
+                self.put_through(backend, key, sealed, parts, conditions)
+                    .await
+            }
             Route::Back(queue) => {
                 let slot = queue.reserve(key)?;
-                self.put_back(queue, slot, key, sealed, parts).await
+                self.put_back(queue, slot, key, sealed, parts, conditions)
+                    .await
             }
         }
     }
@@ -124,14 +163,20 @@ impl<B: Backend> TieredStore<B> {
     /// written as the namespace's write mode says: kept local, uploaded now, or queued; an
     /// upload to the backend keeps the client's part boundaries, so the backend's ETag is the
     /// one the client is given. A write-through that fails leaves no entry (the upload is
-    /// completed all the same: its parts are gone).
+    /// completed all the same: its parts are gone). A conditional completion is checked
+    /// before the parts are assembled (a failed check leaves the upload as it was) and again,
+    /// deciding, at its commit.
     pub async fn complete_multipart(
         &self,
         uploads: &Multipart,
         key: &Key,
         upload_id: &str,
         listed: &[(u32, String)],
+        conditions: &Conditions,
     ) -> Result<ObjectMeta, MultipartError> {
+        if !conditions.is_empty() && !uploads.is_completed(upload_id) {
+            self.check_write_conditions(key, conditions).await?;
+        }
         // A write-back's slot first: a full queue refuses before the parts are assembled.
         let slot = match self.route(key.namespace()) {
             Route::Back(queue) => Some((queue, queue.reserve(key)?)),
@@ -144,11 +189,12 @@ impl<B: Backend> TieredStore<B> {
         let meta = completed.meta.clone();
         let stored = match slot {
             Some((queue, slot)) => {
-                self.put_back(queue, slot, key, completed.sealed, completed.layout)
+                let (sealed, layout) = (completed.sealed, completed.layout);
+                self.put_back(queue, slot, key, sealed, layout, conditions)
                     .await
             }
             None => {
-                self.put_sealed(key, completed.sealed, completed.layout)
+                self.put_sealed(key, completed.sealed, completed.layout, conditions)
                     .await
             }
         };
@@ -160,15 +206,20 @@ impl<B: Backend> TieredStore<B> {
     pub(super) async fn put_routed(
         &self,
         key: &Key,
-        len: u64,
+        len: BodyLen,
         body: ByteStream,
         options: &PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
+        let conditions = &options.conditions;
         match self.route(key.namespace()) {
-            Route::Local => Ok(self.put_local(key, len, body, options).await?.meta()),
+            Route::Local => {
+                let spool = self.disk.receive(key, len, body, options).await?;
+                self.put_local(key, spool.seal().await?, conditions).await
+            }
             Route::Through(backend) => {
                 let spool = self.disk.receive(key, len, body, options).await?;
-                self.put_through(backend, key, spool.seal().await?, PartLayout::Auto)
+                let sealed = spool.seal().await?;
+                self.put_through(backend, key, sealed, PartLayout::Auto, conditions)
                     .await
             }
             Route::Back(queue) => {
@@ -176,7 +227,8 @@ impl<B: Backend> TieredStore<B> {
                 // (the front reads the refused body to its end, so the client gets the answer).
                 let slot = queue.reserve(key)?;
                 let spool = self.disk.receive(key, len, body, options).await?;
-                self.put_back(queue, slot, key, spool.seal().await?, PartLayout::Auto)
+                let sealed = spool.seal().await?;
+                self.put_back(queue, slot, key, sealed, PartLayout::Auto, conditions)
                     .await
             }
         }
