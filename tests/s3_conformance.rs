@@ -831,3 +831,81 @@ async fn conditional_writes_decide_on_the_current_object() {
     }
     node.stop().await;
 }
+
+/// UploadPartCopy: parts copied from ranges of an object (of another bucket too) complete
+/// into that object's bytes; a range not of the form `bytes=first-last` is 400
+/// InvalidArgument, one past the source 416 InvalidRange, a failed copy-source condition 412
+/// and a missing source 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_are_copied_from_ranges_of_objects() {
+    let node = Node::start("part-copy").await;
+    let s3 = node.front();
+    let source = pattern((6 << 20) + 123, 12);
+    let source_etag = put(&s3, "local", "copy/source.bin", source.clone()).await;
+    for bucket in BUCKETS {
+        let key = "copy/assembled.bin";
+        let (id, _) = upload_parts(&s3, bucket, key, &[]).await;
+        let copy = |number: i32, range: &str| {
+            s3.upload_part_copy()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .part_number(number)
+                .copy_source("local/copy/source.bin")
+                .copy_source_range(range)
+        };
+        let mut parts = Vec::new();
+        for (number, range) in [
+            (1, format!("bytes=0-{}", (5 << 20) - 1)),
+            (2, format!("bytes={}-{}", 5 << 20, source.len() - 1)),
+        ] {
+            let copied = copy(number, &range)
+                .copy_source_if_match(&source_etag)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                });
+            let etag = copied.copy_part_result().unwrap().e_tag().unwrap();
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(etag)
+                    .build(),
+            );
+        }
+        for improper in [
+            "0-2",
+            "bytes=0",
+            "bytes=0-bar",
+            "bytes=5-2",
+            "bytes=0-2,3-5",
+        ] {
+            let refused = copy(3, improper).send().await;
+            assert_eq!(status(refused), 400, "{bucket}: {improper}");
+        }
+        let past = copy(3, &format!("bytes=0-{}", source.len())).send().await;
+        assert_eq!(status(past), 416, "{bucket}");
+        let unmet = copy(3, "bytes=0-9")
+            .copy_source_if_match("\"0123\"")
+            .send()
+            .await;
+        assert_eq!(status(unmet), 412, "{bucket}");
+        let missing = s3
+            .upload_part_copy()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(3)
+            .copy_source("local/copy/none.bin")
+            .send()
+            .await;
+        assert_eq!(status(missing), 404, "{bucket}");
+        completion(&s3, bucket, key, &id, &parts)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        assert!(read(&s3, bucket, key).await == source, "{bucket}");
+    }
+    node.stop().await;
+}

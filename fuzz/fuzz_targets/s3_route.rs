@@ -196,6 +196,21 @@ fn check_route(route: &Route) {
             assert!(!upload_id.is_empty());
             assert!((1..=MAX_PARTS).contains(part_number));
         }
+        Operation::UploadPartCopy {
+            upload_id,
+            part_number,
+            source_bucket,
+            source_key,
+        } => {
+            object();
+            assert!(!upload_id.is_empty());
+            assert!((1..=MAX_PARTS).contains(part_number));
+            assert!(
+                valid_bucket(source_bucket),
+                "copy source bucket {source_bucket:?}"
+            );
+            assert!(!source_key.is_empty() && source_key.len() <= MAX_KEY_LEN);
+        }
         Operation::CompleteMultipartUpload { upload_id }
         | Operation::AbortMultipartUpload { upload_id }
         | Operation::ListParts { upload_id } => {

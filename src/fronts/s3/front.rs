@@ -186,7 +186,7 @@ impl<B: Backend> S3Front<B> {
                 return Err(S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"));
             }
         }
-        if let Operation::CopyObject { source_bucket, .. } = &route.operation {
+        if let Some(source_bucket) = route.operation.copy_source_bucket() {
             // The source is read: it must be exposed and readable, and named by a header the
             // signature covers (else a captured request could be pointed at another object).
             let readable = verified
@@ -243,6 +243,16 @@ impl<B: Backend> S3Front<B> {
                 upload_id,
                 part_number,
             } => return self.upload_part(req, &auth, &upload_id, part_number).await,
+            Operation::UploadPartCopy {
+                upload_id,
+                part_number,
+                source_bucket,
+                source_key,
+            } => {
+                let source = (source_bucket.as_str(), source_key.as_str());
+                self.upload_part_copy(&req, &auth, &upload_id, part_number, source)
+                    .await
+            }
             Operation::CompleteMultipartUpload { upload_id } => {
                 return self.complete_multipart(req, &auth, &upload_id).await
             }
@@ -387,6 +397,7 @@ fn needed_access(operation: &Operation) -> Access {
         | Operation::DeleteObject
         | Operation::CreateMultipartUpload
         | Operation::UploadPart { .. }
+        | Operation::UploadPartCopy { .. }
         | Operation::CompleteMultipartUpload { .. }
         | Operation::AbortMultipartUpload { .. } => Access::Readwrite,
     }

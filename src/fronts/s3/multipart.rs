@@ -5,6 +5,7 @@
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
+use std::time::SystemTime;
 
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
@@ -13,7 +14,7 @@ use super::objects::{header_error, missing_content_length, quoted};
 use super::xml;
 use crate::fronts::reply::respond;
 use crate::server::body::{self, ResponseBody};
-use crate::store::backend::Backend;
+use crate::store::backend::{Backend, ByteRange};
 use crate::store::multipart::{MultipartError, MAX_PART_NUMBER};
 use crate::store::BodyLen;
 
@@ -79,6 +80,51 @@ impl<B: Backend> S3Front<B> {
             Ok(response)
         })
         .await
+    }
+
+    /// UploadPartCopy: the part's body is (a range of) an object of the front's buckets,
+    /// streamed from whichever tier holds it into a part file of the upload.
+    pub(super) async fn upload_part_copy(
+        &self,
+        req: &Request<Incoming>,
+        auth: &Authorized,
+        upload_id: &str,
+        part_number: u32,
+        (source_bucket, source_key): (&str, &str),
+    ) -> Result<Response<ResponseBody>, S3Error> {
+        let key = auth.key(&self.namespace(auth))?;
+        let source = self.copy_source_key(source_bucket, source_key)?;
+        let range = copy_source_range(req.headers())?;
+        let (object, span) = self.read_copy_source(req.headers(), &source, range).await?;
+        // Unlike a GET's range, a copy's is not cut to the object: it must lie inside it.
+        if let Some(ByteRange::Bounded { last, .. }) = range {
+            if last >= object.meta.len {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidRange,
+                    format!(
+                        "The x-amz-copy-source-range goes past the source, which has {} bytes",
+                        object.meta.len
+                    ),
+                ));
+            }
+        }
+        let etag = self
+            .multipart
+            .put_part(
+                &key,
+                upload_id,
+                part_number,
+                span.end - span.start,
+                object.body,
+            )
+            .await
+            .map_err(multipart_error)?;
+        let result = xml::CopyPartResult {
+            last_modified: xml::timestamp(SystemTime::now()),
+            etag: quoted(&etag),
+            ..Default::default()
+        };
+        Ok(xml_response(result.to_part_xml()))
     }
 
     /// CompleteMultipartUpload: the part list (an XML body read under a cap, its digests
@@ -247,6 +293,32 @@ fn number_param(auth: &Authorized, name: &str) -> Result<Option<u32>, S3Error> {
 }
 
 /// What a multipart failure means to an S3 client.
+/// `x-amz-copy-source-range`: `bytes=first-last`, both given, `first <= last`; nothing else.
+fn copy_source_range(headers: &http::HeaderMap) -> Result<Option<ByteRange>, S3Error> {
+    let Some(value) = headers.get("x-amz-copy-source-range") else {
+        return Ok(None);
+    };
+    let number = |text: &str| -> Option<u64> {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+    };
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(first, last)| Some((number(first)?, number(last)?)))
+        .filter(|(first, last)| first <= last);
+    match parsed {
+        Some((first, last)) => Ok(Some(ByteRange::Bounded { first, last })),
+        None => Err(S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+        )),
+    }
+}
+
 fn multipart_error(err: MultipartError) -> S3Error {
     use S3ErrorCode as C;
     let message = err.to_string();

@@ -224,9 +224,7 @@ impl<B: Backend> S3Front<B> {
         source_key: &str,
     ) -> Result<Response<ResponseBody>, S3Error> {
         let key = auth.key(&self.namespace(auth))?;
-        let source_namespace = self.buckets[source_bucket].clone();
-        let source = crate::store::Key::object(source_namespace, source_key)
-            .map_err(|e| S3Error::new(S3ErrorCode::InvalidArgument, e.to_string()))?;
+        let source = self.copy_source_key(source_bucket, source_key)?;
         let replace = req
             .headers()
             .get("x-amz-metadata-directive")
@@ -237,23 +235,7 @@ impl<B: Backend> S3Front<B> {
                 "An object cannot be copied onto itself without a change: send x-amz-metadata-directive: REPLACE with the new metadata.",
             ));
         }
-        // The source's preconditions (`x-amz-copy-source-if-*`): any that fails is a 412,
-        // If-None-Match and If-Modified-Since included (a copy has no 304).
-        let conditions = GetOptions {
-            range: None,
-            conditions: copy_source_conditions(req.headers()),
-        };
-        let object = match self
-            .store
-            .read(&source, &conditions)
-            .await
-            .map_err(store_error)?
-        {
-            Read::Found { object, .. } => object,
-            Read::Missing => return Err(no_such_key()),
-            Read::NotModified(_) | Read::PreconditionFailed => return Err(precondition_failed()),
-            Read::RangeNotSatisfiable(_) => unreachable!("a copy asks for no range"),
-        };
+        let (object, _) = self.read_copy_source(req.headers(), &source, None).await?;
         let options = if replace {
             // The body is the source's: so are its checksums.
             let mut options = client_put_options(req.headers()).map_err(header_error)?;
@@ -279,6 +261,47 @@ impl<B: Backend> S3Front<B> {
             ..Default::default()
         };
         Ok(xml_response(result.to_xml()))
+    }
+
+    /// The key a copy reads (its bucket was checked exposed and readable by `authorize`).
+    pub(super) fn copy_source_key(
+        &self,
+        source_bucket: &str,
+        source_key: &str,
+    ) -> Result<crate::store::Key, S3Error> {
+        let source_namespace = self.buckets[source_bucket].clone();
+        crate::store::Key::object(source_namespace, source_key)
+            .map_err(|e| S3Error::new(S3ErrorCode::InvalidArgument, e.to_string()))
+    }
+
+    /// Reads a copy's source, or `range` of it, under the request's
+    /// `x-amz-copy-source-if-*` preconditions: any that fails is a 412, If-None-Match and
+    /// If-Modified-Since included (a copy has no 304). Returns the object and the span its
+    /// body carries.
+    pub(super) async fn read_copy_source(
+        &self,
+        headers: &http::HeaderMap,
+        source: &crate::store::Key,
+        range: Option<ByteRange>,
+    ) -> Result<(Object, std::ops::Range<u64>), S3Error> {
+        let options = GetOptions {
+            range,
+            conditions: copy_source_conditions(headers),
+        };
+        match self
+            .store
+            .read(source, &options)
+            .await
+            .map_err(store_error)?
+        {
+            Read::Found { object, span } => Ok((object, span)),
+            Read::Missing => Err(no_such_key()),
+            Read::NotModified(_) | Read::PreconditionFailed => Err(precondition_failed()),
+            Read::RangeNotSatisfiable(len) => Err(S3Error::new(
+                S3ErrorCode::InvalidRange,
+                format!("The requested range is not satisfiable (the source has {len} bytes)"),
+            )),
+        }
     }
 
     /// A 416, with the object's length in `Content-Range` as S3 gives it.

@@ -73,6 +73,13 @@ pub enum Operation {
         upload_id: String,
         part_number: u32,
     },
+    /// A part copied from (a range of) an object of the front's buckets.
+    UploadPartCopy {
+        upload_id: String,
+        part_number: u32,
+        source_bucket: String,
+        source_key: String,
+    },
     CompleteMultipartUpload {
         upload_id: String,
     },
@@ -104,6 +111,7 @@ impl Operation {
             Self::DeleteObject => "DeleteObject",
             Self::CreateMultipartUpload => "CreateMultipartUpload",
             Self::UploadPart { .. } => "UploadPart",
+            Self::UploadPartCopy { .. } => "UploadPartCopy",
             Self::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
             Self::AbortMultipartUpload { .. } => "AbortMultipartUpload",
             Self::ListParts { .. } => "ListParts",
@@ -111,8 +119,18 @@ impl Operation {
         }
     }
 
+    /// The bucket a copy reads from (CopyObject, UploadPartCopy).
+    pub fn copy_source_bucket(&self) -> Option<&str> {
+        match self {
+            Self::CopyObject { source_bucket, .. } | Self::UploadPartCopy { source_bucket, .. } => {
+                Some(source_bucket)
+            }
+            _ => None,
+        }
+    }
+
     /// Every name [`Operation::name`] returns, to create metric label sets up front.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "ListBuckets",
         "HeadBucket",
         "GetBucketLocation",
@@ -127,6 +145,7 @@ impl Operation {
         "DeleteObject",
         "CreateMultipartUpload",
         "UploadPart",
+        "UploadPartCopy",
         "CompleteMultipartUpload",
         "AbortMultipartUpload",
         "ListParts",
@@ -338,18 +357,30 @@ fn operation(method: &Method, route: &Route, headers: &HeaderMap) -> Result<Oper
             Method::HEAD if has("partNumber") => Operation::NotImplemented,
             Method::HEAD => Operation::HeadObject,
             Method::PUT if has("partNumber") || has("uploadId") => {
-                if headers.contains_key("x-amz-copy-source") {
-                    // UploadPartCopy.
-                    Operation::NotImplemented
-                } else {
-                    Operation::UploadPart {
-                        upload_id: upload_id()?,
-                        part_number: part_number(route.param("partNumber"))?,
-                    }
+                let upload_id = upload_id()?;
+                let part_number = part_number(route.param("partNumber"))?;
+                match copy_source(headers)? {
+                    None => Operation::UploadPart {
+                        upload_id,
+                        part_number,
+                    },
+                    Some(CopySource::Object { bucket, key }) => Operation::UploadPartCopy {
+                        upload_id,
+                        part_number,
+                        source_bucket: bucket,
+                        source_key: key,
+                    },
+                    Some(CopySource::Version) => Operation::NotImplemented,
                 }
             }
-            Method::PUT if headers.contains_key("x-amz-copy-source") => copy_source(headers)?,
-            Method::PUT => Operation::PutObject,
+            Method::PUT => match copy_source(headers)? {
+                None => Operation::PutObject,
+                Some(CopySource::Object { bucket, key }) => Operation::CopyObject {
+                    source_bucket: bucket,
+                    source_key: key,
+                },
+                Some(CopySource::Version) => Operation::NotImplemented,
+            },
             Method::DELETE if has("uploadId") => Operation::AbortMultipartUpload {
                 upload_id: upload_id()?,
             },
@@ -377,20 +408,31 @@ fn part_number(value: Option<&str>) -> Result<u32, S3Error> {
 }
 
 /// `x-amz-copy-source: [/]bucket/key`, percent-encoded; a `?versionId=` is not supported.
-fn copy_source(headers: &HeaderMap) -> Result<Operation, S3Error> {
+/// What `x-amz-copy-source` names.
+enum CopySource {
+    Object {
+        bucket: String,
+        key: String,
+    },
+    /// A version of an object: the front keeps no versions.
+    Version,
+}
+
+/// The copy source of a PUT, `None` without `x-amz-copy-source`.
+fn copy_source(headers: &HeaderMap) -> Result<Option<CopySource>, S3Error> {
     let invalid = || {
         S3Error::new(
             S3ErrorCode::InvalidArgument,
             "Copy Source must mention the source bucket and key: sourcebucket/sourcekey.",
         )
     };
-    let value = headers
-        .get("x-amz-copy-source")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(invalid)?;
+    let Some(value) = headers.get("x-amz-copy-source") else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| invalid())?;
     let (path, query) = value.split_once('?').unwrap_or((value, ""));
     if query.split('&').any(|p| p.starts_with("versionId=")) {
-        return Ok(Operation::NotImplemented);
+        return Ok(Some(CopySource::Version));
     }
     let decoded = percent_decode_str(path.strip_prefix('/').unwrap_or(path))
         .decode_utf8()
@@ -406,10 +448,10 @@ fn copy_source(headers: &HeaderMap) -> Result<Operation, S3Error> {
             "Your key is too long",
         ));
     }
-    Ok(Operation::CopyObject {
-        source_bucket: bucket.to_owned(),
-        source_key: key.to_owned(),
-    })
+    Ok(Some(CopySource::Object {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    }))
 }
 
 #[cfg(test)]

@@ -284,6 +284,16 @@ impl CopyObjectResult {
     }
 }
 
+/// UploadPartCopy's answer: the same two fields as CopyObject's, under another name.
+pub type CopyPartResult = CopyObjectResult;
+
+impl CopyObjectResult {
+    /// As UploadPartCopy answers it.
+    pub fn to_part_xml(&self) -> String {
+        render("CopyPartResult", self)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListedPart {

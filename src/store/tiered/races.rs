@@ -216,7 +216,11 @@ async fn conditional_creates_of_one_key_store_one() {
         let second = create(b);
         // The second is received and sealed, and waits for the key.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(local.backend.calls("head"), 1, "{write:?}: the second waits");
+        assert_eq!(
+            local.backend.calls("head"),
+            1,
+            "{write:?}: the second waits"
+        );
         local.backend.hold(false);
         assert!(first.await.unwrap().is_ok(), "{write:?}");
         assert!(
