@@ -568,13 +568,33 @@ mod tests {
                 "{method} {target}"
             );
         }
+        // A part copied from an object version: the front keeps no versions.
         let copy_part = route_with(
             &Router::default(),
             "PUT",
             "/cache/k?partNumber=1&uploadId=u",
-            &[("x-amz-copy-source", "/cache/src")],
+            &[("x-amz-copy-source", "/cache/src?versionId=3")],
         );
         assert_eq!(copy_part.unwrap().operation, Operation::NotImplemented);
+    }
+
+    #[test]
+    fn a_part_with_a_copy_source_is_copied() {
+        let copy_part = route_with(
+            &Router::default(),
+            "PUT",
+            "/cache/k?partNumber=1&uploadId=u",
+            &[("x-amz-copy-source", "/other/dir/src%20x")],
+        );
+        assert_eq!(
+            copy_part.unwrap().operation,
+            Operation::UploadPartCopy {
+                upload_id: "u".into(),
+                part_number: 1,
+                source_bucket: "other".into(),
+                source_key: "dir/src x".into(),
+            }
+        );
     }
 
     #[test]
@@ -809,7 +829,7 @@ mod tests {
 
     #[test]
     fn operation_names_are_listed() {
-        assert_eq!(Operation::NAMES.len(), 18);
+        assert_eq!(Operation::NAMES.len(), 19);
         assert!(Operation::NAMES.contains(
             &Operation::UploadPart {
                 upload_id: String::new(),
