@@ -909,3 +909,43 @@ async fn parts_are_copied_from_ranges_of_objects() {
     }
     node.stop().await;
 }
+
+/// Listings under a prefix hold only names under it (a prefix of `/` lists nothing when no
+/// name starts with one, whatever the backend makes of `//`), and a V1 listing's `Prefix` is
+/// given back as it was asked, encoded or not, as the SDKs read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_prefixes_select_names() {
+    use aws_sdk_s3::types::EncodingType;
+    let node = Node::start("list-prefixes").await;
+    let s3 = node.front();
+    for bucket in BUCKETS {
+        for key in ["b/a/r", "b/a/c", "g", "a b/x"] {
+            put(&s3, bucket, key, b"x".to_vec()).await;
+        }
+        if bucket == "back" {
+            node.uploaded("g").await;
+        }
+        let v2 = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("/")
+            .delimiter("d")
+            .send()
+            .await
+            .unwrap();
+        assert!(v2.contents().is_empty(), "{bucket}: {:?}", v2.contents());
+        assert!(v2.common_prefixes().is_empty(), "{bucket}");
+        let v1 = s3
+            .list_objects()
+            .bucket(bucket)
+            .prefix("a b/")
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(v1.prefix(), Some("a b/"), "{bucket}");
+        let keys: Vec<&str> = v1.contents().iter().filter_map(|o| o.key()).collect();
+        assert_eq!(keys, ["a%20b/x"], "{bucket}");
+    }
+    node.stop().await;
+}

@@ -135,7 +135,10 @@ impl<B: Backend> S3Front<B> {
         } else {
             xml::ListObjectsV1Result {
                 name: bucket,
-                prefix: encode(&prefix),
+                // Not encoded in a V1 listing, unlike every other name in it (the SDKs decode
+                // V1's Marker, NextMarker, Delimiter, keys and common prefixes, but not its
+                // Prefix).
+                prefix,
                 marker: start_after.as_deref().map(encode).unwrap_or_default(),
                 next_marker: listing.next.as_deref().map(encode),
                 max_keys: max_keys as u32,

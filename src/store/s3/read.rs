@@ -215,7 +215,13 @@ impl S3Tier {
             // A missing bucket: nothing to list (the bucket's absence shows on every write).
             Err(_) => return Ok(Listing::default()),
         };
-        let relative = |k: &str| k.strip_prefix(base.as_str()).map(str::to_string);
+        // Only names under the asked prefix: a server that reads `//` in a key as `/` (SeaweedFS
+        // does, its keys being file paths) answers a prefix ending in `/` with more.
+        let relative = |k: &str| {
+            k.strip_prefix(base.as_str())
+                .filter(|name| name.starts_with(request.prefix.as_str()))
+                .map(str::to_string)
+        };
         let objects = out
             .contents()
             .iter()
