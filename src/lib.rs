@@ -14,6 +14,7 @@
 //!   [`daemon`] wires it all together; [`node_local`] makes the node-local address the S3
 //!   listener binds to on a host-network DaemonSet.
 
+pub mod checksum;
 pub mod config;
 pub mod daemon;
 pub mod fronts;

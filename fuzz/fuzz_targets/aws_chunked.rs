@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use build_cache_proxy::fronts::s3::checksum::{to_base64, ChecksumAlgorithm};
+use build_cache_proxy::checksum::{to_base64, ChecksumAlgorithm};
 use build_cache_proxy::fronts::s3::chunked::{
     AwsChunkedDecoder, ChunkSignatures, ChunkedOptions, DEFAULT_MAX_CHUNK,
 };

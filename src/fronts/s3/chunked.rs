@@ -32,9 +32,9 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::checksum::{ChecksumAlgorithm, ChecksumHasher};
 use super::error::{S3Error, S3ErrorCode};
 use super::sigv4::{ChunkSigning, Payload};
+use crate::checksum::{ChecksumAlgorithm, ChecksumHasher};
 
 /// The largest chunk we buffer to check its signature. The SDKs send 64 KiB (Go v2, JS v3,
 /// minio-go) or 128 KiB (Java v1) chunks; 1 MiB leaves room and bounds memory per upload.
@@ -474,7 +474,7 @@ where
                         ),
                     )
                 })?;
-            let sent = algorithm.decode(&sent.1)?;
+            let sent = super::digest::checksum_value(algorithm, &sent.1)?;
             let computed = self
                 .checksum
                 .take()

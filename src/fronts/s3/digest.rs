@@ -15,9 +15,9 @@ use http::HeaderMap;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use super::checksum::{ChecksumAlgorithm, ChecksumHasher};
 use super::error::{S3Error, S3ErrorCode};
 use super::sigv4::Payload;
+use crate::checksum::{ChecksumAlgorithm, ChecksumHasher};
 
 /// The digests a request declared for its (decoded) body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl ExpectedDigests {
                 ));
             }
             let value = value.to_str().unwrap_or("");
-            checksum = Some((algorithm, algorithm.decode(value)?));
+            checksum = Some((algorithm, checksum_value(algorithm, value)?));
         }
         Ok(Self {
             sha256,
@@ -193,12 +193,23 @@ where
     }
 }
 
+/// A checksum value a client sent (header, trailer or XML), decoded; S3's 400 when it is not
+/// base64 or not of the algorithm's size.
+pub fn checksum_value(algorithm: ChecksumAlgorithm, value: &str) -> Result<Vec<u8>, S3Error> {
+    algorithm.decode(value).ok_or_else(|| {
+        S3Error::new(
+            S3ErrorCode::InvalidRequest,
+            format!("Value for {} header is invalid.", algorithm.header_name()),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::task::Waker;
 
     use super::*;
-    use crate::fronts::s3::checksum::to_base64;
+    use crate::checksum::to_base64;
 
     fn drain(body: &[u8], piece: usize, expected: ExpectedDigests) -> (Vec<u8>, Option<S3Error>) {
         let pieces: Vec<io::Result<Bytes>> = body

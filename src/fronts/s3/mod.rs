@@ -4,7 +4,6 @@
 //! headers and S3 XML.
 
 mod buckets;
-pub mod checksum;
 pub mod chunked;
 pub mod digest;
 pub mod error;

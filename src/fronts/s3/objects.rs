@@ -6,7 +6,6 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::checksum::to_base64;
 use super::chunked::{AwsChunkedDecoder, ChunkedOptions};
 use super::digest::{ExpectedDigests, VerifyDigests};
 use super::error::{S3Error, S3ErrorCode};
@@ -16,6 +15,7 @@ use super::object_headers::{
     write_conditions, HeaderError, RESERVED_METADATA,
 };
 use super::xml;
+use crate::checksum::to_base64;
 use crate::fronts::reply::{content_length, respond, set_length, with_tier};
 use crate::server::body::{self, ResponseBody};
 use crate::server::ConnInfo;

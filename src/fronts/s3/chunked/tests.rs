@@ -4,7 +4,7 @@
 use std::task::Waker;
 
 use super::*;
-use crate::fronts::s3::checksum::to_base64;
+use crate::checksum::to_base64;
 use crate::fronts::s3::sigv4::{SecretKey, SigningKey};
 
 const SEED: &str = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9";
