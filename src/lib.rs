@@ -17,6 +17,7 @@
 pub mod config;
 pub mod daemon;
 pub mod fronts;
+pub mod gradle_meta;
 pub mod logging;
 pub mod metrics;
 pub mod node_local;
