@@ -124,9 +124,12 @@ impl MetadataReader {
                 State::Inflating(decoder) => {
                     let take = chunk.len().min(MAX_COMPRESSED.saturating_sub(self.fed));
                     self.fed += take;
-                    let wrote = decoder
-                        .write_all(&chunk[..take])
-                        .and_then(|()| decoder.flush());
+                    // Flushed even after an error: what was inflated before a corrupt byte
+                    // is in the decoder's buffer, and the answer must not depend on where the
+                    // body's chunks were cut.
+                    let wrote = decoder.write_all(&chunk[..take]);
+                    let flushed = decoder.flush();
+                    let wrote = wrote.and(flushed);
                     chunk = &chunk[take..];
                     let reading = match scan(&decoder.get_ref().data) {
                         Reading::Pending => match wrote {

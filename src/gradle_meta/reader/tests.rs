@@ -120,3 +120,32 @@ fn a_bomb_costs_bounded_input() {
         assert!(fed <= MAX_COMPRESSED + 2 * junk.len(), "never gave up");
     }
 }
+
+#[test]
+fn the_answer_does_not_depend_on_where_the_body_is_cut() {
+    // Damaged copies of real and sample entries: flipped bytes, cut short, grown.
+    let mut rng = fastrand::Rng::with_seed(17);
+    let originals = [REAL.to_vec(), sample::entry("a.B", ":x:y", 12, 30_000)];
+    for round in 0..400 {
+        let mut body = originals[round % 2].clone();
+        match round % 4 {
+            0 => {
+                for _ in 0..rng.usize(1..4) {
+                    let at = rng.usize(..body.len());
+                    body[at] = rng.u8(..);
+                }
+            }
+            1 => body.truncate(rng.usize(..body.len())),
+            2 => body.extend((0..rng.usize(..5000)).map(|_| rng.u8(..))),
+            _ => {
+                let at = rng.usize(10..200.min(body.len()));
+                body[at] ^= 1 << rng.u32(..8);
+            }
+        }
+        let whole = read(&body, body.len());
+        for size in [1, 3, 64, 511, 4096] {
+            assert_eq!(read(&body, size), whole, "round {round}, chunks of {size}");
+        }
+        assert_ne!(whole, Reading::Pending);
+    }
+}
