@@ -19,7 +19,8 @@ h2{font-size:13px;text-transform:uppercase;letter-spacing:.04em;color:#56607a;ma
 .big{font-size:28px;font-weight:600}.muted{color:#6b7487;font-size:12px}
 table{border-collapse:collapse;width:100%}td,th{padding:3px 6px;text-align:right;white-space:nowrap}
 th{color:#56607a;font-weight:500;border-bottom:1px solid #e1e4ea}
-td:first-child,th:first-child{text-align:left;white-space:normal;word-break:break-all}
+td:first-child,th:first-child{text-align:left;white-space:normal;overflow-wrap:anywhere}
+#errors td:first-child{white-space:nowrap}#errors td:last-child,#errors th:last-child{text-align:left;white-space:normal}
 svg.spark{color:#2f6fde;vertical-align:middle}svg.bar{display:block;margin:4px 0}
 .ok{color:#1a7f37}.bad{color:#c62828}
 ";
@@ -168,7 +169,8 @@ fn table(h: &mut String, id: &str, title: &str, rows: &[Row]) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&row.name),
+            // Class names break at their dots, not inside a word.
+            esc(&row.name).replace('.', ".<wbr>"),
             duration(row.saved_seconds),
             row.hits,
             row.misses,
@@ -250,7 +252,7 @@ fn errors(h: &mut String, s: &Status) {
         for e in &s.recent_errors {
             let _ = write!(
                 h,
-                "<tr><td>{} ago</td><td>{}</td><td style=\"text-align:left;white-space:normal\">{} <span class=\"muted\">{}</span></td></tr>",
+                "<tr><td>{} ago</td><td>{}</td><td>{} <span class=\"muted\">{}</span></td></tr>",
                 duration(s.generated_at.saturating_sub(e.at) as f64),
                 e.level,
                 esc(&e.message),
