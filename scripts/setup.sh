@@ -3,7 +3,8 @@
 # keytool), openssl (test certificates for tests/tls.rs), SeaweedFS (the real S3 server behind
 # the daemon in tests), the Python S3 SDKs and the aws CLI, and what scripts/chart-test.sh and
 # scripts/guide-check.sh read manifests and validate them with (PyYAML, kubernetes-validate),
-# and iproute2 (`ip`: tests/node_local.rs makes network namespaces and a veth pair).
+# and iproute2 (`ip`: tests/node_local.rs makes network namespaces and a veth pair), and
+# Debian's headless-capable Chromium (tests/status_page.rs loads the status page in it).
 # Idempotent: skips what exists.
 set -euo pipefail
 
@@ -13,6 +14,12 @@ if ! command -v gradle >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq gradle curl openssl iproute2 >/dev/null
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (apt)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
 fi
 
 need_pip=()

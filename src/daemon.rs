@@ -17,6 +17,7 @@ use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
 use crate::fronts::s3::forward::Forward;
 use crate::fronts::s3::front::S3Front;
+use crate::gradle_meta::tally::GradleTally;
 use crate::metrics::Metrics;
 use crate::node_local::{NodeLocalState, Prepared};
 use crate::server::body::BodyLimits;
@@ -224,6 +225,11 @@ impl Daemon {
             tasks: tasks.clone(),
             drain_timeout: config.listen.drain_timeout,
         };
+        // What Gradle hits saved: counted by the Gradle front, shown by the admin front.
+        let tally = Arc::new(GradleTally::new(
+            metrics.clone(),
+            config.gradle.task_type_labels,
+        ));
         if let Some(listener) = bind("listen.gradle", &config.listen.gradle).await? {
             daemon.gradle_addr = Some(listener.local_addr()?);
             let front = Arc::new(GradleFront::new(
@@ -231,6 +237,7 @@ impl Daemon {
                 &config.gradle,
                 uploads.clone(),
                 metrics.clone(),
+                tally.clone(),
             ));
             tasks.spawn(server::serve(
                 listener,
@@ -294,7 +301,12 @@ impl Daemon {
         }
         if let Some(listener) = bind("listen.admin", &config.listen.admin).await? {
             daemon.admin_addr = Some(listener.local_addr()?);
-            let mut front = AdminFront::new(metrics.clone(), memory, disk);
+            let mut front = AdminFront::new(
+                metrics.clone(),
+                (memory, config.memory.max_size.as_u64()),
+                disk,
+                tally,
+            );
             if let Some(status) = remote_status {
                 front = front.with_remote(status);
             }
@@ -302,6 +314,7 @@ impl Daemon {
                 front = front.with_node_local(state);
             }
             let front = Arc::new(front);
+            tasks.spawn(front.clone().sample(shutdown.subscribe()));
             // The admin listener's budget is its own: probes answer while the cache is full. One
             // address gets an eighth of it, so one pod that reaches the port cannot hold all of
             // it and fail the liveness probe (kubelet and Prometheus need one or two each).

@@ -13,11 +13,15 @@
 //! - [`config`] is the typed configuration tree; [`metrics`] defines every exported metric;
 //!   [`daemon`] wires it all together; [`node_local`] makes the node-local address the S3
 //!   listener binds to on a host-network DaemonSet.
+//! - [`gradle_meta`] reads the task facts (type, path, execution time) from the head of each
+//!   Gradle entry as it is stored, and tallies what hits saved, for the metrics and the admin
+//!   front's status page.
 
 pub mod checksum;
 pub mod config;
 pub mod daemon;
 pub mod fronts;
+pub mod gradle_meta;
 pub mod logging;
 pub mod metrics;
 pub mod node_local;

@@ -4,7 +4,13 @@
 //! default the subscriber reports such a failure with `eprintln!`, which panics when stderr
 //! fails, and the panic would end the task that logged: a request's connection, cut off
 //! without an answer, because the node's log disk is full.
+//!
+//! Warnings and errors also go to a small ring ([`recent`]) that the status page shows.
 
+pub mod recent;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -25,8 +31,14 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(recent::RecentLayer)
             .try_init(),
-        LogFormat::Human => builder.with_ansi(false).try_init(),
+        LogFormat::Human => builder
+            .with_ansi(false)
+            .finish()
+            .with(recent::RecentLayer)
+            .try_init(),
     };
     result.map_err(|e| e.to_string())
 }

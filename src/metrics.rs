@@ -7,8 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::TLS_LISTENER_NAMES;
@@ -16,6 +16,8 @@ use crate::store::disk::DiskUsage;
 use crate::store::Tier;
 
 const PREFIX: &str = "build_cache_proxy";
+/// The `front` label values of [`Metrics::reads`]: the S3 listener's forward mode apart.
+pub const READ_FRONTS: [&str; 3] = ["gradle", "s3", "forward"];
 
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +65,17 @@ pub struct Metrics {
     /// The S3 forward mode: requests sent on to the real S3, and where served bytes came from.
     pub forward_requests: IntCounterVec,
     pub forward_bytes: IntCounterVec,
+    /// Reads answered, by front (`gradle`, `s3`, `forward`), result and the tier that served
+    /// a hit: the status page's hit ratios, counted where the access log is written.
+    pub reads: IntCounterVec,
+    /// Body bytes of those reads' hits, by front and tier (local tiers against S3).
+    pub served_bytes: IntCounterVec,
+    /// Gradle entries by task type (`src/gradle_meta/tally.rs` bounds the label values).
+    pub gradle_hits: IntCounterVec,
+    pub gradle_misses: IntCounterVec,
+    pub gradle_stores: IntCounterVec,
+    pub gradle_time_saved: CounterVec,
+    pub gradle_unknown_entries: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -343,9 +356,92 @@ impl Metrics {
                 &["source"],
             )
             .unwrap(),
+            reads: IntCounterVec::new(
+                opts(
+                    "reads_total",
+                    "GETs answered, by front (gradle, s3, forward), result (hit: the object was \
+                     served; miss: 404) and the tier that served a hit (memory, disk, s3; none \
+                     for a miss).",
+                ),
+                &["front", "result", "tier"],
+            )
+            .unwrap(),
+            served_bytes: IntCounterVec::new(
+                opts(
+                    "served_bytes_total",
+                    "Body bytes of GET hits, by front and the tier that served them.",
+                ),
+                &["front", "tier"],
+            )
+            .unwrap(),
+            gradle_hits: IntCounterVec::new(
+                opts(
+                    "gradle_hits_total",
+                    "Gradle cache hits, by the task type of the entry (unknown: no readable \
+                     METADATA; other: beyond gradle.task_type_labels).",
+                ),
+                &["task_type"],
+            )
+            .unwrap(),
+            gradle_misses: IntCounterVec::new(
+                opts(
+                    "gradle_misses_total",
+                    "Gradle cache misses, by the task type the PUT that followed the miss \
+                     named (unknown: no such PUT, or no readable METADATA).",
+                ),
+                &["task_type"],
+            )
+            .unwrap(),
+            gradle_stores: IntCounterVec::new(
+                opts(
+                    "gradle_stores_total",
+                    "Gradle entries stored, by task type.",
+                ),
+                &["task_type"],
+            )
+            .unwrap(),
+            gradle_time_saved: CounterVec::new(
+                opts(
+                    "gradle_time_saved_seconds_total",
+                    "Build time Gradle hits saved: the execution time each hit's entry \
+                     recorded in its METADATA, by task type.",
+                ),
+                &["task_type"],
+            )
+            .unwrap(),
+            gradle_unknown_entries: IntCounterVec::new(
+                opts(
+                    "gradle_unknown_entries_total",
+                    "Gradle PUTs whose task could not be read, by reason (not_gzip, corrupt, \
+                     not_tar, no_metadata, no_task_type, too_large, truncated); they are \
+                     stored all the same.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
+        for front in READ_FRONTS {
+            m.reads.with_label_values(&[front, "miss", "none"]);
+            for tier in [Tier::Memory, Tier::Disk, Tier::S3] {
+                m.reads.with_label_values(&[front, "hit", tier.as_str()]);
+                m.served_bytes.with_label_values(&[front, tier.as_str()]);
+            }
+        }
+        for task_type in [
+            crate::gradle_meta::tally::UNKNOWN,
+            crate::gradle_meta::tally::OTHER,
+        ] {
+            m.gradle_hits.with_label_values(&[task_type]);
+            m.gradle_misses.with_label_values(&[task_type]);
+            m.gradle_stores.with_label_values(&[task_type]);
+            m.gradle_time_saved.with_label_values(&[task_type]);
+        }
+        for reason in crate::gradle_meta::tally::UNKNOWN_REASONS {
+            m.gradle_unknown_entries
+                .with_label_values(&[reason.as_str()]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -426,6 +522,13 @@ impl Metrics {
             Box::new(self.uploads_declared_bytes.clone()),
             Box::new(self.forward_requests.clone()),
             Box::new(self.forward_bytes.clone()),
+            Box::new(self.reads.clone()),
+            Box::new(self.served_bytes.clone()),
+            Box::new(self.gradle_hits.clone()),
+            Box::new(self.gradle_misses.clone()),
+            Box::new(self.gradle_stores.clone()),
+            Box::new(self.gradle_time_saved.clone()),
+            Box::new(self.gradle_unknown_entries.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");
@@ -437,6 +540,23 @@ impl Metrics {
         self.lookups
             .with_label_values(&[tier.as_str(), result])
             .inc();
+    }
+
+    /// Counts a GET for the status page's hit ratios: a 2xx is a hit served by `tier` (a
+    /// forward-mode GET that S3 answered has no tier: S3 served it), a 404 a miss; anything
+    /// else (304, 412, errors) neither.
+    pub fn record_read(&self, front: &str, status: u16, tier: Option<Tier>, sent: u64) {
+        match status {
+            200..=299 => {
+                let tier = tier.unwrap_or(Tier::S3).as_str();
+                self.reads.with_label_values(&[front, "hit", tier]).inc();
+                self.served_bytes
+                    .with_label_values(&[front, tier])
+                    .inc_by(sent);
+            }
+            404 => self.reads.with_label_values(&[front, "miss", "none"]).inc(),
+            _ => {}
+        }
     }
 
     /// Copies the tiers' own counters into the exported gauges (called at scrape time).

@@ -249,6 +249,26 @@ async fn presigned_put_get_head_are_authorized_by_s3_and_served_from_the_node() 
     let (local_after_second, s3_after_second) = counters(&daemon).await;
     assert_eq!(local_after_second - local_after_first, direct.len() as f64);
     assert_eq!(s3_after_second, s3_after_first);
+    // The status page's reads count them as the forward mode's, by where the bytes came from:
+    // three GETs served by the node (whole, ranged, the filled copy) and one streamed from S3.
+    let text = metrics(&daemon).await;
+    let reads = |tier: &str| {
+        metric_value(
+            &text,
+            &format!(
+                "build_cache_proxy_reads_total{{front=\"forward\",result=\"hit\",tier=\"{tier}\"}}"
+            ),
+        )
+    };
+    assert_eq!(reads("memory") + reads("disk"), 3.0);
+    assert_eq!(reads("s3"), 1.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            "build_cache_proxy_reads_total{front=\"s3\",result=\"hit\",tier=\"s3\"}"
+        ),
+        0.0
+    );
 
     // Changed behind the node's back: served new, then the new bytes are local.
     let changed = pattern(500_000, 9);

@@ -155,6 +155,12 @@ impl Config {
                 "must not be larger than disk.max_size: such an entry could never be stored",
             ));
         }
+        if self.gradle.task_type_labels > 1000 {
+            return Err(ConfigError::invalid(
+                "gradle.task_type_labels",
+                "must be at most 1000: each label is a series per Gradle metric",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, user) in self.gradle.users.iter().enumerate() {
             let key = format!("gradle.users[{i}]");

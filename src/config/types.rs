@@ -471,6 +471,9 @@ pub struct GradleConfig {
     pub write: WritePolicy,
     /// HTTP Basic users.
     pub users: Vec<GradleUser>,
+    /// How many task types get their own `task_type` label on the Gradle metrics (the first
+    /// ones seen); the rest count as `other`. Bounds the series a node exports.
+    pub task_type_labels: usize,
 }
 
 impl Default for GradleConfig {
@@ -481,6 +484,7 @@ impl Default for GradleConfig {
             anonymous: Access::Readwrite,
             write: WritePolicy::Back,
             users: Vec::new(),
+            task_type_labels: 30,
         }
     }
 }

@@ -7,9 +7,15 @@
 //! that local hits and builds go on while S3 is down. A store failure on write is an
 //! accepted-and-dropped write (2xx, counted), because a missing cache entry costs one task's
 //! rebuild while a disabled cache costs the whole build's.
+//!
+//! Each PUT's `METADATA` (the task's type, path and execution time) is read from the first
+//! chunks of its body before they go on to the store, and kept as the entry's object metadata;
+//! each hit then adds its entry's execution time to the build time saved
+//! ([`crate::gradle_meta`]). An entry whose task cannot be read is stored all the same.
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
@@ -18,10 +24,12 @@ use hyper::Request;
 use super::auth::{BasicAuth, Identity};
 use super::reply::{content_length, in_namespace, respond, set_length, with_tier, BodyAnswers};
 use crate::config::{Access, GradleConfig, Oversize};
+use crate::gradle_meta::tally::GradleTally;
+use crate::gradle_meta::{MetadataReader, Reading, TaskFacts};
 use crate::metrics::Metrics;
 use crate::server::body::{self, ResponseBody};
 use crate::server::{ConnInfo, Front, UploadLimits};
-use crate::store::{Key, PutOptions, Store, StoreError};
+use crate::store::{ByteStream, Key, ObjectAttrs, PutOptions, Store, StoreError};
 
 const CACHE_PREFIX: &str = "/cache/";
 const ARTIFACT_TYPE: &str = "application/vnd.gradle.build-cache-artifact.v1";
@@ -35,6 +43,7 @@ pub struct GradleFront<S> {
     uploads: UploadLimits,
     answers: BodyAnswers,
     metrics: Arc<Metrics>,
+    tally: Arc<GradleTally>,
 }
 
 impl<S: Store> GradleFront<S> {
@@ -43,6 +52,7 @@ impl<S: Store> GradleFront<S> {
         config: &GradleConfig,
         uploads: UploadLimits,
         metrics: Arc<Metrics>,
+        tally: Arc<GradleTally>,
     ) -> Self {
         GradleFront {
             store,
@@ -63,6 +73,7 @@ impl<S: Store> GradleFront<S> {
             },
             uploads,
             metrics,
+            tally,
         }
     }
 
@@ -137,6 +148,8 @@ impl<S: Store> GradleFront<S> {
         }
         match self.store.get(key).await {
             Ok(Some(object)) => {
+                self.tally
+                    .hit(TaskFacts::from_metadata(&object.meta.attrs.user).as_ref());
                 let mut response = respond(StatusCode::OK, "hit", body::stream(object.body));
                 set_length(response.headers_mut(), object.meta.len);
                 response.headers_mut().insert(
@@ -145,8 +158,14 @@ impl<S: Store> GradleFront<S> {
                 );
                 with_tier(response, object.tier)
             }
-            Ok(None) => respond(StatusCode::NOT_FOUND, "miss", body::empty()),
-            Err(e) => self.read_failed(key, e),
+            Ok(None) => {
+                self.tally.miss(key.name());
+                respond(StatusCode::NOT_FOUND, "miss", body::empty())
+            }
+            Err(e) => {
+                self.tally.miss(key.name());
+                self.read_failed(key, e)
+            }
         }
     }
 
@@ -203,10 +222,19 @@ impl<S: Store> GradleFront<S> {
             None => None,
         };
         let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
-        let stored = self
-            .store
-            .put(key, len, stream, &PutOptions::default())
-            .await;
+        let (reading, stream) = read_head(stream).await;
+        let options = match &reading {
+            Reading::Known(facts) => PutOptions {
+                attrs: ObjectAttrs {
+                    user: facts.to_metadata(),
+                    ..ObjectAttrs::default()
+                },
+                ..PutOptions::default()
+            },
+            _ => PutOptions::default(),
+        };
+        let stored = self.store.put(key, len, stream, &options).await;
+        self.tally.put(key.name(), &reading, stored.is_ok());
         // Whatever the store did, the client's body is read to its end before the answer.
         let got = upload.finish().await;
         drop(admitted);
@@ -297,6 +325,31 @@ impl<S: Store> Front for GradleFront<S> {
         in_namespace(&mut response, key.namespace().as_str());
         response
     }
+}
+
+/// Reads the entry's `METADATA` from the first chunks of `body`, as few as it takes (bounded
+/// by [`MetadataReader`]), and gives back the body whole: the chunks read, then the rest. The
+/// chunks are held, not copied, and an error or the end of the body passes on to the store as
+/// it came.
+async fn read_head(body: ByteStream) -> (Reading, ByteStream) {
+    let mut body = body.fuse();
+    let mut reader = MetadataReader::new();
+    let mut head = Vec::new();
+    while !reader.is_done() {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                reader.feed(&chunk);
+                head.push(Ok(chunk));
+            }
+            Some(Err(e)) => {
+                head.push(Err(e));
+                break;
+            }
+            None => break,
+        }
+    }
+    let whole = futures_util::stream::iter(head).chain(body);
+    (reader.finish(), Box::pin(whole))
 }
 
 fn unauthorized(outcome: &'static str) -> Response<ResponseBody> {

@@ -41,6 +41,8 @@ pub struct Outcome {
     /// listener, whose bucket may be in the host, the same authority it routed and checked the
     /// signature against.
     pub authority: Option<String>,
+    /// Answered by the S3 listener's forward mode (for the per-front hit ratios).
+    pub forward: bool,
 }
 
 impl Outcome {
@@ -157,6 +159,18 @@ impl Drop for Record {
             m.operations
                 .with_label_values(&[self.front, operation, &status])
                 .inc();
+        }
+        let object_get = match self.outcome.operation {
+            Some(operation) => operation == "GetObject",
+            None => self.front == "gradle" && self.outcome.namespace.is_some(),
+        };
+        if self.method == "GET" && object_get {
+            let front = if self.outcome.forward {
+                "forward"
+            } else {
+                self.front
+            };
+            m.record_read(front, self.status, self.outcome.tier, self.sent);
         }
         let complete = self.finished || self.expected.is_some_and(|len| self.sent >= len);
         let outcome = if complete {

@@ -67,6 +67,11 @@ impl Project {
     /// Runs `gradle <tasks>` with the build cache on; returns stdout followed by stderr.
     /// Panics (with the output) unless Gradle exits 0 within the timeout.
     pub fn build(&self, tasks: &[&str]) -> String {
+        self.build_with_env(tasks, &[])
+    }
+
+    /// [`Project::build`] with extra environment variables (e.g. `GRADLE_OPTS`).
+    pub fn build_with_env(&self, tasks: &[&str], env: &[(&str, &str)]) -> String {
         let _serial = GRADLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let mut cmd = Command::new("gradle");
@@ -74,6 +79,7 @@ impl Project {
             .arg("-g")
             .arg(&self.gradle_home)
             .args(tasks)
+            .envs(env.iter().copied())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -103,8 +103,8 @@ panel("stat", "Hit ratio with S3", "Lookups answered by memory, disk or the S3 r
       [(ratio(rate("lookups_total", 'result="hit"', rng="$__range", fn="increase"), gets(rng="$__range", fn="increase")), "")], "percentunit", w=4, h=5, extra=pct, minv=0, maxv=1)
 panel("stat", "Served from the node", "Response body bytes the cache fronts sent, minus the bytes read from S3 to serve misses: traffic S3 did not have to carry. Over the dashboard's time range.",
       [(f'{rate("sent_bytes_total", NOADMIN, rng="$__range", fn="increase")} - ({rate("s3_received_bytes_total", rng="$__range", fn="increase")} or vector(0))', "")], "bytes", w=4, h=5)
-panel("stat", "S3 wait saved (estimate)", "Local hits times the mean latency of this cluster's S3 GETs (to the response headers, so transfer time is not included): the time builds did not spend waiting for S3. Over the dashboard's time range; empty without an S3 backend.",
-      [(f'{local_hits(rng="$__range", fn="increase")} * ({rate("s3_request_duration_seconds_sum", GET, rng="$__range")} / {rate("s3_request_duration_seconds_count", GET, rng="$__range")})', "")], "s", w=4, h=5)
+panel("stat", "Build time saved", "The execution time of the tasks whose outputs Gradle took from the cache instead of running them, as each entry's METADATA recorded it when the task ran. Over the dashboard's time range.",
+      [(rate("gradle_time_saved_seconds_total", rng="$__range", fn="increase"), "")], "s", w=4, h=5)
 panel("stat", "S3 breaker", "Nodes whose S3 circuit breaker is closed (S3 usable) out of the nodes reporting. An open breaker makes misses skip S3 and writes queue.",
       [(f'sum({P}s3_up{{{N}}})', "up"), (f'count({P}s3_up{{{N}}})', "nodes")], "short", w=4, h=5)
 panel("stat", "Write-back queue", "Entries waiting for upload to S3, all selected nodes, and the age of the oldest one.",
@@ -123,6 +123,21 @@ panel("timeseries", "Lookups by tier and result", "Lookups per second.",
       [(rate("lookups_total", "", "tier, result"), "{{tier}} {{result}}")], "ops", w=12, stack=True)
 panel("timeseries", "Requests by front and status", "Requests per second answered by each front.",
       [(rate("requests_total", "", "front, method, status"), "{{front}} {{method}} {{status}}")], "reqps", w=12)
+
+# ---------------------------------------------------------------- Gradle tasks
+newrow("Gradle: what hits saved, by task type")
+TT = "task_type"
+panel("timeseries", "Build time saved by task type", "Seconds of task execution saved per second by Gradle hits, by task type (the task's class; the first gradle.task_type_labels types seen on a node get their own label, later ones are other; unknown: entries without readable METADATA).",
+      [(rate("gradle_time_saved_seconds_total", "", TT), "{{task_type}}")], "s", w=12, stack=True)
+panel("bargauge", "Time saved by task type", "Build time Gradle hits saved over the dashboard's time range, by task type, largest first.",
+      [(f'sort_desc({rate("gradle_time_saved_seconds_total", "", TT, rng="$__range", fn="increase")})', "{{task_type}}")], "s", w=12,
+      extra={"options": {"orientation": "horizontal", "displayMode": "gradient", "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}})
+panel("timeseries", "Gradle hit ratio by task type", "Hits of hits and misses, by task type. A miss is counted with the type of the PUT that follows it (Gradle stores what it missed and then ran).",
+      [(ratio(rate("gradle_hits_total", "", TT), f'{rate("gradle_hits_total", "", TT)} + {rate("gradle_misses_total", "", TT)}'), "{{task_type}}")], "percentunit", w=8, minv=0, maxv=1)
+panel("timeseries", "Gradle misses by task type", "Misses per second by the task type their PUT named: the tasks that run again and again.",
+      [(rate("gradle_misses_total", "", TT), "{{task_type}}")], "ops", w=8, stack=True)
+panel("timeseries", "Gradle entries stored, and unknown ones", "Entries stored per second by task type, and PUTs whose task could not be read, by reason (stored all the same).",
+      [(rate("gradle_stores_total", "", TT), "{{task_type}}"), (rate("gradle_unknown_entries_total", "", "reason"), "unknown: {{reason}}")], "ops", w=8)
 
 # ---------------------------------------------------------------- traffic
 newrow("Traffic: the node versus S3")

@@ -204,6 +204,7 @@ impl<B: Backend> Forward<B> {
         };
         if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {
             outcome.operation = Some(operation);
+            outcome.forward = true;
         }
         in_namespace(&mut response, endpoint.namespace.as_str());
         response

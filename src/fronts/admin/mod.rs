@@ -1,4 +1,5 @@
-//! The admin front: `/metrics`, `/healthz`, `/readyz` and a plain-text status page.
+//! The admin front: `/metrics`, `/healthz`, `/readyz`, and the status page at `/` (HTML,
+//! [`page`]) with its JSON twin `/status.json`, both from one gathered [`status::Status`].
 //!
 //! Liveness (`/healthz`) only says the process serves HTTP: a slow disk or S3 outage must not
 //! get the pod restarted. Readiness (`/readyz`) says whether this node's cache can take writes:
@@ -7,6 +8,10 @@
 //! of the Service during an S3 outage would turn a partial outage into a complete one; `/readyz`
 //! reports the S3 state in its body (and `build_cache_proxy_s3_up` in the metrics) instead.
 
+pub mod history;
+pub mod page;
+pub mod status;
+
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -14,6 +19,8 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
+use crate::gradle_meta::tally::GradleTally;
+use crate::logging::recent::RECENT;
 use crate::metrics::Metrics;
 use crate::node_local::NodeLocalState;
 use crate::server::access::Outcome;
@@ -23,11 +30,17 @@ use crate::store::disk::DiskTier;
 use crate::store::memory::MemoryTier;
 use crate::store::s3::S3Tier;
 use crate::store::write_back::WriteBack;
+use history::{unix_now, Counters, History, Sample};
 
 pub struct AdminFront {
     metrics: Arc<Metrics>,
     memory: MemoryTier,
+    /// `memory.max_size`, shown against the memory tier's use.
+    memory_max: u64,
     disk: DiskTier,
+    tally: Arc<GradleTally>,
+    history: Arc<History>,
+    started_at: u64,
     remote: Option<RemoteStatus>,
     /// The node-local address, with `[node_local]`: `/readyz` fails while it is not set up.
     node_local: Option<NodeLocalState>,
@@ -57,14 +70,50 @@ impl RemoteStatus {
 }
 
 impl AdminFront {
-    pub fn new(metrics: Arc<Metrics>, memory: MemoryTier, disk: DiskTier) -> Self {
-        AdminFront {
+    /// The front, and the history of per-minute samples that [`AdminFront::sample`] fills.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        memory: (MemoryTier, u64),
+        disk: DiskTier,
+        tally: Arc<GradleTally>,
+    ) -> Self {
+        let front = AdminFront {
             metrics,
-            memory,
+            memory: memory.0,
+            memory_max: memory.1,
             disk,
+            tally,
+            history: Arc::new(History::default()),
+            started_at: unix_now(),
             remote: None,
             node_local: None,
             ready_check: tokio::sync::Mutex::new(None),
+        };
+        // The first sample starts the window, so the page has a "last hour" from the start.
+        front.history.record(front.now());
+        front
+    }
+
+    /// The counters now.
+    fn now(&self) -> Sample {
+        Sample {
+            at: unix_now(),
+            counters: Counters::read(&self.metrics, &self.tally),
+        }
+    }
+
+    /// Takes a sample every [`history::INTERVAL`] until `stop` says so.
+    pub async fn sample(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(history::INTERVAL);
+        tick.tick().await; // the first tick is immediate; `new` took that sample
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.observe().await;
+                    self.history.record(self.now());
+                }
+                _ = stop.changed() => return,
+            }
         }
     }
 
@@ -122,24 +171,49 @@ impl AdminFront {
         result
     }
 
-    async fn status_page(&self) -> String {
+    /// Everything the status page shows, as of now.
+    async fn status(&self) -> status::Status {
         self.observe().await;
         let (mem_bytes, mem_entries) = self.memory.usage();
         let disk = self.disk.usage();
-        let settings = self.disk.settings();
-        format!(
-            "build-cache-proxy {}\n\nmemory: {} entries, {} bytes\ndisk:   {} entries, {} of {} bytes in {}\n        {} evictions, {} bytes pinned until uploaded\n",
-            env!("CARGO_PKG_VERSION"),
-            mem_entries,
-            mem_bytes,
-            disk.entries,
-            disk.bytes,
-            settings.max_size,
-            settings.dir.display(),
-            disk.evictions,
-            disk.pinned_bytes,
-        ) + &self.node_local_line()
-            + &self.remote_line()
+        let m = &self.metrics;
+        let gauge = |g: &prometheus::IntGauge| g.get().max(0) as u64;
+        status::gather(status::Inputs {
+            started_at: self.started_at,
+            window: self.history.with(self.now()),
+            tally: self.tally.snapshot(),
+            memory: status::Usage {
+                bytes: mem_bytes,
+                entries: mem_entries,
+                max_bytes: self.memory_max,
+            },
+            disk: status::DiskStatus {
+                usage: status::Usage {
+                    bytes: disk.bytes,
+                    entries: disk.entries,
+                    max_bytes: self.disk.settings().max_size,
+                },
+                pinned_bytes: disk.pinned_bytes,
+                evictions: disk.evictions,
+            },
+            write_back: self
+                .remote
+                .as_ref()
+                .and_then(|r| r.queue.as_ref())
+                .map(|_| {
+                    (
+                        gauge(&m.upload_queue_entries),
+                        gauge(&m.upload_queue_bytes),
+                        gauge(&m.upload_queue_oldest_seconds),
+                    )
+                }),
+            s3: self
+                .remote
+                .as_ref()
+                .map(|r| (r.s3.bucket().to_string(), r.s3.breaker().is_up())),
+            node_local: self.node_local.as_ref().map(NodeLocalState::describe),
+            recent_errors: RECENT.newest_first(),
+        })
     }
 }
 
@@ -177,7 +251,16 @@ impl Front for AdminFront {
                     format!("{why}\n"),
                 ),
             },
-            "/" => (StatusCode::OK, "text/plain", self.status_page().await),
+            "/" => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::render(&self.status().await),
+            ),
+            "/status.json" => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&self.status().await).expect("the status serializes"),
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
