@@ -84,7 +84,10 @@ async fn run_case(case: &str, method: CopyMethod, total: u64, part_size: u64) {
     .await
     .unwrap();
     let key = Key::object(Namespace::new("bench").unwrap(), "cache.zip").unwrap();
-    let id = uploads.create(&key, ObjectAttrs::default()).await.unwrap();
+    let id = uploads
+        .create(&key, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let data = Bytes::from(
         (0..CHUNK)
             .map(|i| (i as u8).wrapping_mul(31))
@@ -98,7 +101,8 @@ async fn run_case(case: &str, method: CopyMethod, total: u64, part_size: u64) {
         let etag = uploads
             .put_part(&key, &id, number, len, body(&data, len, number))
             .await
-            .unwrap();
+            .unwrap()
+            .etag;
         listed.push((number, etag));
         left -= len;
         number += 1;
@@ -106,7 +110,11 @@ async fn run_case(case: &str, method: CopyMethod, total: u64, part_size: u64) {
 
     let before = Usage::now();
     let started = Instant::now();
-    let Completion::Assembled(done) = uploads.complete(&key, &id, &listed).await.unwrap() else {
+    let Completion::Assembled(done) = uploads
+        .complete(&key, &id, &listed, &Default::default())
+        .await
+        .unwrap()
+    else {
         unreachable!("a first completion assembles");
     };
     let stats = done.stats;

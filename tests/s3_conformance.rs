@@ -949,3 +949,130 @@ async fn listing_prefixes_select_names() {
     }
     node.stop().await;
 }
+
+/// A multipart upload created with a checksum algorithm: each part's checksum is answered and
+/// listed, the completion answers the object's (composite `<sum>-<parts>`, or a CRC of the
+/// whole object) with its type, HEAD returns both when asked, on this node and, through S3,
+/// on another; a whole-object checksum that differs fails the completion with BadDigest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_checksums_are_made_of_the_parts() {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType};
+    let node = Node::start("multipart-checksums").await;
+    let s3 = node.front();
+    let other_work = tempfile::tempdir().unwrap();
+    let other_node = Daemon::start_spec(other_work.path(), s3t::spec(&node_config(&node.backend)));
+    let s3_other = client_as(&other_node.s3_url(), KEY, SECRET);
+    let bodies = [pattern(5 << 20, 21), pattern(70_000, 22)];
+    for bucket in BUCKETS {
+        for (algorithm, kind) in [
+            (ChecksumAlgorithm::Sha256, ChecksumType::Composite),
+            (ChecksumAlgorithm::Crc32, ChecksumType::FullObject),
+        ] {
+            let key = format!("sums/{}.bin", algorithm.as_str());
+            let created = s3
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .checksum_algorithm(algorithm.clone())
+                .checksum_type(kind.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(created.checksum_algorithm(), Some(&algorithm), "{bucket}");
+            let id = created.upload_id().unwrap();
+            let mut parts = Vec::new();
+            for (i, data) in bodies.iter().enumerate() {
+                let number = i as i32 + 1;
+                let out = s3
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(&key)
+                    .upload_id(id)
+                    .part_number(number)
+                    .checksum_algorithm(algorithm.clone())
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .unwrap();
+                let part = CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(out.e_tag().unwrap())
+                    .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
+                    .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                    .build();
+                assert!(
+                    part.checksum_sha256().or(part.checksum_crc32()).is_some(),
+                    "{bucket}: the part's checksum is answered"
+                );
+                parts.push(part);
+            }
+            let listed = s3
+                .list_parts()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(id)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(listed.checksum_algorithm(), Some(&algorithm), "{bucket}");
+            for (shown, sent) in listed.parts().iter().zip(&parts) {
+                assert_eq!(shown.checksum_sha256(), sent.checksum_sha256());
+                assert_eq!(shown.checksum_crc32(), sent.checksum_crc32());
+            }
+            let wrong = completion(&s3, bucket, &key, id, &parts)
+                .checksum_sha256("AAAA")
+                .send()
+                .await;
+            if algorithm == ChecksumAlgorithm::Sha256 {
+                assert_eq!(
+                    status(wrong),
+                    400,
+                    "{bucket}: the whole object's checksum differs"
+                );
+            }
+            let done = completion(&s3, bucket, &key, id, &parts).send().await;
+            let done = done.unwrap_or_else(|e| {
+                panic!("{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+            });
+            assert_eq!(done.checksum_type(), Some(&kind), "{bucket}");
+            let value = done
+                .checksum_sha256()
+                .or(done.checksum_crc32())
+                .unwrap()
+                .to_string();
+            if kind == ChecksumType::Composite {
+                assert!(value.ends_with("-2"), "{bucket}: {value}");
+            } else {
+                let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
+                crc.update(&bodies.concat());
+                let whole = (crc.finalize() as u32).to_be_bytes();
+                use base64::Engine;
+                assert_eq!(
+                    value,
+                    base64::engine::general_purpose::STANDARD.encode(whole)
+                );
+            }
+            let mut heads = vec![(s3.clone(), "this node")];
+            if bucket != "local" {
+                if bucket == "back" {
+                    node.uploaded(&key).await;
+                }
+                heads.push((s3_other.clone(), "another node"));
+            }
+            for (client, which) in heads {
+                let head = client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send()
+                    .await
+                    .unwrap();
+                let shown = head.checksum_sha256().or(head.checksum_crc32());
+                assert_eq!(shown, Some(value.as_str()), "{bucket}: {which}");
+                assert_eq!(head.checksum_type(), Some(&kind), "{bucket}: {which}");
+            }
+        }
+    }
+    node.stop().await;
+}

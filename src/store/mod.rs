@@ -109,15 +109,21 @@ pub struct ObjectAttrs {
 /// stores with an object as given on its PUT and returns on every read (lowercase names).
 pub const KEPT_HEADERS: [&str; 3] = ["content-disposition", "content-language", "expires"];
 
-/// The whole-object checksums a PUT may carry (and the front verified), kept with the object
-/// among its kept headers and returned when a reader asks for checksums.
-pub const CHECKSUM_HEADERS: [&str; 5] = [
+/// The object's checksum (one a PUT carried and the front verified, or a multipart upload's
+/// made of its parts'), kept with the object among its kept headers and returned when a reader
+/// asks for checksums: its value under its algorithm's header, and for a multipart upload's
+/// the type ([`CHECKSUM_TYPE_HEADER`]; without it, the checksum is of the whole object).
+pub const CHECKSUM_HEADERS: [&str; 6] = [
     "x-amz-checksum-crc32",
     "x-amz-checksum-crc32c",
     "x-amz-checksum-crc64nvme",
     "x-amz-checksum-sha1",
     "x-amz-checksum-sha256",
+    CHECKSUM_TYPE_HEADER,
 ];
+
+/// How a kept checksum is made (`COMPOSITE` or `FULL_OBJECT`).
+pub const CHECKSUM_TYPE_HEADER: &str = "x-amz-checksum-type";
 
 impl ObjectAttrs {
     /// A kept header's value, if the object has it.

@@ -2,7 +2,7 @@
 //! CompleteMultipartUpload, AbortMultipartUpload, ListParts and ListMultipartUploads, over the
 //! store's [`Multipart`] uploads (parts kept on disk until the completion assembles them).
 
-use http::{Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 use std::time::SystemTime;
@@ -12,11 +12,12 @@ use super::front::{store_error, xml_response, Authorized, S3Front};
 use super::object_headers::{client_put_options, write_conditions};
 use super::objects::{header_error, missing_content_length, quoted};
 use super::xml;
+use crate::checksum::{to_base64, ChecksumAlgorithm, ChecksumType};
 use crate::fronts::reply::respond;
 use crate::server::body::{self, ResponseBody};
 use crate::store::backend::{Backend, ByteRange};
-use crate::store::multipart::{MultipartError, MAX_PART_NUMBER};
-use crate::store::BodyLen;
+use crate::store::multipart::{ListedChecksums, MultipartError, UploadChecksum, MAX_PART_NUMBER};
+use crate::store::{BodyLen, CHECKSUM_TYPE_HEADER};
 
 /// Most parts one ListParts page holds (S3's default and cap).
 const MAX_LISTED_PARTS: usize = 1000;
@@ -31,9 +32,10 @@ impl<B: Backend> S3Front<B> {
     ) -> Result<Response<ResponseBody>, S3Error> {
         let key = auth.key(&self.namespace(auth))?;
         let options = client_put_options(req.headers()).map_err(header_error)?;
+        let checksum = upload_checksum(req.headers())?;
         let upload_id = self
             .multipart
-            .create(&key, options.attrs)
+            .create(&key, options.attrs, checksum)
             .await
             .map_err(multipart_error)?;
         let result = xml::InitiateMultipartUploadResult {
@@ -42,7 +44,19 @@ impl<B: Backend> S3Front<B> {
             upload_id,
             ..Default::default()
         };
-        Ok(xml_response(result.to_xml()))
+        let mut response = xml_response(result.to_xml());
+        if let Some(checksum) = checksum {
+            let headers = response.headers_mut();
+            headers.insert(
+                "x-amz-checksum-algorithm",
+                HeaderValue::from_static(checksum.algorithm.name()),
+            );
+            headers.insert(
+                CHECKSUM_TYPE_HEADER,
+                HeaderValue::from_static(checksum.kind.name()),
+            );
+        }
+        Ok(response)
     }
 
     /// UploadPart: the part's body is received like a PutObject's (decoded, checked, bounded)
@@ -68,14 +82,20 @@ impl<B: Backend> S3Front<B> {
             Err(e) => return self.refuse(req, auth, &e).await,
         };
         self.receive(req, auth, plan, |stream, _| async move {
-            let etag = self
+            let receipt = self
                 .multipart
                 .put_part(&key, upload_id, part_number, len, stream)
                 .await
                 .map_err(multipart_error)?;
             let mut response = respond(StatusCode::OK, "stored", body::empty());
-            if let Ok(value) = http::HeaderValue::from_str(&quoted(&etag)) {
-                response.headers_mut().insert(http::header::ETAG, value);
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&quoted(&receipt.etag)) {
+                headers.insert(http::header::ETAG, value);
+            }
+            if let Some((algorithm, raw)) = &receipt.checksum {
+                if let Ok(value) = HeaderValue::from_str(&to_base64(raw)) {
+                    headers.insert(algorithm.header_name(), value);
+                }
             }
             Ok(response)
         })
@@ -108,7 +128,7 @@ impl<B: Backend> S3Front<B> {
                 ));
             }
         }
-        let etag = self
+        let receipt = self
             .multipart
             .put_part(
                 &key,
@@ -121,7 +141,7 @@ impl<B: Backend> S3Front<B> {
             .map_err(multipart_error)?;
         let result = xml::CopyPartResult {
             last_modified: xml::timestamp(SystemTime::now()),
-            etag: quoted(&etag),
+            etag: quoted(&receipt.etag),
             ..Default::default()
         };
         Ok(xml_response(result.to_part_xml()))
@@ -137,6 +157,11 @@ impl<B: Backend> S3Front<B> {
         upload_id: &str,
     ) -> Response<ResponseBody> {
         let conditions = write_conditions(req.headers());
+        // The whole object's checksum, if the client gives it.
+        let whole = ChecksumAlgorithm::ALL.into_iter().find_map(|algorithm| {
+            let value = req.headers().get(algorithm.header_name())?.to_str().ok()?;
+            Some((algorithm, value.to_string()))
+        });
         let (read, got) = match self
             .read_small_body(req, auth, xml::MAX_COMPLETE_BODY)
             .await
@@ -146,6 +171,17 @@ impl<B: Backend> S3Front<B> {
         };
         let completed = async {
             let parts = xml::parse_complete_multipart_upload(&read?)?;
+            let checksums = ListedChecksums {
+                parts: parts
+                    .iter()
+                    .flat_map(|part| {
+                        let number = part.part_number;
+                        let listed = part.checksums.iter().cloned();
+                        listed.map(move |(algorithm, value)| (number, algorithm, value))
+                    })
+                    .collect(),
+                whole,
+            };
             let listed: Vec<(u32, String)> = parts
                 .into_iter()
                 .map(|part| (part.part_number, part.etag))
@@ -153,7 +189,14 @@ impl<B: Backend> S3Front<B> {
             let key = auth.key(&self.namespace(auth))?;
             let meta = self
                 .store
-                .complete_multipart(&self.multipart, &key, upload_id, &listed, &conditions)
+                .complete_multipart(
+                    &self.multipart,
+                    &key,
+                    upload_id,
+                    &listed,
+                    &checksums,
+                    &conditions,
+                )
                 .await
                 .map_err(multipart_error)?;
             let bucket = auth.route.bucket.clone().unwrap_or_default();
@@ -162,6 +205,8 @@ impl<B: Backend> S3Front<B> {
                 bucket,
                 key: key.name().to_string(),
                 etag: quoted(meta.etag.as_deref().unwrap_or_default()),
+                checksum: kept_checksum(&meta),
+                checksum_type: meta.attrs.kept(CHECKSUM_TYPE_HEADER).map(str::to_string),
                 ..Default::default()
             };
             Ok::<_, S3Error>(xml_response(result.to_xml()))
@@ -200,6 +245,10 @@ impl<B: Backend> S3Front<B> {
             .multipart
             .list_parts(&key, upload_id)
             .map_err(multipart_error)?;
+        let checksum = self
+            .multipart
+            .upload_checksum(&key, upload_id)
+            .map_err(multipart_error)?;
         let mut after: Vec<_> = parts
             .into_iter()
             .filter(|p| p.part_number > marker)
@@ -221,9 +270,15 @@ impl<B: Backend> S3Front<B> {
                     last_modified: xml::timestamp(p.modified),
                     etag: quoted(&p.etag),
                     size: p.size,
+                    checksum: checksum
+                        .zip(p.checksum.as_deref())
+                        .map(|(c, raw)| xml::ChecksumElements::of(c.algorithm, to_base64(raw)))
+                        .unwrap_or_default(),
                 })
                 .collect(),
             storage_class: "STANDARD",
+            checksum_algorithm: checksum.map(|c| c.algorithm.name()),
+            checksum_type: checksum.map(|c| c.kind.name()),
             ..Default::default()
         };
         Ok(xml_response(result.to_xml()))
@@ -319,6 +374,56 @@ fn copy_source_range(headers: &http::HeaderMap) -> Result<Option<ByteRange>, S3E
     }
 }
 
+/// The checksum a CreateMultipartUpload asks for: `x-amz-checksum-algorithm`, and
+/// `x-amz-checksum-type` (S3's default for the algorithm without it).
+fn upload_checksum(headers: &http::HeaderMap) -> Result<Option<UploadChecksum>, S3Error> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    let invalid = |what: &str| {
+        S3Error::new(
+            S3ErrorCode::InvalidRequest,
+            format!("Value for {what} header is invalid."),
+        )
+    };
+    let kind = match text(CHECKSUM_TYPE_HEADER) {
+        None => None,
+        Some(name) => {
+            Some(ChecksumType::from_name(name).ok_or_else(|| invalid(CHECKSUM_TYPE_HEADER))?)
+        }
+    };
+    let Some(name) = text("x-amz-checksum-algorithm") else {
+        return match kind {
+            None => Ok(None),
+            Some(_) => Err(S3Error::new(
+                S3ErrorCode::InvalidRequest,
+                "x-amz-checksum-type needs x-amz-checksum-algorithm.",
+            )),
+        };
+    };
+    let algorithm =
+        ChecksumAlgorithm::from_name(name).ok_or_else(|| invalid("x-amz-checksum-algorithm"))?;
+    let kind = ChecksumType::for_upload(algorithm, kind).ok_or_else(|| {
+        S3Error::new(
+            S3ErrorCode::InvalidRequest,
+            format!(
+                "The {} checksum algorithm does not support this checksum type.",
+                algorithm.name()
+            ),
+        )
+    })?;
+    Ok(Some(UploadChecksum { algorithm, kind }))
+}
+
+/// An object's kept checksum as XML elements.
+fn kept_checksum(meta: &crate::store::ObjectMeta) -> xml::ChecksumElements {
+    ChecksumAlgorithm::ALL
+        .into_iter()
+        .find_map(|algorithm| {
+            let value = meta.attrs.kept(algorithm.header_name())?;
+            Some(xml::ChecksumElements::of(algorithm, value.to_string()))
+        })
+        .unwrap_or_default()
+}
+
 fn multipart_error(err: MultipartError) -> S3Error {
     use S3ErrorCode as C;
     let message = err.to_string();
@@ -337,6 +442,7 @@ fn multipart_error(err: MultipartError) -> S3Error {
         MultipartError::NoParts => S3Error::new(C::MalformedXML, message),
         MultipartError::InvalidPartOrder => S3Error::new(C::InvalidPartOrder, message),
         MultipartError::InvalidPart(_) => S3Error::new(C::InvalidPart, message),
+        MultipartError::BadDigest => S3Error::new(C::BadDigest, message),
         MultipartError::EntityTooSmall { .. } => S3Error::new(C::EntityTooSmall, message),
         MultipartError::Store(e) => store_error(e),
     }

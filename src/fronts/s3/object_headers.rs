@@ -8,7 +8,9 @@ use std::time::SystemTime;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::store::backend::{ByteRange, Conditions, GetOptions};
-use crate::store::{ObjectAttrs, ObjectMeta, PutOptions, CHECKSUM_HEADERS, KEPT_HEADERS};
+use crate::store::{
+    ObjectAttrs, ObjectMeta, PutOptions, CHECKSUM_HEADERS, CHECKSUM_TYPE_HEADER, KEPT_HEADERS,
+};
 
 /// The prefix of user metadata headers.
 pub const META_PREFIX: &str = "x-amz-meta-";
@@ -194,9 +196,10 @@ pub fn kept_checksums(meta: &ObjectMeta, headers: &mut HeaderMap) {
             }
         }
     }
-    if any {
+    // A PUT's checksum is of the whole object; a multipart upload's says which it is.
+    if any && !headers.contains_key(CHECKSUM_TYPE_HEADER) {
         headers.insert(
-            HeaderName::from_static("x-amz-checksum-type"),
+            HeaderName::from_static(CHECKSUM_TYPE_HEADER),
             HeaderValue::from_static("FULL_OBJECT"),
         );
     }

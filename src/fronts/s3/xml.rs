@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::{S3Error, S3ErrorCode};
+use crate::checksum::ChecksumAlgorithm;
 
 const DECLARATION: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 const S3_NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
@@ -249,6 +250,51 @@ impl InitiateMultipartUploadResult {
     }
 }
 
+/// An object's or a part's checksum in S3's XML: one `Checksum<ALGORITHM>` element, for the
+/// algorithm it has (none without one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChecksumElements {
+    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ChecksumElements {
+    /// The element of `algorithm` holding `value` (base64).
+    pub fn of(algorithm: ChecksumAlgorithm, value: String) -> Self {
+        let mut elements = ChecksumElements::default();
+        let slot = match algorithm {
+            ChecksumAlgorithm::Crc32 => &mut elements.crc32,
+            ChecksumAlgorithm::Crc32c => &mut elements.crc32c,
+            ChecksumAlgorithm::Crc64Nvme => &mut elements.crc64nvme,
+            ChecksumAlgorithm::Sha1 => &mut elements.sha1,
+            ChecksumAlgorithm::Sha256 => &mut elements.sha256,
+        };
+        *slot = Some(value);
+        elements
+    }
+
+    /// Each element given, with its algorithm.
+    fn given(self) -> impl Iterator<Item = (ChecksumAlgorithm, String)> {
+        [
+            (ChecksumAlgorithm::Crc32, self.crc32),
+            (ChecksumAlgorithm::Crc32c, self.crc32c),
+            (ChecksumAlgorithm::Crc64Nvme, self.crc64nvme),
+            (ChecksumAlgorithm::Sha1, self.sha1),
+            (ChecksumAlgorithm::Sha256, self.sha256),
+        ]
+        .into_iter()
+        .filter_map(|(algorithm, value)| Some((algorithm, value?)))
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CompleteMultipartUploadResult {
@@ -260,6 +306,10 @@ pub struct CompleteMultipartUploadResult {
     /// Quoted, `"<md5 of the part md5s>-<parts>"`.
     #[serde(rename = "ETag")]
     pub etag: String,
+    #[serde(flatten)]
+    pub checksum: ChecksumElements,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
 }
 
 impl CompleteMultipartUploadResult {
@@ -302,6 +352,8 @@ pub struct ListedPart {
     #[serde(rename = "ETag")]
     pub etag: String,
     pub size: u64,
+    #[serde(flatten)]
+    pub checksum: ChecksumElements,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -320,6 +372,10 @@ pub struct ListPartsResult {
     #[serde(rename = "Part")]
     pub parts: Vec<ListedPart>,
     pub storage_class: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<&'static str>,
 }
 
 impl ListPartsResult {
@@ -447,6 +503,8 @@ pub struct CompletedPart {
     pub part_number: u32,
     /// Without the quotes clients put around it.
     pub etag: String,
+    /// The part's checksums the client lists (base64), by algorithm.
+    pub checksums: Vec<(ChecksumAlgorithm, String)>,
 }
 
 #[derive(Deserialize)]
@@ -461,6 +519,16 @@ struct CompletePartDocument {
     part_number: u32,
     #[serde(rename = "ETag")]
     etag: String,
+    #[serde(rename = "ChecksumCRC32")]
+    crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C")]
+    crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME")]
+    crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1")]
+    sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256")]
+    sha256: Option<String>,
 }
 
 /// Parses a CompleteMultipartUpload body: 1 to 10,000 parts, numbers 1 to 10,000 in ascending
@@ -492,9 +560,17 @@ pub fn parse_complete_multipart_upload(body: &[u8]) -> Result<Vec<CompletedPart>
             .strip_prefix('"')
             .and_then(|etag| etag.strip_suffix('"'))
             .unwrap_or(etag);
+        let listed = ChecksumElements {
+            crc32: part.crc32,
+            crc32c: part.crc32c,
+            crc64nvme: part.crc64nvme,
+            sha1: part.sha1,
+            sha256: part.sha256,
+        };
         parts.push(CompletedPart {
             part_number: part.part_number,
             etag: etag.to_owned(),
+            checksums: listed.given().collect(),
         });
     }
     Ok(parts)

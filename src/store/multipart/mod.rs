@@ -42,6 +42,10 @@ use super::disk::parts::{AssemblyMeta, CopyMethod, CopyStats, PartSource, Stored
 use super::disk::{DiskTier, Sealed};
 use super::entry_file::EntryHeader;
 use super::{ByteStream, Key, Namespace, ObjectAttrs, ObjectMeta, StoreError};
+use crate::checksum::ChecksumAlgorithm;
+
+mod checksums;
+pub use checksums::{ListedChecksums, UploadChecksum};
 
 /// The highest part number S3 accepts (the lowest is 1).
 pub const MAX_PART_NUMBER: u32 = 10_000;
@@ -108,9 +112,13 @@ pub enum MultipartError {
     /// `InvalidPartOrder` (400): parts must be listed in ascending order, each once.
     #[error("parts are not listed in ascending order")]
     InvalidPartOrder,
-    /// `InvalidPart` (400): the part was not uploaded, or its ETag is not the one listed.
-    #[error("part {0} was not uploaded or its ETag does not match")]
+    /// `InvalidPart` (400): the part was not uploaded, or its ETag (or checksum) is not the
+    /// one listed.
+    #[error("part {0} was not uploaded or its ETag or checksum does not match")]
     InvalidPart(u32),
+    /// `BadDigest` (400): the object's checksum is not the one the completion gave.
+    #[error("the object's checksum is not the one given")]
+    BadDigest,
     /// `EntityTooSmall` (400): a part other than the last is below the minimum size.
     #[error("part {part_number} is {size} bytes, below the minimum of {min}")]
     EntityTooSmall {
@@ -146,6 +154,17 @@ pub struct PartSummary {
     pub etag: String,
     pub size: u64,
     pub modified: SystemTime,
+    /// The part's raw checksum, in an upload created with one (unknown for a part received
+    /// before a restart, until the completion reads it back).
+    pub checksum: Option<Vec<u8>>,
+}
+
+/// What storing a part gave: its ETag (hex MD5, no quotes), and in an upload created with a
+/// checksum algorithm the part's raw checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReceipt {
+    pub etag: String,
+    pub checksum: Option<(ChecksumAlgorithm, Vec<u8>)>,
 }
 
 /// A completed upload: one entry of the disk tier.
@@ -227,8 +246,13 @@ pub enum Completion {
 struct Upload {
     key: Key,
     attrs: ObjectAttrs,
+    /// The checksum the object gets from its parts', if the upload was created with one.
+    checksum: Option<UploadChecksum>,
     initiated: SystemTime,
     parts: BTreeMap<u32, StoredPart>,
+    /// Each part's checksum (with [`Upload::checksum`]), as computed when it arrived; not kept
+    /// across a restart (the completion reads those parts back).
+    part_checksums: HashMap<u32, Vec<u8>>,
     state: State,
 }
 
@@ -267,9 +291,14 @@ impl Multipart {
         &self.inner.settings
     }
 
-    /// Starts an upload of `key`; `attrs` are the object's once it completes. Durable when this
-    /// returns.
-    pub async fn create(&self, key: &Key, attrs: ObjectAttrs) -> Result<String, MultipartError> {
+    /// Starts an upload of `key`; `attrs` are the object's once it completes, and `checksum`
+    /// how its checksum is made of its parts'. Durable when this returns.
+    pub async fn create(
+        &self,
+        key: &Key,
+        attrs: ObjectAttrs,
+        checksum: Option<UploadChecksum>,
+    ) -> Result<String, MultipartError> {
         let upload_id = new_upload_id()?;
         let initiated = SystemTime::now();
         {
@@ -283,8 +312,10 @@ impl Multipart {
                 Upload {
                     key: key.clone(),
                     attrs: attrs.clone(),
+                    checksum,
                     initiated,
                     parts: BTreeMap::new(),
+                    part_checksums: HashMap::new(),
                     state: State::Creating,
                 },
             );
@@ -292,7 +323,7 @@ impl Multipart {
         let manifest = EntryHeader {
             body_len: 0,
             modified: initiated,
-            ..EntryHeader::unsealed(key, attrs)
+            ..EntryHeader::unsealed(key, UploadChecksum::in_manifest(checksum, &attrs))
         }
         .encode();
         let dir = self.inner.upload_dir(&upload_id);
@@ -317,8 +348,8 @@ impl Multipart {
     }
 
     /// Stores part `part_number` of an upload of `key` from exactly `len` bytes of `body`,
-    /// replacing any earlier part of that number; returns the part's ETag (its hex MD5).
-    /// Durable when this returns.
+    /// replacing any earlier part of that number; returns the part's ETag (its hex MD5), and
+    /// its checksum in an upload created with one. Durable when this returns.
     pub async fn put_part(
         &self,
         key: &Key,
@@ -326,7 +357,7 @@ impl Multipart {
         part_number: u32,
         len: u64,
         body: ByteStream,
-    ) -> Result<String, MultipartError> {
+    ) -> Result<PartReceipt, MultipartError> {
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
             return Err(MultipartError::InvalidPartNumber(part_number));
         }
@@ -335,10 +366,38 @@ impl Multipart {
             return Err(MultipartError::EntityTooLarge { size: len, max });
         }
         // Refuse before reading a body that could not be kept.
-        self.inner
-            .open_upload(&mut self.inner.lock(), key, upload_id)?;
+        let algorithm = self
+            .inner
+            .open_upload(&mut self.inner.lock(), key, upload_id)?
+            .checksum
+            .map(|c| c.algorithm);
+        // The part's checksum, computed on the way to the disk.
+        let hasher = algorithm.map(|a| Arc::new(Mutex::new(a.hasher())));
+        let body: ByteStream = match &hasher {
+            Some(hasher) => {
+                let hasher = hasher.clone();
+                Box::pin(futures_util::StreamExt::inspect(body, move |chunk| {
+                    if let Ok(data) = chunk {
+                        hasher
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .update(data);
+                    }
+                }))
+            }
+            None => body,
+        };
         let received = self.inner.disk.receive_part(len, body).await?;
         let etag = received.info().etag();
+        let checksum = hasher.map(|hasher| {
+            let hasher = Arc::try_unwrap(hasher)
+                .ok()
+                .expect("the body stream, and its clone of the hasher, are gone")
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            hasher.finalize()
+        });
+        let kept = checksum.clone();
         let inner = self.inner.clone();
         let key = key.clone();
         let upload_id = upload_id.to_string();
@@ -348,6 +407,10 @@ impl Multipart {
                 let mut uploads = inner.lock();
                 let upload = inner.open_upload(&mut uploads, &key, &upload_id)?;
                 let part = received.install(dir.join(part_file_name(part_number)))?;
+                match kept {
+                    Some(sum) => upload.part_checksums.insert(part_number, sum),
+                    None => upload.part_checksums.remove(&part_number),
+                };
                 upload.parts.insert(part_number, part)
             };
             // The replaced part's file is gone (renamed over); this frees its space.
@@ -357,7 +420,23 @@ impl Multipart {
         })
         .await
         .map_err(io::Error::other)??;
-        Ok(etag)
+        Ok(PartReceipt {
+            etag,
+            checksum: algorithm.zip(checksum),
+        })
+    }
+
+    /// The checksum an upload was created with.
+    pub fn upload_checksum(
+        &self,
+        key: &Key,
+        upload_id: &str,
+    ) -> Result<Option<UploadChecksum>, MultipartError> {
+        let mut uploads = self.inner.lock();
+        Ok(self
+            .inner
+            .known_upload(&mut uploads, key, upload_id)?
+            .checksum)
     }
 
     /// The parts of an upload of `key`, by part number.
@@ -376,6 +455,7 @@ impl Multipart {
                 etag: part.info.etag(),
                 size: part.info.len,
                 modified: part.modified,
+                checksum: upload.part_checksums.get(&part_number).cloned(),
             })
             .collect())
     }
@@ -436,6 +516,7 @@ impl Multipart {
         key: &Key,
         upload_id: &str,
         listed: &[(u32, String)],
+        checksums: &ListedChecksums,
     ) -> Result<Completion, MultipartError> {
         if let Some(done) = self.inner.completed().by_id.get(upload_id) {
             if done.key == *key {
@@ -445,13 +526,28 @@ impl Multipart {
                 };
             }
         }
+        self.read_back_part_checksums(key, upload_id).await?;
         let (sources, attrs) = {
             let mut uploads = self.inner.lock();
             let min = self.inner.settings.min_part_size;
             let upload = self.inner.open_upload(&mut uploads, key, upload_id)?;
-            let sources = check_completion(listed, &upload.parts, min)?;
+            let numbered = check_completion(listed, &upload.parts, min)?;
+            let mut attrs = upload.attrs.clone();
+            if let Some(checksum) = upload.checksum {
+                let mut parts = Vec::with_capacity(numbered.len());
+                for (number, source) in &numbered {
+                    let sum = upload
+                        .part_checksums
+                        .get(number)
+                        .ok_or(MultipartError::InvalidPart(*number))?;
+                    parts.push((*number, sum.as_slice(), source.info.len));
+                }
+                let kept = checksums::object_checksum(checksum, &parts, checksums)?;
+                attrs.kept.extend(kept);
+            }
             upload.state = State::Completing;
-            (sources, upload.attrs.clone())
+            let sources: Vec<PartSource> = numbered.into_iter().map(|(_, s)| s).collect();
+            (sources, attrs)
         };
         let md5s: Vec<[u8; 16]> = sources.iter().map(|p| p.info.md5).collect();
         let layout = PartLayout::Sizes(sources.iter().map(|p| p.info.len).collect());
@@ -510,6 +606,56 @@ impl Multipart {
             layout,
             stats: assembled.stats,
         })))
+    }
+
+    /// Computes the checksums of an upload's parts that have none (received before a restart)
+    /// from their files, off the async threads, before a completion needs them.
+    async fn read_back_part_checksums(
+        &self,
+        key: &Key,
+        upload_id: &str,
+    ) -> Result<(), MultipartError> {
+        let missing: Vec<(u32, PathBuf, u64, ChecksumAlgorithm)> = {
+            let mut uploads = self.inner.lock();
+            let Ok(upload) = self.inner.open_upload(&mut uploads, key, upload_id) else {
+                // The completion itself answers for an upload in another state.
+                return Ok(());
+            };
+            let Some(checksum) = upload.checksum else {
+                return Ok(());
+            };
+            upload
+                .parts
+                .iter()
+                .filter(|(number, _)| !upload.part_checksums.contains_key(number))
+                .map(|(n, p)| (*n, p.path.clone(), p.info.len, checksum.algorithm))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let computed = tokio::task::spawn_blocking(move || {
+            missing
+                .into_iter()
+                .map(|(n, path, len, algorithm)| {
+                    let sum = checksums::of_part_file(algorithm, &path, len)?;
+                    Ok((n, path, sum))
+                })
+                .collect::<io::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let mut uploads = self.inner.lock();
+        let upload = self.inner.open_upload(&mut uploads, key, upload_id)?;
+        for (number, path, sum) in computed {
+            // Only for the file it was read from: a part uploaded again meanwhile brought its
+            // own checksum.
+            let same = upload.parts.get(&number).is_some_and(|p| p.path == path);
+            if same && !upload.part_checksums.contains_key(&number) {
+                upload.part_checksums.insert(number, sum);
+            }
+        }
+        Ok(())
     }
 
     /// Whether `upload_id` was completed (a retried completion is answered as the first was).
@@ -658,7 +804,7 @@ fn check_completion(
     listed: &[(u32, String)],
     parts: &BTreeMap<u32, StoredPart>,
     min_part_size: u64,
-) -> Result<Vec<PartSource>, MultipartError> {
+) -> Result<Vec<(u32, PartSource)>, MultipartError> {
     if listed.is_empty() {
         return Err(MultipartError::NoParts);
     }
@@ -687,7 +833,7 @@ fn check_completion(
                 min: min_part_size,
             });
         }
-        sources.push(PartSource::from(part));
+        sources.push((*number, PartSource::from(part)));
     }
     Ok(sources)
 }
@@ -838,11 +984,15 @@ fn load_upload(
             }
         }
     }
+    let mut attrs = manifest.attrs;
+    let checksum = UploadChecksum::from_manifest(&mut attrs);
     Ok(Some(Upload {
         key: manifest.key,
-        attrs: manifest.attrs,
+        attrs,
+        checksum,
         initiated: manifest.modified,
         parts,
+        part_checksums: HashMap::new(),
         state: State::Open,
     }))
 }

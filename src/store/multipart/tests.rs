@@ -27,7 +27,10 @@ impl Multipart {
         listed: &[(u32, String)],
         mode: Commit,
     ) -> Result<Committed, MultipartError> {
-        let Completion::Assembled(done) = self.complete(key, upload_id, listed).await? else {
+        let Completion::Assembled(done) = self
+            .complete(key, upload_id, listed, &Default::default())
+            .await?
+        else {
             panic!("a first completion assembles");
         };
         let done = *done;
@@ -82,7 +85,8 @@ impl Setup {
                 .uploads
                 .put_part(key, id, *number, data.len() as u64, body(data))
                 .await
-                .unwrap();
+                .unwrap()
+                .etag;
             listed.push((*number, format!("\"{etag}\"")));
         }
         listed.sort();
@@ -151,7 +155,7 @@ async fn assemble_and_check(sizes: &[usize], settings: MultipartSettings) -> Com
         .enumerate()
         .map(|(i, &len)| pattern(len, i as u8 + 1))
         .collect();
-    let id = s.uploads.create(&k, attrs()).await.unwrap();
+    let id = s.uploads.create(&k, attrs(), None).await.unwrap();
     let mut order: Vec<(u32, &[u8])> = data
         .iter()
         .enumerate()
@@ -254,7 +258,11 @@ async fn the_etag_is_s3s_md5_of_md5s() {
     )
     .await;
     let k = key("hello.txt");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s.put_parts(&k, &id, &[(1, b"hello"), (2, b" world")]).await;
     // A single part's ETag is its MD5 (known value), the object's the MD5 of the two binary
     // MD5s (computed independently with Python's hashlib).
@@ -276,7 +284,11 @@ async fn the_etag_is_s3s_md5_of_md5s() {
 async fn a_part_uploaded_again_replaces_the_earlier_one() {
     let s = Setup::new(1 << 30, small_parts()).await;
     let k = key("a/b");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let first = s.put_parts(&k, &id, &[(1, &pattern(5000, 1))]).await;
     let second = s
         .put_parts(&k, &id, &[(1, &pattern(6000, 2)), (2, b"tail")])
@@ -316,7 +328,11 @@ async fn a_part_uploaded_again_replaces_the_earlier_one() {
 async fn completions_are_checked_as_s3_checks_them_and_leave_the_upload_open() {
     let s = Setup::new(1 << 30, small_parts()).await;
     let k = key("checked");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s
         .put_parts(
             &k,
@@ -371,7 +387,7 @@ async fn completions_are_checked_as_s3_checks_them_and_leave_the_upload_open() {
     assert_eq!(s.upload_dirs(), 0);
     // Completed: a retry is answered as the completion was.
     assert!(matches!(
-        s.uploads.complete(&k, &id, &[l(0)]).await,
+        s.uploads.complete(&k, &id, &[l(0)], &Default::default()).await,
         Ok(Completion::Repeated(meta)) if meta == done.meta
     ));
 }
@@ -388,12 +404,20 @@ async fn unknown_ids_limits_and_other_keys_are_refused() {
     )
     .await;
     let k = key("mine");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     assert!(is_upload_id(&id));
-    let other = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let other = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     assert_ne!(id, other);
     assert!(matches!(
-        s.uploads.create(&k, ObjectAttrs::default()).await,
+        s.uploads.create(&k, ObjectAttrs::default(), None).await,
         Err(MultipartError::TooManyUploads(2))
     ));
     let put = |k: Key, id: String, n: u32, len: usize| {
@@ -457,17 +481,29 @@ async fn uploads_are_listed_by_namespace_prefix_key_and_initiation() {
     let s = Setup::new(1 << 30, small_parts()).await;
     let b = key("dir/b");
     let a = key("dir/a");
-    let id_b = s.uploads.create(&b, ObjectAttrs::default()).await.unwrap();
-    let id_a1 = s.uploads.create(&a, ObjectAttrs::default()).await.unwrap();
+    let id_b = s
+        .uploads
+        .create(&b, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
+    let id_a1 = s
+        .uploads
+        .create(&a, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let id_a2 = s.uploads.create(&a, ObjectAttrs::default()).await.unwrap();
+    let id_a2 = s
+        .uploads
+        .create(&a, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     s.uploads
-        .create(&key("other/c"), ObjectAttrs::default())
+        .create(&key("other/c"), ObjectAttrs::default(), None)
         .await
         .unwrap();
     let elsewhere = Key::object(Namespace::new("bucket-b").unwrap(), "dir/a").unwrap();
     s.uploads
-        .create(&elsewhere, ObjectAttrs::default())
+        .create(&elsewhere, ObjectAttrs::default(), None)
         .await
         .unwrap();
     let ns = Namespace::new("bucket-a").unwrap();
@@ -485,7 +521,11 @@ async fn uploads_are_listed_by_namespace_prefix_key_and_initiation() {
 async fn an_abort_removes_the_parts_and_frees_their_space() {
     let s = Setup::new(4 << 20, small_parts()).await;
     let k = key("big");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     s.put_parts(&k, &id, &[(1, &pattern(3 << 20, 1))]).await;
     // The part's space is taken: an entry that would need it is refused, not the part evicted.
     let entry = pattern(2 << 20, 2);
@@ -531,7 +571,11 @@ async fn parts_count_against_the_disk_tier_and_evict_only_cached_entries() {
         .await
         .unwrap();
     let k = key("upload");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     // Room is made for the part by evicting the cached entry.
     s.put_parts(&k, &id, &[(1, &pattern(3 << 20, 2))]).await;
     assert!(!s.disk.contains(&key("cached")));
@@ -570,7 +614,11 @@ async fn a_completed_entry_can_be_pinned_and_replaces_an_older_one() {
         .put(&k, 3, body(b"old"), &PutOptions::default())
         .await
         .unwrap();
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s
         .put_parts(&k, &id, &[(1, &pattern(4000, 1)), (2, b"new")])
         .await;
@@ -591,7 +639,7 @@ async fn a_completed_entry_can_be_pinned_and_replaces_an_older_one() {
 async fn an_open_upload_survives_a_restart_and_completes() {
     let s = Setup::new(8 << 20, small_parts()).await;
     let k = key("restarted");
-    let id = s.uploads.create(&k, attrs()).await.unwrap();
+    let id = s.uploads.create(&k, attrs(), None).await.unwrap();
     let one = pattern(3 << 20, 1);
     let two = pattern(2000, 2);
     let mut listed = s.put_parts(&k, &id, &[(1, &one), (2, &two)]).await;
@@ -661,11 +709,15 @@ async fn stale_uploads_are_swept_and_their_space_freed() {
     };
     let s = Setup::new(4 << 20, settings.clone()).await;
     let k = key("stale");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     s.put_parts(&k, &id, &[(1, &pattern(3 << 20, 1))]).await;
     let fresh = s
         .uploads
-        .create(&key("fresh"), ObjectAttrs::default())
+        .create(&key("fresh"), ObjectAttrs::default(), None)
         .await
         .unwrap();
 
@@ -693,7 +745,11 @@ async fn stale_uploads_are_swept_and_their_space_freed() {
         .unwrap();
 
     // At start-up, uploads past max_age are removed too.
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     s.put_parts(&k, &id, &[(1, b"abc")]).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let s = s
@@ -719,7 +775,7 @@ async fn the_sweeper_task_runs_until_stopped() {
     .await;
     let (stop, stopped) = watch::channel(false);
     s.uploads
-        .create(&key("x"), ObjectAttrs::default())
+        .create(&key("x"), ObjectAttrs::default(), None)
         .await
         .unwrap();
     s.uploads.start(stopped);
@@ -745,7 +801,11 @@ async fn damaged_part_bytes_never_reach_a_reader() {
     // Off the grid: the re-read that computes the table finds the damage; the upload stays
     // open.
     let k = key("off-grid");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s
         .put_parts(
             &k,
@@ -768,7 +828,11 @@ async fn damaged_part_bytes_never_reach_a_reader() {
     // On the grid nothing is re-read: the entry's checksum, combined from the parts', does not
     // match its body, so the first read drops it.
     let k = key("on-grid");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s
         .put_parts(
             &k,
@@ -793,36 +857,63 @@ async fn damaged_part_bytes_never_reach_a_reader() {
 async fn a_retried_completion_gets_the_first_ones_answer() {
     let s = Setup::new(64 << 20, small_parts()).await;
     let k = key("retried.zip");
-    let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s
         .put_parts(&k, &id, &[(1, &pattern(4000, 1)), (2, b"end")])
         .await;
-    let Completion::Assembled(done) = s.uploads.complete(&k, &id, &listed).await.unwrap() else {
+    let Completion::Assembled(done) = s
+        .uploads
+        .complete(&k, &id, &listed, &Default::default())
+        .await
+        .unwrap()
+    else {
         panic!("a first completion assembles");
     };
     assert!(matches!(
-        s.uploads.complete(&k, &id, &listed).await,
+        s.uploads
+            .complete(&k, &id, &listed, &Default::default())
+            .await,
         Err(MultipartError::Busy)
     ));
     done.sealed.commit(Commit::Cached).await.unwrap();
     s.uploads.settle(&id, Some(done.meta.clone()));
     for _ in 0..2 {
-        match s.uploads.complete(&k, &id, &listed).await {
+        match s
+            .uploads
+            .complete(&k, &id, &listed, &Default::default())
+            .await
+        {
             Ok(Completion::Repeated(meta)) => assert_eq!(meta, done.meta),
             _ => panic!("a retried completion repeats the first answer"),
         }
     }
     assert!(matches!(
-        s.uploads.complete(&key("other.zip"), &id, &listed).await,
+        s.uploads
+            .complete(&key("other.zip"), &id, &listed, &Default::default())
+            .await,
         Err(MultipartError::NoSuchUpload)
     ));
 
-    let failed = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+    let failed = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), None)
+        .await
+        .unwrap();
     let listed = s.put_parts(&k, &failed, &[(1, b"only")]).await;
-    assert!(s.uploads.complete(&k, &failed, &listed).await.is_ok());
+    assert!(s
+        .uploads
+        .complete(&k, &failed, &listed, &Default::default())
+        .await
+        .is_ok());
     s.uploads.settle(&failed, None);
     assert!(matches!(
-        s.uploads.complete(&k, &failed, &listed).await,
+        s.uploads
+            .complete(&k, &failed, &listed, &Default::default())
+            .await,
         Err(MultipartError::NoSuchUpload)
     ));
 }
@@ -834,7 +925,11 @@ async fn a_part_listed_twice_is_used_once_as_its_last_listing_says() {
     let s = Setup::new(64 << 20, small_parts()).await;
     let k = key("twice.zip");
     for last_listed_is_current in [true, false] {
-        let id = s.uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+        let id = s
+            .uploads
+            .create(&k, ObjectAttrs::default(), None)
+            .await
+            .unwrap();
         let retry = s.put_parts(&k, &id, &[(1, b"BBBBBBBB")]).await;
         let first = s.put_parts(&k, &id, &[(1, b"AAAAAAAA")]).await;
         let listed = if last_listed_is_current {
@@ -855,4 +950,118 @@ async fn a_part_listed_twice_is_used_once_as_its_last_listing_says() {
             assert!(matches!(done, Err(MultipartError::InvalidPart(1))));
         }
     }
+}
+
+/// An upload created with a checksum: each part's is computed as it arrives and shown in
+/// ListParts; the completion checks the parts' checksums the client lists and the whole
+/// object's it gives (a mismatch leaves the upload open), and the object keeps the composite
+/// (or full-object) checksum and its type; parts received before a restart are read back.
+#[tokio::test]
+async fn checksums_of_an_upload_are_made_of_its_parts() {
+    use crate::checksum::{to_base64, ChecksumAlgorithm as A, ChecksumType as T};
+    let raw = |alg: A, data: &[u8]| {
+        let mut hasher = alg.hasher();
+        hasher.update(data);
+        hasher.finalize()
+    };
+    let s = Setup::new(64 << 20, MultipartSettings::default()).await;
+    let k = key("summed");
+    let sha = UploadChecksum {
+        algorithm: A::Sha256,
+        kind: T::Composite,
+    };
+    let id = s.uploads.create(&k, attrs(), Some(sha)).await.unwrap();
+    let parts: Vec<Vec<u8>> = [b'A', b'B', b'C'].map(|c| vec![c; 5 << 20]).to_vec();
+    let mut listed = Vec::new();
+    for (i, data) in parts[..2].iter().enumerate() {
+        let number = i as u32 + 1;
+        let receipt = s
+            .uploads
+            .put_part(&k, &id, number, data.len() as u64, body(data))
+            .await
+            .unwrap();
+        assert_eq!(receipt.checksum, Some((A::Sha256, raw(A::Sha256, data))));
+        listed.push((number, receipt.etag));
+    }
+    // The third part arrives after a restart; the first two are read back from their files.
+    let s = s.restart(MultipartSettings::default()).await;
+    assert_eq!(s.uploads.upload_checksum(&k, &id).unwrap(), Some(sha));
+    let receipt = s
+        .uploads
+        .put_part(&k, &id, 3, parts[2].len() as u64, body(&parts[2]))
+        .await
+        .unwrap();
+    listed.push((3, receipt.etag));
+    let shown = s.uploads.list_parts(&k, &id).unwrap();
+    assert_eq!(shown[2].checksum, Some(raw(A::Sha256, &parts[2])));
+
+    let wrong_part = ListedChecksums {
+        parts: vec![(2, A::Sha256, to_base64(&raw(A::Sha256, b"other")))],
+        whole: None,
+    };
+    assert!(matches!(
+        s.uploads.complete(&k, &id, &listed, &wrong_part).await,
+        Err(MultipartError::InvalidPart(2))
+    ));
+    let wrong_whole = ListedChecksums {
+        parts: vec![],
+        whole: Some((A::Sha256, "bad".into())),
+    };
+    assert!(matches!(
+        s.uploads.complete(&k, &id, &listed, &wrong_whole).await,
+        Err(MultipartError::BadDigest)
+    ));
+    let right = ListedChecksums {
+        parts: vec![(1, A::Sha256, to_base64(&raw(A::Sha256, &parts[0])))],
+        whole: Some((
+            A::Sha256,
+            "uWBwpe1dxI4Vw8Gf0X9ynOdw/SS6VBzfWm9giiv1sf4=-3".into(),
+        )),
+    };
+    let Completion::Assembled(done) = s.uploads.complete(&k, &id, &listed, &right).await.unwrap()
+    else {
+        panic!("a first completion assembles");
+    };
+    assert_eq!(
+        done.meta.attrs.kept("x-amz-checksum-sha256"),
+        Some("uWBwpe1dxI4Vw8Gf0X9ynOdw/SS6VBzfWm9giiv1sf4=-3")
+    );
+    assert_eq!(
+        done.meta.attrs.kept("x-amz-checksum-type"),
+        Some("COMPOSITE")
+    );
+    // The object's own attributes are as created, the upload's checksum names gone.
+    assert_eq!(done.meta.attrs.user, attrs().user);
+    assert_eq!(done.meta.attrs.kept.len(), attrs().kept.len() + 2);
+
+    // A full-object CRC is the whole body's.
+    let crc = UploadChecksum {
+        algorithm: A::Crc64Nvme,
+        kind: T::FullObject,
+    };
+    let id = s
+        .uploads
+        .create(&k, ObjectAttrs::default(), Some(crc))
+        .await
+        .unwrap();
+    let listed = s
+        .put_parts(&k, &id, &[(1, &parts[0]), (2, &parts[1][..1000])])
+        .await;
+    let Completion::Assembled(done) = s
+        .uploads
+        .complete(&k, &id, &listed, &Default::default())
+        .await
+        .unwrap()
+    else {
+        panic!("a first completion assembles");
+    };
+    let whole = [parts[0].as_slice(), &parts[1][..1000]].concat();
+    assert_eq!(
+        done.meta.attrs.kept("x-amz-checksum-crc64nvme"),
+        Some(to_base64(&raw(A::Crc64Nvme, &whole)).as_str())
+    );
+    assert_eq!(
+        done.meta.attrs.kept("x-amz-checksum-type"),
+        Some("FULL_OBJECT")
+    );
 }

@@ -170,18 +170,29 @@ async fn multipart_completions_keep_the_clients_parts_on_the_way_to_the_backend(
         .await
         .unwrap();
         let k = key(9);
-        let id = uploads.create(&k, ObjectAttrs::default()).await.unwrap();
+        let id = uploads
+            .create(&k, ObjectAttrs::default(), None)
+            .await
+            .unwrap();
         let (first, second) = (pattern(300_000, 1), pattern(1234, 2));
         let mut listed = Vec::new();
         for (n, data) in [(1, &first), (2, &second)] {
             let etag = uploads
                 .put_part(&k, &id, n, data.len() as u64, body(data))
                 .await
-                .unwrap();
+                .unwrap()
+                .etag;
             listed.push((n, etag));
         }
         let meta = store
-            .complete_multipart(&uploads, &k, &id, &listed, &Default::default())
+            .complete_multipart(
+                &uploads,
+                &k,
+                &id,
+                &listed,
+                &Default::default(),
+                &Default::default(),
+            )
             .await
             .unwrap();
         assert!(meta.etag.as_deref().unwrap().ends_with("-2"), "{write:?}");

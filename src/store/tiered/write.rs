@@ -7,7 +7,7 @@ use crate::store::backend::{Backend, Conditions, PartLayout, Verdict};
 use crate::store::disk::spool::Spool;
 use crate::store::disk::{Commit, Sealed};
 use crate::store::entry_file::EntryHeader;
-use crate::store::multipart::{Completion, Multipart, MultipartError};
+use crate::store::multipart::{Completion, ListedChecksums, Multipart, MultipartError};
 use crate::store::write_back::{Op, Slot, WriteBack};
 use crate::store::{BodyLen, ByteStream, Key, ObjectMeta, PutOptions, Store, StoreError};
 
@@ -172,6 +172,7 @@ impl<B: Backend> TieredStore<B> {
         key: &Key,
         upload_id: &str,
         listed: &[(u32, String)],
+        checksums: &ListedChecksums,
         conditions: &Conditions,
     ) -> Result<ObjectMeta, MultipartError> {
         if !conditions.is_empty() && !uploads.is_completed(upload_id) {
@@ -182,7 +183,7 @@ impl<B: Backend> TieredStore<B> {
             Route::Back(queue) => Some((queue, queue.reserve(key)?)),
             Route::Local | Route::Through(_) => None,
         };
-        let completed = match uploads.complete(key, upload_id, listed).await? {
+        let completed = match uploads.complete(key, upload_id, listed, checksums).await? {
             Completion::Assembled(completed) => *completed,
             Completion::Repeated(meta) => return Ok(meta),
         };

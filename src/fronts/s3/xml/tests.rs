@@ -118,6 +118,20 @@ fn the_other_documents() {
     }
     .to_xml();
     assert!(copy.contains("<CopyObjectResult xmlns="));
+    // A checksum is one element named after its algorithm, among the others.
+    let completed = CompleteMultipartUploadResult {
+        etag: "\"e-3\"".into(),
+        checksum: ChecksumElements::of(ChecksumAlgorithm::Sha256, "c2hh-3".into()),
+        checksum_type: Some("COMPOSITE".into()),
+        ..Default::default()
+    }
+    .to_xml();
+    assert!(
+        completed.contains(
+            "<ETag>\"e-3\"</ETag><ChecksumSHA256>c2hh-3</ChecksumSHA256><ChecksumType>COMPOSITE</ChecksumType>"
+        ),
+        "{completed}"
+    );
     let parts = ListPartsResult {
         bucket: "cache".into(),
         key: "big".into(),
@@ -128,6 +142,7 @@ fn the_other_documents() {
             last_modified: "t".into(),
             etag: "\"e\"".into(),
             size: 5,
+            checksum: ChecksumElements::default(),
         }],
         storage_class: "STANDARD",
         ..Default::default()
@@ -171,11 +186,13 @@ fn complete_multipart_upload_bodies() {
         [
             CompletedPart {
                 part_number: 1,
-                etag: "7778aef83f66abc1fa1e8477f296d394".into()
+                etag: "7778aef83f66abc1fa1e8477f296d394".into(),
+                checksums: vec![(ChecksumAlgorithm::Crc32, "AAAAAA==".into())],
             },
             CompletedPart {
                 part_number: 2,
-                etag: "8234979a3fa7e2a8c54b3b7dc8b80a1e".into()
+                etag: "8234979a3fa7e2a8c54b3b7dc8b80a1e".into(),
+                checksums: vec![],
             },
         ]
     );
