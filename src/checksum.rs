@@ -2,6 +2,8 @@
 //! running checksum over a body, and what a multipart upload's checksum is made of its parts'.
 //! The S3 front checks what clients send with them; the multipart store computes its parts'.
 
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine as _;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -143,6 +145,32 @@ impl ChecksumHasher {
         }
     }
 }
+
+/// A checksum that comes after the body it is of (an aws-chunked trailer): set once, when the
+/// body ended and the checksum matched it, and read by whoever stores the body.
+#[derive(Debug, Clone, Default)]
+pub struct LateChecksum(Arc<OnceLock<(ChecksumAlgorithm, Vec<u8>)>>);
+
+impl LateChecksum {
+    /// Publishes the checksum (the first time only).
+    pub fn set(&self, algorithm: ChecksumAlgorithm, raw: Vec<u8>) {
+        let _ = self.0.set((algorithm, raw));
+    }
+
+    /// The checksum, once the body ended with it.
+    pub fn get(&self) -> Option<&(ChecksumAlgorithm, Vec<u8>)> {
+        self.0.get()
+    }
+}
+
+/// Two handles are equal when they are the same slot.
+impl PartialEq for LateChecksum {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LateChecksum {}
 
 /// How a multipart upload's checksum is made of its parts' (`x-amz-checksum-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1076,3 +1076,76 @@ async fn multipart_checksums_are_made_of_the_parts() {
     }
     node.stop().await;
 }
+
+/// A checksum sent after the body (an aws-chunked trailer, as the SDKs send one for a streamed
+/// body) is kept like one sent as a header: HEAD returns it when asked, here and, through S3,
+/// on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailer_checksum_is_kept() {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
+    let node = Node::start("trailer-checksum").await;
+    // The SDK sends a streamed body's checksum as an aws-chunked trailer when it computes
+    // checksums for every request it can (its default), not only where S3 requires them.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        node.front()
+            .config()
+            .to_builder()
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenSupported,
+            )
+            .build(),
+    );
+    let other_work = tempfile::tempdir().unwrap();
+    let other_node = Daemon::start_spec(other_work.path(), s3t::spec(&node_config(&node.backend)));
+    let s3_other = client_as(&other_node.s3_url(), KEY, SECRET);
+    let data = pattern(300_000, 31);
+    let file = other_work.path().join("streamed.bin");
+    std::fs::write(&file, &data).unwrap();
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    crc.update(&data);
+    let expected = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode((crc.finalize() as u32).to_be_bytes())
+    };
+    for bucket in BUCKETS {
+        let stored = s3
+            .put_object()
+            .bucket(bucket)
+            .key("trailer/streamed.bin")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .body(ByteStream::from_path(&file).await.unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.checksum_crc32_c(),
+            Some(expected.as_str()),
+            "{bucket}: {}",
+            node.daemon.log()
+        );
+        let mut heads = vec![(s3.clone(), "this node")];
+        if bucket != "local" {
+            if bucket == "back" {
+                node.uploaded("trailer/streamed.bin").await;
+            }
+            heads.push((s3_other.clone(), "another node"));
+        }
+        for (client, which) in heads {
+            let head = client
+                .head_object()
+                .bucket(bucket)
+                .key("trailer/streamed.bin")
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                head.checksum_crc32_c(),
+                Some(expected.as_str()),
+                "{bucket}: {which}"
+            );
+        }
+        assert!(read(&s3, bucket, "trailer/streamed.bin").await == data);
+    }
+    node.stop().await;
+}

@@ -201,12 +201,17 @@ impl EntryHeader {
         }
     }
 
-    /// Rewrites the fixed part of the header in place with the final length, checksum, date
-    /// and ETag.
+    /// Rewrites the header in place with the final length, checksum, date and ETag (and the
+    /// attributes, which may have had a value filled in at the end, at the same length).
     pub fn seal(&self, file: &mut (impl Write + Seek)) -> io::Result<()> {
         let bytes = self.encode();
+        if bytes.len() as u64 != self.header_len {
+            return Err(io::Error::other(
+                "the header's attributes changed length after the body was written",
+            ));
+        }
         file.seek(SeekFrom::Start(0))?;
-        file.write_all(&bytes[..FIXED_V2])
+        file.write_all(&bytes)
     }
 }
 

@@ -171,6 +171,10 @@ pub struct PutOptions {
     /// A conditional write: `if_match` / `if_none_match` on the object it replaces (the other
     /// conditions are a read's).
     pub conditions: backend::Conditions,
+    /// A checksum the body's end brings (an aws-chunked trailer): `attrs.kept` holds a
+    /// placeholder of its size under its header, which the checksum replaces once the body is
+    /// complete (so the entry's header keeps its length).
+    pub trailer_checksum: Option<crate::checksum::LateChecksum>,
 }
 
 impl PutOptions {
@@ -180,6 +184,7 @@ impl PutOptions {
             attrs,
             etag: true,
             conditions: backend::Conditions::default(),
+            trailer_checksum: None,
         }
     }
 }

@@ -23,7 +23,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -45,8 +44,8 @@ const MAX_CHUNK_HEADER: usize = 256;
 const MAX_TRAILER_SECTION: usize = 4096;
 
 /// A slot that holds the trailer checksum once the body ended and it checked out, so that the
-/// front can answer `x-amz-checksum-*` back as S3 does.
-pub type TrailerChecksum = Arc<OnceLock<(ChecksumAlgorithm, Vec<u8>)>>;
+/// object keeps it (and the front answers it back) as S3 does.
+pub type TrailerChecksum = crate::checksum::LateChecksum;
 
 /// What the chunk headers (and the trailer) carry and what is done with it.
 #[derive(Debug, Clone)]
@@ -251,13 +250,19 @@ where
             ready: VecDeque::new(),
             decoded: 0,
             checksum_matched: None,
-            checksum_out: Arc::default(),
+            checksum_out: TrailerChecksum::default(),
         }
+    }
+
+    /// Publishes the verified trailer checksum to `slot` (instead of a slot of its own).
+    pub fn publishing_to(mut self, slot: TrailerChecksum) -> Self {
+        self.checksum_out = slot;
+        self
     }
 
     /// Where the verified trailer checksum appears once the body ended cleanly.
     pub fn trailer_checksum(&self) -> TrailerChecksum {
-        Arc::clone(&self.checksum_out)
+        self.checksum_out.clone()
     }
 
     /// Moves input into `line` up to and including a `\n`; true once the line is complete.
@@ -571,7 +576,7 @@ where
                     this.state = State::Done;
                     if let Some(checksum) = this.checksum_matched.take() {
                         // Set once: this is the only place that fills it.
-                        let _ = this.checksum_out.set(checksum);
+                        this.checksum_out.set(checksum.0, checksum.1);
                     }
                     if let Some(last) = this.held.take() {
                         return Poll::Ready(Some(Ok(last)));

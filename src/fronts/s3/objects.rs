@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::chunked::{AwsChunkedDecoder, ChunkedOptions};
+use super::chunked::{AwsChunkedDecoder, ChunkedOptions, TrailerChecksum};
 use super::digest::{ExpectedDigests, VerifyDigests};
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
@@ -108,6 +108,12 @@ impl<B: Backend> S3Front<B> {
             if let Some((algorithm, value)) = &plan.digests.checksum {
                 let kept = (algorithm.header_name().to_string(), to_base64(value));
                 options.attrs.kept.push(kept);
+            } else if let Some(algorithm) = plan.chunked.as_ref().and_then(|c| c.trailer_checksum) {
+                // Known once the body ended: a placeholder of its size until then.
+                let placeholder = to_base64(&vec![0; algorithm.raw_len()]);
+                let kept = (algorithm.header_name().to_string(), placeholder);
+                options.attrs.kept.push(kept);
+                options.trailer_checksum = Some(plan.trailer_checksum.clone());
             }
             Ok((key, plan, options))
         });
@@ -160,6 +166,7 @@ impl<B: Backend> S3Front<B> {
             len,
             chunked,
             digests,
+            trailer_checksum: TrailerChecksum::default(),
         })
     }
 
@@ -193,7 +200,7 @@ impl<B: Backend> S3Front<B> {
             None => None,
         };
         let (stream, upload) = body::upload(req.into_body(), self.uploads.body);
-        let stream = verified_body(stream, plan.chunked, plan.digests);
+        let stream = verified_body(stream, plan.chunked, plan.digests, plan.trailer_checksum);
         let stored = store(stream, plan.len).await;
         let got = upload.finish().await;
         drop(admitted);
@@ -344,6 +351,8 @@ impl<B: Backend> S3Front<B> {
 /// What a request's body is, decided from its head.
 pub(super) struct BodyPlan {
     pub len: BodyLen,
+    /// Where an aws-chunked body's trailer checksum appears once it checked out.
+    pub trailer_checksum: TrailerChecksum,
     pub chunked: Option<ChunkedOptions>,
     pub digests: ExpectedDigests,
 }
@@ -355,9 +364,12 @@ fn verified_body(
     body: ByteStream,
     chunked: Option<ChunkedOptions>,
     digests: ExpectedDigests,
+    trailer_checksum: TrailerChecksum,
 ) -> ByteStream {
     let decoded: ByteStream = match chunked {
-        Some(options) => Box::pin(AwsChunkedDecoder::new(body, options)),
+        Some(options) => {
+            Box::pin(AwsChunkedDecoder::new(body, options).publishing_to(trailer_checksum))
+        }
         None => body,
     };
     if digests.is_empty() {

@@ -415,6 +415,14 @@ impl DiskTier {
         if let BodyLen::AtMost(_) = len {
             spool.end_here()?;
         }
+        if let Some(late) = &options.trailer_checksum {
+            let (algorithm, raw) = late.get().ok_or_else(|| {
+                StoreError::Io(io::Error::other(
+                    "the body ended without its trailer checksum",
+                ))
+            })?;
+            spool.fill_kept(algorithm.header_name(), &crate::checksum::to_base64(raw))?;
+        }
         Ok(spool)
     }
 

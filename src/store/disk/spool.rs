@@ -301,6 +301,25 @@ impl Spool {
         Ok(())
     }
 
+    /// Replaces the value of the kept header `name` (a placeholder put there when the spool
+    /// began) with `value`, which must be as long: the header's length is fixed.
+    pub fn fill_kept(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        let slot = self
+            .header
+            .attrs
+            .kept
+            .iter_mut()
+            .find(|(kept, placeholder)| kept == name && placeholder.len() == value.len())
+            .ok_or_else(|| {
+                StoreError::Io(std::io::Error::other(format!(
+                    "no placeholder of {} bytes for {name}",
+                    value.len()
+                )))
+            })?;
+        slot.1 = value.to_string();
+        Ok(())
+    }
+
     /// Ends a body of undeclared length ([`DiskTier::spool_up_to`]) where it stands: the entry
     /// is the bytes written so far, and the space reserved ahead of them goes back.
     pub fn end_here(&mut self) -> Result<(), StoreError> {
