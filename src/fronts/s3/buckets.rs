@@ -161,7 +161,10 @@ impl<B: Backend> S3Front<B> {
         req: Request<Incoming>,
         auth: &Authorized,
     ) -> Response<ResponseBody> {
-        let (read, got) = match self.read_small_body(req, auth, xml::MAX_DELETE_BODY).await {
+        let (read, got) = match self
+            .read_small_body(req, auth, xml::MAX_DELETE_BODY, ChecksumHeaders::OfTheBody)
+            .await
+        {
             Ok(read) => read,
             Err(refused) => return refused,
         };
@@ -207,8 +210,16 @@ impl<B: Backend> S3Front<B> {
         req: Request<Incoming>,
         auth: &Authorized,
         limit: usize,
+        checksum_headers: ChecksumHeaders,
     ) -> Result<(Result<Bytes, S3Error>, Received), Response<ResponseBody>> {
-        let digests = match ExpectedDigests::for_request(&auth.verified.payload, req.headers()) {
+        let (payload, headers) = (&auth.verified.payload, req.headers());
+        let digests = match checksum_headers {
+            ChecksumHeaders::OfTheBody => ExpectedDigests::for_request(payload, headers),
+            ChecksumHeaders::OfTheObject => {
+                ExpectedDigests::without_checksum_headers(payload, headers)
+            }
+        };
+        let digests = match digests {
             Ok(digests) => digests,
             Err(e) => return Err(self.refuse(req, auth, &e).await),
         };
@@ -216,6 +227,16 @@ impl<B: Backend> S3Front<B> {
         let read = xml::read_capped(VerifyDigests::new(stream, digests), limit).await;
         Ok((read, upload.finish().await))
     }
+}
+
+/// What a request's `x-amz-checksum-*` header is the checksum of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChecksumHeaders {
+    /// The request's body (DeleteObjects).
+    OfTheBody,
+    /// The object the request makes (CompleteMultipartUpload: the whole object's checksum,
+    /// checked by the store against its parts'), not the XML it sends.
+    OfTheObject,
 }
 
 /// A continuation token: where the page stopped, opaque to the client as S3's are.

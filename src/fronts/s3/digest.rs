@@ -31,6 +31,29 @@ impl ExpectedDigests {
     /// The digests of a verified request: the signed sha256 of a non-chunked payload, a
     /// `Content-MD5` (malformed: `InvalidDigest`) and at most one `x-amz-checksum-*` header.
     pub fn for_request(payload: &Payload, headers: &HeaderMap) -> Result<Self, S3Error> {
+        let mut digests = Self::without_checksum_headers(payload, headers)?;
+        for algorithm in ChecksumAlgorithm::ALL {
+            let Some(value) = headers.get(algorithm.header_name()) else {
+                continue;
+            };
+            if digests.checksum.is_some() {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidRequest,
+                    "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.",
+                ));
+            }
+            let value = value.to_str().unwrap_or("");
+            digests.checksum = Some((algorithm, checksum_value(algorithm, value)?));
+        }
+        Ok(digests)
+    }
+
+    /// The digests of a request whose `x-amz-checksum-*` headers are not its body's (the
+    /// whole object's checksum on CompleteMultipartUpload).
+    pub fn without_checksum_headers(
+        payload: &Payload,
+        headers: &HeaderMap,
+    ) -> Result<Self, S3Error> {
         let sha256 = match payload {
             Payload::Sha256(sha) => Some(*sha),
             _ => None,
@@ -55,24 +78,10 @@ impl ExpectedDigests {
                     })?,
             ),
         };
-        let mut checksum = None;
-        for algorithm in ChecksumAlgorithm::ALL {
-            let Some(value) = headers.get(algorithm.header_name()) else {
-                continue;
-            };
-            if checksum.is_some() {
-                return Err(S3Error::new(
-                    S3ErrorCode::InvalidRequest,
-                    "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.",
-                ));
-            }
-            let value = value.to_str().unwrap_or("");
-            checksum = Some((algorithm, checksum_value(algorithm, value)?));
-        }
         Ok(Self {
             sha256,
             md5,
-            checksum,
+            checksum: None,
         })
     }
 

@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use std::time::SystemTime;
 
+use super::buckets::ChecksumHeaders;
 use super::error::{S3Error, S3ErrorCode};
 use super::front::{store_error, xml_response, Authorized, S3Front};
 use super::object_headers::{client_put_options, write_conditions};
@@ -163,7 +164,12 @@ impl<B: Backend> S3Front<B> {
             Some((algorithm, value.to_string()))
         });
         let (read, got) = match self
-            .read_small_body(req, auth, xml::MAX_COMPLETE_BODY)
+            .read_small_body(
+                req,
+                auth,
+                xml::MAX_COMPLETE_BODY,
+                ChecksumHeaders::OfTheObject,
+            )
             .await
         {
             Ok(read) => read,
