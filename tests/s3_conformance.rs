@@ -28,7 +28,9 @@ fn node_config(backend: &str) -> String {
             } else {
                 format!("backend_bucket = \"{backend}\"\nbackend_prefix = \"{name}/\"\n")
             };
-            format!("[[s3_api.buckets]]\nname = \"{name}\"\n{backend_lines}write = \"{name}\"\nfreshness = \"revalidate\"\n\n")
+            // Objects of "through" and "local" may be read without a signature; "back" not.
+            let anonymous = if *name == "back" { "none" } else { "read" };
+            format!("[[s3_api.buckets]]\nname = \"{name}\"\n{backend_lines}write = \"{name}\"\nfreshness = \"revalidate\"\nanonymous = \"{anonymous}\"\n\n")
         })
         .collect();
     let grants: Vec<String> = BUCKETS
@@ -1030,7 +1032,21 @@ async fn multipart_checksums_are_made_of_the_parts() {
                     "{bucket}: the whole object's checksum differs"
                 );
             }
-            let done = completion(&s3, bucket, &key, id, &parts).send().await;
+            let mut completing = completion(&s3, bucket, &key, id, &parts);
+            if algorithm == ChecksumAlgorithm::Sha256 {
+                // The header is the whole object's checksum (the parts' checksums' sha256, and
+                // their count), not the checksum of the XML the completion sends.
+                use base64::Engine;
+                use sha2::Digest;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let mut of_parts = sha2::Sha256::new();
+                for part in &parts {
+                    of_parts.update(b64.decode(part.checksum_sha256().unwrap()).unwrap());
+                }
+                let composite = format!("{}-{}", b64.encode(of_parts.finalize()), parts.len());
+                completing = completing.checksum_sha256(composite);
+            }
+            let done = completing.send().await;
             let done = done.unwrap_or_else(|e| {
                 panic!("{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e))
             });
@@ -1146,6 +1162,119 @@ async fn a_trailer_checksum_is_kept() {
             );
         }
         assert!(read(&s3, bucket, "trailer/streamed.bin").await == data);
+    }
+    node.stop().await;
+}
+
+/// An answer `curl` got: status, the whole answer as text (for messages), the body's length.
+type CurlAnswer = (u16, String, usize);
+
+/// `curl` with `args` and then `url`.
+fn curl(args: &[&str], url: &str) -> CurlAnswer {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let raw = out.stdout;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |at| at + 4);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .lines()
+        .find(|line| line.starts_with("HTTP/"))
+        .and_then(|line| line.split(' ').nth(1)?.parse().ok())
+        .unwrap_or(0);
+    (status, text, raw.len() - head_end)
+}
+
+/// A request without a signature reads the objects of a bucket configured `anonymous = "read"`
+/// (GET, HEAD; NoSuchKey for a missing one) and nothing else: not the objects of another
+/// bucket, not a listing, not a write or a delete, not the `response-*` overrides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_requests_read_only_public_buckets() {
+    let node = Node::start("anonymous").await;
+    let s3 = node.front();
+    let base = node.daemon.s3_url();
+    let data = pattern(70_000, 5);
+    for bucket in BUCKETS {
+        put(&s3, bucket, "public/object.bin", data.clone()).await;
+    }
+    let base_for = base.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        let url = |bucket: &str, rest: &str| format!("{base_for}/{bucket}/{rest}");
+        let mut answers = Vec::new();
+        for bucket in BUCKETS {
+            answers.push((bucket, "get", curl(&[], &url(bucket, "public/object.bin"))));
+            answers.push((
+                bucket,
+                "head",
+                curl(&["-I"], &url(bucket, "public/object.bin")),
+            ));
+            answers.push((
+                bucket,
+                "missing",
+                curl(&[], &url(bucket, "public/none.bin")),
+            ));
+            answers.push((
+                bucket,
+                "list",
+                curl(&[], &format!("{base_for}/{bucket}?list-type=2")),
+            ));
+            answers.push((
+                bucket,
+                "put",
+                curl(
+                    &["-X", "PUT", "--data-binary", "x"],
+                    &url(bucket, "public/object.bin"),
+                ),
+            ));
+            answers.push((
+                bucket,
+                "delete",
+                curl(&["-X", "DELETE"], &url(bucket, "public/object.bin")),
+            ));
+            answers.push((
+                bucket,
+                "override",
+                curl(
+                    &[],
+                    &url(bucket, "public/object.bin?response-content-type=text/html"),
+                ),
+            ));
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    for (bucket, what, (code, answer, body_len)) in answers {
+        let public = bucket != "back";
+        let (want, error) = match what {
+            "get" | "head" if public => (200, None),
+            "missing" if public => (404, Some("NoSuchKey")),
+            "override" if public => (400, Some("InvalidRequest")),
+            _ => (403, Some("AccessDenied")),
+        };
+        assert_eq!(code, want, "{bucket} {what}: {answer}");
+        if let (Some(error), false) = (error, what == "head") {
+            assert!(
+                answer.contains(&format!("<Code>{error}</Code>")),
+                "{bucket} {what}: {answer}"
+            );
+        }
+        if what == "get" && public {
+            assert_eq!(body_len, data.len(), "{bucket}: the whole object");
+        }
+    }
+    // Nothing an unsigned request tried changed an object.
+    for bucket in BUCKETS {
+        assert!(
+            read(&s3, bucket, "public/object.bin").await == data,
+            "{bucket}"
+        );
     }
     node.stop().await;
 }

@@ -449,11 +449,7 @@ fuzz_target!(|data: &[u8]| {
         _ => false,
     };
     let expected = key.is_some().then_some(payload);
-    let whole = decode(
-        cut(&body, &[]),
-        options(known(), decoded_length),
-        expected,
-    );
+    let whole = decode(cut(&body, &[]), options(known(), decoded_length), expected);
     let pieces = decode(
         cut(&body, &cuts),
         options(known(), decoded_length),

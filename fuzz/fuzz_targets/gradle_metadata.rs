@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     let (reading, fed) = read(body, chunk);
     let (whole, _) = read(body, body.len().max(1));
     assert_eq!(reading, whole, "the answer depends on how the body is cut");
-    assert!(!matches!(reading, Reading::Pending), "no answer at the end of the body");
+    assert!(
+        !matches!(reading, Reading::Pending),
+        "no answer at the end of the body"
+    );
     if fed > MAX_COMPRESSED + chunk {
         panic!("read {fed} bytes, past the bound of {MAX_COMPRESSED}");
     }
@@ -39,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         let meta = facts.to_metadata();
         for (name, value) in &meta {
             assert!(name.starts_with("build-cache-proxy-gradle-"), "{name}");
-            assert!(value.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{value:?}");
+            assert!(
+                value.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+                "{value:?}"
+            );
         }
         assert_eq!(TaskFacts::from_metadata(&meta), Some(facts));
     }

@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(ByteRange::parse(&range.header_value()), Some(range));
         for len in [0u64, 1, 2, 7, 1000, u64::MAX] {
             if let Some(span) = range.resolve(len) {
-                assert!(span.start < span.end && span.end <= len, "{range:?} {len} {span:?}");
+                assert!(
+                    span.start < span.end && span.end <= len,
+                    "{range:?} {len} {span:?}"
+                );
             }
             if let ByteRange::Suffix(n) = range {
                 if n >= len && len > 0 {

@@ -449,6 +449,12 @@ impl Config {
                     "must be above 0 (leave it out for no limit)",
                 ));
             }
+            if bucket.anonymous == Access::Readwrite {
+                return Err(ConfigError::invalid(
+                    format!("{key}.anonymous"),
+                    "must be \"none\" or \"read\": writes always need a key",
+                ));
+            }
         }
         self.validate_s3_api_forward(&mut names)
     }

@@ -419,6 +419,14 @@ fn bucket_contradictions_name_their_key() {
     ));
     assert!(e.starts_with("s3_api.buckets[0].max_object_size:"), "{e}");
     let e = err(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\nanonymous = \"readwrite\"\n"
+    ));
+    assert!(e.starts_with("s3_api.buckets[0].anonymous:"), "{e}");
+    assert!(parse(&format!(
+        "{S3}[[s3_api.buckets]]\nname = \"abc\"\nanonymous = \"read\"\n"
+    ))
+    .is_ok());
+    let e = err(&format!(
         "{S3}[[s3_api.buckets]]\nname = \"abc\"\nwrite = \"sometimes\"\n"
     ));
     assert!(e.starts_with("s3_api.buckets[0].write:"), "{e}");

@@ -447,6 +447,15 @@ pub struct S3ApiBucket {
     /// as large as the disk tier can hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_object_size: Option<ByteSize>,
+    /// Requests without a signature: "none" (refused, the default) or "read" (GetObject and
+    /// HeadObject, as S3 answers them for a bucket whose policy makes its objects public;
+    /// listing and every write still need a key).
+    #[serde(default = "default_bucket_anonymous")]
+    pub anonymous: Access,
+}
+
+fn default_bucket_anonymous() -> Access {
+    Access::None
 }
 
 fn default_bucket_write() -> WritePolicy {

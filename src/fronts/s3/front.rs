@@ -45,6 +45,9 @@ pub struct S3Front<B: Backend = S3Tier> {
     pub(super) multipart: Multipart,
     router: Router,
     credentials: HashMap<String, (SecretKey, Grants)>,
+    /// What a request without a signature may do: read the objects of the buckets configured
+    /// with `anonymous = "read"`.
+    anonymous: Grants,
     /// The exposed buckets, by name.
     pub(super) buckets: BTreeMap<String, Namespace>,
     pub(super) region: String,
@@ -94,11 +97,18 @@ impl<B: Backend> S3Front<B> {
             .iter()
             .filter_map(|b| Some((b.name.clone(), Namespace::new(&b.name).ok()?)))
             .collect();
+        let anonymous = config
+            .buckets
+            .iter()
+            .filter(|b| b.anonymous == Access::Read)
+            .map(|b| (b.name.clone(), Access::Read))
+            .collect();
         S3Front {
             store,
             multipart,
             router: Router::new(config.virtual_hosts.iter().cloned()),
             credentials,
+            anonymous: Arc::new(anonymous),
             buckets,
             region: config.region.clone(),
             answers: BodyAnswers {
@@ -146,19 +156,23 @@ impl<B: Backend> S3Front<B> {
     ) -> Result<Authorized, S3Error> {
         let route = self.router.route(req.method(), parsed, req.headers())?;
         let lookup = |access_key: &str| self.credentials.get(access_key).cloned();
-        let verified = sigv4::verify(
+        let verified = match sigv4::verify(
             req.method(),
             parsed,
             req.headers(),
             SystemTime::now(),
             &lookup,
-        )
-        .inspect_err(|e| {
-            self.metrics
-                .auth_failures
-                .with_label_values(&["s3", auth_failure_label(e)])
-                .inc();
-        })?;
+        ) {
+            Err(sigv4::AuthError::Anonymous) if self.reads_anonymously(&route) => {
+                self.anonymous_reader()
+            }
+            verified => verified.inspect_err(|e| {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["s3", auth_failure_label(e)])
+                    .inc();
+            })?,
+        };
         if route.operation == Operation::NotImplemented {
             return Err(S3Error::new(
                 S3ErrorCode::NotImplemented,
@@ -208,6 +222,31 @@ impl<B: Backend> S3Front<B> {
             verified,
             request_id: request_id.to_string(),
         })
+    }
+
+    /// Whether a request without a signature may do what `route` does: read an object of a
+    /// bucket configured with `anonymous = "read"`. Nothing else is anonymous: not listing
+    /// (which would expose every key), not a copy (a write), not a multipart upload's parts.
+    fn reads_anonymously(&self, route: &Route) -> bool {
+        matches!(
+            route.operation,
+            Operation::GetObject | Operation::HeadObject
+        ) && route
+            .bucket
+            .as_deref()
+            .is_some_and(|bucket| self.anonymous.contains_key(bucket))
+    }
+
+    /// The principal of an unsigned request: read access to the anonymously readable buckets.
+    fn anonymous_reader(&self) -> Verified<Grants> {
+        Verified {
+            principal: self.anonymous.clone(),
+            access_key: String::new(),
+            kind: sigv4::AuthKind::Anonymous,
+            region: self.region.clone(),
+            signed_headers: Vec::new(),
+            payload: sigv4::Payload::Unsigned,
+        }
     }
 
     /// The namespace of the request's bucket (checked to exist by [`Self::authorize`]).

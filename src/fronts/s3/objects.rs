@@ -14,6 +14,7 @@ use super::object_headers::{
     checksum_headers, client_put_options, get_options, http_date, kept_checksums, object_headers,
     write_conditions, HeaderError, RESERVED_METADATA,
 };
+use super::sigv4::AuthKind;
 use super::xml;
 use crate::checksum::to_base64;
 use crate::fronts::reply::{content_length, respond, set_length, with_tier};
@@ -438,6 +439,13 @@ fn response_overrides(
     let mut found = Vec::new();
     for (param, name) in OVERRIDES {
         if let Some(value) = auth.route.param(param) {
+            if auth.verified.kind == AuthKind::Anonymous {
+                // As S3: a reader without a key cannot change what the answer says.
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidRequest,
+                    "Request specific response headers cannot be used for anonymous GET requests.",
+                ));
+            }
             let value = HeaderValue::from_str(value).map_err(|_| {
                 S3Error::new(
                     S3ErrorCode::InvalidArgument,

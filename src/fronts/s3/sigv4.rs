@@ -179,6 +179,9 @@ pub enum Payload {
 pub enum AuthKind {
     Header,
     Presigned,
+    /// No signature, on a bucket that lets anyone read its objects (the front decides that;
+    /// [`verify`] never returns it).
+    Anonymous,
 }
 
 /// A request whose signature checked out.
