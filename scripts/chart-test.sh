@@ -103,6 +103,9 @@ render full -f "$chart/ci/full-values.yaml"
 render s3-api -f "$chart/ci/s3-api-values.yaml"
 render emptydir --set cache.type=emptyDir --set cache.emptyDir.sizeLimit=25Gi
 render node-local -f "$chart/ci/node-local-values.yaml"
+render node-local-policy -f "$chart/ci/node-local-values.yaml" --set networkPolicy.enabled=true \
+  --set 'networkPolicy.hostNetwork.cacheFrom={10.0.64.0/18,10.0.128.0/18}' \
+  --set 'networkPolicy.hostNetwork.metricsFrom={10.0.0.0/20}'
 
 grep -q 'internalTrafficPolicy: Local' "$work/default.yaml" || fail "the Service must be node-local"
 grep -q 'name: s3$' "$work/default.yaml" && fail "the default render opens the S3 port although s3Api is off"
@@ -152,6 +155,25 @@ print("chart-test: ok: s3Api.nodeLocalAddress renders a host-network daemon with
       file=sys.stderr)
 NODELOCAL
 
+# networkPolicy on the host network: no NetworkPolicy (none would select the pod); the daemon
+# admits the listed source networks itself.
+python3 - "$work/node-local-policy.yaml" <<'HOSTPOLICY'
+import sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+def fail(message):
+    sys.exit(f"chart-test: FAIL: networkPolicy with s3Api.nodeLocalAddress: {message}")
+if any(d["kind"] == "NetworkPolicy" for d in docs):
+    fail("a NetworkPolicy is rendered, but none selects a host-network pod")
+config = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap"
+                            and "build-cache-proxy.toml" in d.get("data", {}))["data"]["build-cache-proxy.toml"])
+listen = config["listen"]
+if listen.get("cache_allow_from") != ["10.0.64.0/18", "10.0.128.0/18"] \
+        or listen.get("admin_allow_from") != ["10.0.0.0/20"]:
+    fail(f"listen.*_allow_from: {listen}")
+print("chart-test: ok: networkPolicy with s3Api.nodeLocalAddress renders the daemon's own source "
+      "filter (listen.cache_allow_from, admin_allow_from) instead of a policy", file=sys.stderr)
+HOSTPOLICY
+
 must_not_render() { # reason [helm args...]
   local reason=$1; shift
   if "$helm" template bcp "$chart" "$@" >/dev/null 2>"$work/refused.err"; then
@@ -166,7 +188,7 @@ must_not_render "a user has no password and no existing Secret" \
 must_not_render "a config value is a table" --set config.disk.dir_options.x=1
 must_not_render "s3Api.nodeLocalAddress and s3Api.hostPort are both set" \
   -f "$chart/ci/node-local-values.yaml" --set s3Api.hostPort.enabled=true
-must_not_render "a NetworkPolicy cannot select a host-network pod" \
+must_not_render "networkPolicy on the host network has no source networks for the daemon" \
   -f "$chart/ci/node-local-values.yaml" --set networkPolicy.enabled=true
 must_not_render "s3Api.nodeLocalAddress without the S3 front" --set s3Api.nodeLocalAddress=169.254.20.11
 must_not_render "s3Api.nodeLocalAddress is not an IPv4 address" -f "$chart/ci/node-local-values.yaml" \
@@ -205,7 +227,7 @@ knows s3 $'[listen]\ns3 = ""' || drop+=(s3_api)
   --set config.node_local.allow_routable_address=true >"$work/node-local-allowed.yaml" \
   || fail "helm template (node-local-allowed) failed"
 
-for name in default full s3-api node-local node-local-routable node-local-allowed; do
+for name in default full s3-api node-local node-local-policy node-local-routable node-local-allowed; do
   python3 - "$work/$name.yaml" "$work/$name.toml" "$work" "${drop[@]}" <<'EOF'
 import sys, tomllib, yaml
 manifests, out, root, drop = sys.argv[1], sys.argv[2], sys.argv[3], set(sys.argv[4:])

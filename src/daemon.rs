@@ -23,6 +23,7 @@ use crate::node_local::{NodeLocalState, Prepared};
 use crate::server::body::BodyLimits;
 use crate::server::deadline::Deadlines;
 use crate::server::limits::Slots;
+use crate::server::sources::AllowedSources;
 use crate::server::tls::TlsAcceptor;
 use crate::server::{self, ConnSettings, Shutdown, UploadLimits};
 use crate::store::disk::{DiskSettings, DiskTier};
@@ -182,6 +183,10 @@ impl Daemon {
             None
         };
         // The settings of one listener: its connection cap, and TLS when `tls.listeners` names it.
+        let (cache_sources, admin_sources) = (
+            AllowedSources::new(config.listen.cache_networks()?),
+            AllowedSources::new(config.listen.admin_networks()?),
+        );
         let conn = |name: &'static str, max: usize, per_peer: usize| ConnSettings {
             idle_timeout: config.listen.idle_timeout,
             deadlines: Deadlines {
@@ -197,6 +202,10 @@ impl Daemon {
                 metrics.connections.with_label_values(&[name]),
             ),
             tls: tls.clone().filter(|_| config.tls.serves(name)),
+            sources: match name {
+                "admin" => admin_sources.clone(),
+                _ => cache_sources.clone(),
+            },
         };
         let uploads = UploadLimits {
             body: BodyLimits {

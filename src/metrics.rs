@@ -307,8 +307,9 @@ impl Metrics {
             connections_refused: IntCounterVec::new(
                 opts(
                     "connections_refused_total",
-                    "Connections answered 503 and closed at a cap, by listener and reason \
-                     (max_connections, max_connections_per_ip, overloaded: closed unanswered).",
+                    "Connections refused, by listener and reason: answered 503 and closed at a \
+                     cap (max_connections, max_connections_per_ip), or closed unanswered \
+                     (overloaded; source: not from listen.*_allow_from).",
                 ),
                 &["listener", "reason"],
             )
@@ -461,7 +462,12 @@ impl Metrics {
             m.bytes_sent.with_label_values(&[front]);
             m.connections.with_label_values(&[front]);
             m.accept_errors.with_label_values(&[front]);
-            for reason in ["max_connections", "max_connections_per_ip", "overloaded"] {
+            for reason in [
+                "max_connections",
+                "max_connections_per_ip",
+                "overloaded",
+                "source",
+            ] {
                 m.connections_refused.with_label_values(&[front, reason]);
             }
             for phase in ["header", "body", "send"] {

@@ -720,3 +720,71 @@ async fn the_s3_listener_has_the_same_limits() {
         "read {read} bytes of refused bodies"
     );
 }
+
+/// Sends `GET path` from `from` and reads until the daemon closes: `None` if it has not closed
+/// within 10 s, else what it answered (empty when it closed without a word).
+async fn get_from(from: [u8; 4], addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = connect_from(from, addr).await.ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    // A refused connection may already be closed; the answer (none) is what counts.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// On the host network no NetworkPolicy stands in front of the daemon: `listen.*_allow_from`
+/// closes connections from any other source at once, unanswered and counted, on the cache and
+/// admin listeners alike, while listed sources and the node itself (a connection from the
+/// address it reaches: the kubelet's probes) are served.
+#[tokio::test]
+async fn connections_from_unlisted_sources_are_closed_unanswered() {
+    let work = tempfile::tempdir().unwrap();
+    let config =
+        "[listen]\ncache_allow_from = [\"127.0.0.3\"]\nadmin_allow_from = [\"127.0.0.4/32\"]\n";
+    let daemon = Daemon::start(work.path(), config);
+    // From the node itself (127.0.0.1 to 127.0.0.1).
+    stored(&daemon, 1, 1000).await;
+    let entry = format!("/cache/{}", key(1));
+    let cases = [
+        ([127, 0, 0, 2], daemon.gradle, entry.as_str(), false),
+        ([127, 0, 0, 4], daemon.gradle, entry.as_str(), false),
+        ([127, 0, 0, 3], daemon.gradle, entry.as_str(), true),
+        ([127, 0, 0, 1], daemon.gradle, entry.as_str(), true),
+        ([127, 0, 0, 3], daemon.admin, "/healthz", false),
+        ([127, 0, 0, 4], daemon.admin, "/healthz", true),
+        ([127, 0, 0, 1], daemon.admin, "/readyz", true),
+    ];
+    for (from, addr, path, served) in cases {
+        let answer = get_from(from, addr, path)
+            .await
+            .unwrap_or_else(|| panic!("{from:?} -> {path}: the daemon kept the connection"));
+        if served {
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "{from:?} -> {path}: {answer}"
+            );
+        } else {
+            assert_eq!(answer, "", "{from:?} -> {path}: closed without a word");
+        }
+    }
+    let text = metrics(&daemon).await;
+    for (listener, refused) in [("gradle", 2.0), ("admin", 1.0)] {
+        let series = format!(
+            "build_cache_proxy_connections_refused_total{{listener=\"{listener}\",reason=\"source\"}}"
+        );
+        assert_eq!(metric_value(&text, &series), refused, "{listener}");
+    }
+    // Nothing a refused client sent reached the cache.
+    assert!(is_hit(&daemon, 1, 1000).await);
+}

@@ -125,6 +125,8 @@ impl Config {
                 ));
             }
         }
+        self.listen.cache_networks()?;
+        self.listen.admin_networks()?;
         self.validate_timeouts()?;
         self.validate_limits()?;
         // max_size "0" turns the memory tier off, whatever max_entry_size says.
@@ -738,3 +740,38 @@ fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+impl ListenConfig {
+    /// `cache_allow_from`, parsed.
+    pub fn cache_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        parse_networks("listen.cache_allow_from", &self.cache_allow_from)
+    }
+
+    /// `admin_allow_from`, parsed.
+    pub fn admin_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        parse_networks("listen.admin_allow_from", &self.admin_allow_from)
+    }
+}
+
+/// The entries of an `*_allow_from` list: networks (`10.0.0.0/16`) or single addresses.
+fn parse_networks(key: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|entry| {
+            let text = entry.trim();
+            if let Ok(net) = text.parse::<ipnet::IpNet>() {
+                return Ok(net.trunc());
+            }
+            text.parse::<std::net::IpAddr>()
+                .map(ipnet::IpNet::from)
+                .map_err(|_| {
+                    ConfigError::invalid(
+                        key,
+                        format!(
+                            "{entry:?} is neither a network like \"10.0.0.0/16\" nor an address"
+                        ),
+                    )
+                })
+        })
+        .collect()
+}

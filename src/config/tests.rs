@@ -552,3 +552,27 @@ fn node_local_address_is_where_the_s3_listener_is() {
     .unwrap();
     assert_eq!(config.node_local.address, "169.254.20.11");
 }
+
+#[test]
+fn allow_from_lists_are_networks_or_addresses() {
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    let config = parse(
+        "[listen]\ncache_allow_from = [\"10.1.2.3/16\", \" 10.9.9.9 \", \"fd00::/8\"]\nadmin_allow_from = [\"10.7.0.0/24\"]\n",
+    )
+    .unwrap();
+    let shown: Vec<String> = config
+        .listen
+        .cache_networks()
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(shown, ["10.1.0.0/16", "10.9.9.9/32", "fd00::/8"]);
+    assert_eq!(config.listen.admin_networks().unwrap().len(), 1);
+    for bad in ["10.1.2.3/33", "ten", ""] {
+        let e = err(&format!("[listen]\ncache_allow_from = [\"{bad}\"]\n"));
+        assert!(e.starts_with("listen.cache_allow_from:"), "{e}");
+    }
+    let e = err("[listen]\nadmin_allow_from = [\"x\"]\n");
+    assert!(e.starts_with("listen.admin_allow_from:"), "{e}");
+}

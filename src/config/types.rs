@@ -87,6 +87,13 @@ pub struct ListenConfig {
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Who may connect to the Gradle and S3 listeners: networks ("10.0.0.0/16") or addresses;
+    /// empty admits everyone. The node itself always may. For the daemon on the host network
+    /// (node_local), where NetworkPolicies do not apply; others are closed unanswered.
+    pub cache_allow_from: Vec<String>,
+    /// Who may connect to the admin listener (Prometheus), as `cache_allow_from`; the node
+    /// itself (the kubelet's probes) always may.
+    pub admin_allow_from: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -97,6 +104,8 @@ impl Default for ListenConfig {
             s3: "127.0.0.1:9000".into(),
             idle_timeout: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(30),
+            cache_allow_from: Vec::new(),
+            admin_allow_from: Vec::new(),
         }
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! Every front is a [`Front`]; this module owns what is common to all of them: one access log
 //! line and the request metrics per request ([`access`]), the connection caps ([`limits`]), the
-//! head and send deadlines ([`deadline`]), the idle keep-alive timeout, TLS ([`tls`]), and the
-//! graceful drain on SIGTERM.
+//! head and send deadlines ([`deadline`]), who may connect ([`sources`]), the idle keep-alive
+//! timeout, TLS ([`tls`]), and the graceful drain on SIGTERM.
 
 pub mod access;
 pub mod body;
 pub mod deadline;
 pub mod limits;
+pub mod sources;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -54,6 +55,8 @@ pub struct ConnSettings {
     pub slots: Slots,
     /// TLS for this listener, or `None` for plain HTTP.
     pub tls: Option<Arc<tls::TlsAcceptor>>,
+    /// The source networks this listener admits connections from.
+    pub sources: sources::AllowedSources,
 }
 
 /// Signals shutdown to every listener and connection.
@@ -128,6 +131,18 @@ pub async fn serve<F: Front>(
                 }
             }
         };
+        if !settings.sources.is_open() {
+            let local = stream.local_addr().map(|addr| addr.ip());
+            if !local.is_ok_and(|local| settings.sources.admits(peer.ip(), local)) {
+                // Closed unanswered, as a firewall would: nothing is read from a client that
+                // may not connect (and nothing logged per connection, which it could flood).
+                metrics
+                    .connections_refused
+                    .with_label_values(&[name, "source"])
+                    .inc();
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let permit = match settings.slots.try_acquire(peer.ip()) {
             Ok(permit) => permit,

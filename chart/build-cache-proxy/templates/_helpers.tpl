@@ -158,6 +158,15 @@ daemon's default applies. Pass (list "section.path" $map).
 {{- $_ := set $listen "s3" (printf "%s:%d" $v.s3Api.nodeLocalAddress (int $v.s3Api.nodeLocalPort)) }}
 {{- $node := dict "address" $v.s3Api.nodeLocalAddress "interface" $v.s3Api.nodeLocalInterface "run_as_user" (int $v.podSecurityContext.runAsUser) "run_as_group" (int $v.podSecurityContext.runAsGroup) }}
 {{- $_ := set $cfg "node_local" (merge $node ($cfg.node_local | default dict)) }}
+{{- if $v.networkPolicy.enabled }}
+{{- /* No NetworkPolicy selects a host-network pod: the daemon filters sources itself. */}}
+{{- $hn := $v.networkPolicy.hostNetwork | default dict }}
+{{- if or (empty $hn.cacheFrom) (empty $hn.metricsFrom) }}
+{{- fail "networkPolicy.enabled with s3Api.nodeLocalAddress: NetworkPolicies do not apply to the host-network pod, so the daemon admits sources itself; set networkPolicy.hostNetwork.cacheFrom (the build pods' networks) and metricsFrom (Prometheus')" }}
+{{- end }}
+{{- $_ := set $listen "cache_allow_from" $hn.cacheFrom }}
+{{- $_ := set $listen "admin_allow_from" $hn.metricsFrom }}
+{{- end }}
 {{- else if $v.s3Api.enabled }}
 {{- $_ := set $listen "s3" (printf "%s:%d" $bind (int $v.ports.s3)) }}
 {{- else }}
