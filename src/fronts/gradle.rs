@@ -318,7 +318,9 @@ impl<S: Store> Front for GradleFront<S> {
             Err(refusal) => return self.answers.refuse(req, *refusal).await,
         };
         let mut response = match *req.method() {
-            Method::PUT => self.put(&key, req).await,
+            // Boxed: the write path's future (the store's, S3's) is far larger than a read's,
+            // and this one's size is what every request moves into place.
+            Method::PUT => Box::pin(self.put(&key, req)).await,
             Method::HEAD => self.get(&key, true).await,
             _ => self.get(&key, false).await,
         };

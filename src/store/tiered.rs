@@ -278,7 +278,8 @@ impl<B: Backend> Store for TieredStore<B> {
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, StoreError> {
         if let Some(remote) = self.remote.as_ref().filter(|_| self.revalidates(key)) {
             if let Some(local) = self.local_meta(key).await? {
-                return self.revalidate_head(remote, key, local).await;
+                // Boxed: see `read`.
+                return Box::pin(self.revalidate_head(remote, key, local)).await;
             }
         }
         if let Some(meta) = self.local.meta(key).await? {
@@ -286,7 +287,7 @@ impl<B: Backend> Store for TieredStore<B> {
         }
         match &self.remote {
             Some(_) if self.delete_pending(key) => Ok(None),
-            Some(remote) => remote.backend().head(key).await,
+            Some(remote) => Box::pin(remote.backend().head(key)).await,
             None => Ok(None),
         }
     }
@@ -320,7 +321,11 @@ impl<B: Backend> Store for TieredStore<B> {
             if let Some(remote) = self.remote.as_ref().filter(|_| self.revalidates(key)) {
                 if let Some(local) = self.local_meta(key).await? {
                     let ask = Ask::Revalidate(local.etag.as_deref());
-                    match remote.read.read(key, options, ask, max_object_size).await {
+                    // Boxed, as every backend call on this path: the S3 client's futures are
+                    // kilobytes, and a future holds its largest await inline, so unboxed they
+                    // would make every read's future (a memory hit's too) that large, and
+                    // hyper moves a request's future into place once per request.
+                    match Box::pin(remote.read.read(key, options, ask, max_object_size)).await {
                         Ok(Through::Local) => self.revalidated("not_modified"),
                         Ok(Through::Read(Read::Missing)) => {
                             self.revalidated("gone");
@@ -347,11 +352,7 @@ impl<B: Backend> Store for TieredStore<B> {
             if self.delete_pending(key) {
                 return Ok(Read::Missing);
             }
-            match remote
-                .read
-                .read(key, options, Ask::Miss, max_object_size)
-                .await?
-            {
+            match Box::pin(remote.read.read(key, options, Ask::Miss, max_object_size)).await? {
                 Through::Read(read) => return Ok(read),
                 // A fill committed the key since the local miss: read it locally.
                 Through::Local => continue,
