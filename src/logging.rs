@@ -1,5 +1,12 @@
 //! Log output: human-readable or JSON lines on stderr, filtered by `log.level`.
 //!
+//! Lines leave the thread that logs through a bounded channel to one writer thread
+//! ([`start_writer`]), which writes them in batches: a request never waits on the log's pipe,
+//! and a burst costs one `write` per batch instead of one per line. Before that thread starts
+//! (the node-local set-up must run while the process has one thread), lines go to stderr
+//! directly. When the channel is full (the log's reader stalled), lines are dropped and
+//! counted (`build_cache_proxy_log_lines_dropped_total`) rather than holding requests up.
+//!
 //! A log line that cannot be written (stderr on a full disk, a closed pipe) is dropped. By
 //! default the subscriber reports such a failure with `eprintln!`, which panics when stderr
 //! fails, and the panic would end the task that logged: a request's connection, cut off
@@ -9,11 +16,72 @@
 
 pub mod recent;
 
+use std::io::{BufWriter, Stderr};
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+
+/// Lines waiting for the writer thread at most (an access line is ~300 bytes: under 3 MiB).
+const QUEUED_LINES: usize = 8192;
+/// What the writer thread gathers before a `write` (it also writes whenever the queue is empty).
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The channel to the writer thread, once it runs.
+static WRITER: OnceLock<(NonBlocking, ErrorCounter)> = OnceLock::new();
+
+/// Where the subscriber's lines go: the writer thread's channel, or stderr before it starts.
+struct LogWriter;
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = EitherWriter<NonBlocking, Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match WRITER.get() {
+            Some((channel, _)) => EitherWriter::A(channel.clone()),
+            None => EitherWriter::B(std::io::stderr()),
+        }
+    }
+}
+
+/// Keeps the writer thread; dropping it writes what is queued and ends the thread.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _worker: Option<WorkerGuard>,
+}
+
+/// Starts the writer thread: from now on lines are queued for it. Call once, after the
+/// node-local set-up (which needs the process to have a single thread); keep the guard until
+/// the process ends, so the last lines are written.
+pub fn start_writer() -> LogGuard {
+    if WRITER.get().is_some() {
+        return LogGuard { _worker: None };
+    }
+    let (channel, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED_LINES)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(BATCH_BYTES, std::io::stderr()));
+    let dropped = channel.error_counter();
+    match WRITER.set((channel, dropped)) {
+        Ok(()) => LogGuard {
+            _worker: Some(guard),
+        },
+        Err(_) => LogGuard { _worker: None },
+    }
+}
+
+/// Lines dropped because the writer thread's queue was full.
+pub fn dropped_lines() -> u64 {
+    WRITER
+        .get()
+        .map_or(0, |(_, dropped)| dropped.dropped_lines() as u64)
+}
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(config: &LogConfig) -> Result<(), String> {
@@ -24,7 +92,7 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     .map_err(|e| format!("log.level: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter)
         .log_internal_errors(false);
     let result = match config.format {
         LogFormat::Json => builder

@@ -83,6 +83,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Log lines now go through the writer thread, until this guard drops at exit.
+            let _log_writer = build_cache_proxy::logging::start_writer();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub disk_pinned_bytes: IntGauge,
     pub disk_evictions: IntCounter,
     evictions_seen: AtomicU64,
+    /// Log lines dropped because the log writer's queue was full (see [`crate::logging`]).
+    pub log_lines_dropped: IntCounter,
+    log_lines_dropped_seen: AtomicU64,
     pub s3_requests: IntCounterVec,
     pub s3_duration: HistogramVec,
     pub s3_bytes_received: IntCounter,
@@ -194,6 +197,12 @@ impl Metrics {
             ))
             .unwrap(),
             evictions_seen: AtomicU64::new(0),
+            log_lines_dropped: IntCounter::with_opts(opts(
+                "log_lines_dropped_total",
+                "Log lines dropped because the log writer's queue was full (its reader stalled).",
+            ))
+            .unwrap(),
+            log_lines_dropped_seen: AtomicU64::new(0),
             s3_requests: IntCounterVec::new(
                 opts(
                     "s3_requests_total",
@@ -504,6 +513,7 @@ impl Metrics {
             Box::new(self.node_local_address_ready.clone()),
             Box::new(self.disk_pinned_bytes.clone()),
             Box::new(self.disk_evictions.clone()),
+            Box::new(self.log_lines_dropped.clone()),
             Box::new(self.s3_requests.clone()),
             Box::new(self.s3_duration.clone()),
             Box::new(self.s3_bytes_received.clone()),
@@ -579,6 +589,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let dropped = crate::logging::dropped_lines();
+        let before = self.log_lines_dropped_seen.swap(dropped, Ordering::Relaxed);
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(before));
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
