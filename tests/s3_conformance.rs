@@ -40,7 +40,8 @@ fn node_config(backend: &str) -> String {
     s3t::config(
         backend,
         &endpoint(),
-        "",
+        // A write-back retried after a transient SeaweedFS error comes soon, not in a minute.
+        "retry_max_backoff = \"2s\"",
         &format!(
             "[limits]\nmax_unsized_upload = \"4MiB\"\n\n{buckets}[[s3_api.credentials]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\nbuckets = {{ {} }}\n",
             grants.join(", ")

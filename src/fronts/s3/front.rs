@@ -256,32 +256,32 @@ impl<B: Backend> S3Front<B> {
     }
 
     async fn dispatch(&self, req: Request<Incoming>, auth: Authorized) -> Response<ResponseBody> {
+        // Every operation but the reads is boxed: this future's size is the largest of its
+        // arms (the writes carry the store's and the S3 client's futures), and hyper moves it
+        // into place on every request, GETs included.
         let result = match auth.route.operation.clone() {
             Operation::ListBuckets => Ok(self.list_buckets(&auth)),
             Operation::HeadBucket => Ok(self.head_bucket()),
             Operation::GetBucketLocation => {
                 Ok(xml_response(xml::location_constraint(&self.region)))
             }
-            Operation::ListObjectsV2 => self.list_objects(&auth, true).await,
-            Operation::ListObjectsV1 => self.list_objects(&auth, false).await,
-            Operation::DeleteObjects => return self.delete_objects(req, &auth).await,
+            Operation::ListObjectsV2 => Box::pin(self.list_objects(&auth, true)).await,
+            Operation::ListObjectsV1 => Box::pin(self.list_objects(&auth, false)).await,
+            Operation::DeleteObjects => return Box::pin(self.delete_objects(req, &auth)).await,
             Operation::GetObject => self.get_object(&req, &auth).await,
             Operation::HeadObject => self.head_object(&req, &auth).await,
-            Operation::PutObject => return self.put_object(req, &auth).await,
+            Operation::PutObject => return Box::pin(self.put_object(req, &auth)).await,
             Operation::CopyObject {
                 source_bucket,
                 source_key,
-            } => {
-                self.copy_object(&req, &auth, &source_bucket, &source_key)
-                    .await
-            }
-            Operation::DeleteObject => self.delete_object(&auth).await,
+            } => Box::pin(self.copy_object(&req, &auth, &source_bucket, &source_key)).await,
+            Operation::DeleteObject => Box::pin(self.delete_object(&auth)).await,
             Operation::ListMultipartUploads => self.list_multipart_uploads(&auth),
-            Operation::CreateMultipartUpload => self.create_multipart(&req, &auth).await,
+            Operation::CreateMultipartUpload => Box::pin(self.create_multipart(&req, &auth)).await,
             Operation::UploadPart {
                 upload_id,
                 part_number,
-            } => return self.upload_part(req, &auth, &upload_id, part_number).await,
+            } => return Box::pin(self.upload_part(req, &auth, &upload_id, part_number)).await,
             Operation::UploadPartCopy {
                 upload_id,
                 part_number,
@@ -289,14 +289,13 @@ impl<B: Backend> S3Front<B> {
                 source_key,
             } => {
                 let source = (source_bucket.as_str(), source_key.as_str());
-                self.upload_part_copy(&req, &auth, &upload_id, part_number, source)
-                    .await
+                Box::pin(self.upload_part_copy(&req, &auth, &upload_id, part_number, source)).await
             }
             Operation::CompleteMultipartUpload { upload_id } => {
-                return self.complete_multipart(req, &auth, &upload_id).await
+                return Box::pin(self.complete_multipart(req, &auth, &upload_id)).await
             }
             Operation::AbortMultipartUpload { upload_id } => {
-                self.abort_multipart(&auth, &upload_id).await
+                Box::pin(self.abort_multipart(&auth, &upload_id)).await
             }
             Operation::ListParts { upload_id } => self.list_parts(&auth, &upload_id),
             // Refused in `authorize`.
@@ -378,7 +377,9 @@ impl<B: Backend> Front for S3Front<B> {
         if let Ok(parsed) = &parsed {
             parsed.complete_host(req.headers_mut());
             if let Some(forward) = self.forward.as_ref().filter(|f| f.claims(parsed)) {
-                let mut response = forward.handle(req, parsed).await;
+                // Boxed: the forward mode's client future would otherwise weigh on every
+                // request's (see `dispatch`).
+                let mut response = Box::pin(forward.handle(req, parsed)).await;
                 in_authority(&mut response, authority);
                 return response;
             }

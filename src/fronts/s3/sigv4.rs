@@ -15,6 +15,7 @@
 //! request is then routed to.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -49,15 +50,61 @@ const ENCODE_ALL: &AsciiSet = &NON_ALPHANUMERIC
 /// The same for paths, where `/` stays as it is.
 pub(crate) const ENCODE_PATH: &AsciiSet = &ENCODE_ALL.remove(b'/');
 
-/// A secret access key. Its `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(String);
+/// A secret access key. Its `Debug` does not show it. Clones share the signing key last
+/// derived from it ([`Self::signing_key`]).
+#[derive(Clone)]
+pub struct SecretKey(Arc<Secret>);
+
+struct Secret {
+    value: String,
+    /// The signing key of the last date, region and service asked for: a client signs with the
+    /// same scope all day, and deriving it costs four HMACs per request.
+    last_derived: Mutex<Option<DerivedKey>>,
+}
+
+struct DerivedKey {
+    scope: (String, String, String),
+    key: SigningKey,
+}
 
 impl SecretKey {
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
+        Self(Arc::new(Secret {
+            value: secret.into(),
+            last_derived: Mutex::new(None),
+        }))
+    }
+
+    /// The signing key for `date`, `region` and `service`: [`SigningKey::derive`], remembered
+    /// for the next request of the same scope.
+    pub fn signing_key(&self, date: &str, region: &str, service: &str) -> SigningKey {
+        let mut last = self
+            .0
+            .last_derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(derived) = last.as_ref() {
+            let (d, r, s) = &derived.scope;
+            if d == date && r == region && s == service {
+                return derived.key.clone();
+            }
+        }
+        let key = SigningKey::derive(self, date, region, service);
+        *last = Some(DerivedKey {
+            scope: (date.to_owned(), region.to_owned(), service.to_owned()),
+            key: key.clone(),
+        });
+        key
     }
 }
+
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.value == other.0.value
+    }
+}
+
+impl Eq for SecretKey {}
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,7 +143,10 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// `HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")`.
     pub fn derive(secret: &SecretKey, date: &str, region: &str, service: &str) -> Self {
-        let k_date = hmac_sha256(format!("AWS4{}", secret.0).as_bytes(), date.as_bytes());
+        let k_date = hmac_sha256(
+            format!("AWS4{}", secret.0.value).as_bytes(),
+            date.as_bytes(),
+        );
         let k_region = hmac_sha256(&k_date, region.as_bytes());
         let k_service = hmac_sha256(&k_region, service.as_bytes());
         Self(hmac_sha256(&k_service, b"aws4_request"))
@@ -581,8 +631,7 @@ fn verify_header<C: CredentialLookup>(
         .ok_or(AuthError::InvalidAccessKeyId)?;
     let canonical = canonical_request(method, request, headers, &auth.signed_headers, payload_hash);
     let scope = auth.credential.scope();
-    let key = SigningKey::derive(
-        &secret,
+    let key = secret.signing_key(
         auth.credential.date,
         auth.credential.region,
         auth.credential.service,
@@ -707,12 +756,7 @@ fn verify_presigned<C: CredentialLookup>(
         .lookup(credential.access_key)
         .ok_or(AuthError::InvalidAccessKeyId)?;
     let canonical = canonical_request(method, request, headers, &signed_headers, &payload_hash);
-    let key = SigningKey::derive(
-        &secret,
-        credential.date,
-        credential.region,
-        credential.service,
-    );
+    let key = secret.signing_key(credential.date, credential.region, credential.service);
     check_signature(&key, &amz_date, &credential.scope(), &canonical, &signature)?;
     Ok(Verified {
         principal,

@@ -664,3 +664,30 @@ fn amz_dates() {
         assert_eq!(parse_amz_date(bad), None, "{bad}");
     }
 }
+
+/// The remembered signing key is the derived one for every scope, also after the scope
+/// changes (a new day, another region) and back.
+#[test]
+fn remembered_signing_keys_are_the_derived_ones() {
+    let secret = SecretKey::new(SECRET);
+    let other = secret.clone();
+    for (date, region) in [
+        ("20130524", "us-east-1"),
+        ("20130524", "us-east-1"),
+        ("20130525", "us-east-1"),
+        ("20130525", "eu-west-1"),
+        ("20130524", "us-east-1"),
+    ] {
+        for holder in [&secret, &other] {
+            let remembered = holder.signing_key(date, region, "s3");
+            let derived = SigningKey::derive(&secret, date, region, "s3");
+            assert_eq!(remembered.sign(b"x"), derived.sign(b"x"), "{date} {region}");
+        }
+    }
+    assert_ne!(
+        secret.signing_key("20130524", "us-east-1", "s3").sign(b"x"),
+        SecretKey::new("another")
+            .signing_key("20130524", "us-east-1", "s3")
+            .sign(b"x")
+    );
+}
