@@ -4,6 +4,8 @@
 //! (`front`, `listener`, `method`, `status`, `tier`, `result`, `op`), never a key. Label sets that are known
 //! up front are created at start so dashboards see zeros instead of gaps.
 
+mod per_request;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
@@ -21,6 +23,8 @@ pub const READ_FRONTS: [&str; 3] = ["gradle", "s3", "forward"];
 
 pub struct Metrics {
     registry: Registry,
+    /// The series of [`Self::record_request`] and [`Self::record_read`], resolved once.
+    per_request: per_request::PerRequest,
     pub requests: IntCounterVec,
     pub operations: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -93,6 +97,7 @@ impl Metrics {
             30.0, 60.0, 300.0,
         ];
         let m = Metrics {
+            per_request: per_request::PerRequest::new(),
             requests: IntCounterVec::new(
                 opts(
                     "requests_total",
@@ -562,17 +567,34 @@ impl Metrics {
     /// forward-mode GET that S3 answered has no tier: S3 served it), a 404 a miss; anything
     /// else (304, 412, errors) neither.
     pub fn record_read(&self, front: &str, status: u16, tier: Option<Tier>, sent: u64) {
+        let per = &self.per_request;
         match status {
             200..=299 => {
-                let tier = tier.unwrap_or(Tier::S3).as_str();
-                self.reads.with_label_values(&[front, "hit", tier]).inc();
-                self.served_bytes
-                    .with_label_values(&[front, tier])
-                    .inc_by(sent);
+                let tier = tier.unwrap_or(Tier::S3);
+                per.hit((&self.reads, &self.served_bytes), front, tier, sent);
             }
-            404 => self.reads.with_label_values(&[front, "miss", "none"]).inc(),
+            404 => per.miss(&self.reads, front),
             _ => {}
         }
+    }
+
+    /// One answered request: `requests_total`, `request_duration_seconds` and the bytes it
+    /// moved, through handles resolved once.
+    pub fn record_request(
+        &self,
+        (front, method, status): (&str, &str, u16),
+        seconds: f64,
+        sent: u64,
+        received: u64,
+    ) {
+        let per = &self.per_request;
+        per.request(&self.requests, front, method, status);
+        per.duration(&self.request_duration, front, method, seconds);
+        per.bytes(
+            (&self.bytes_sent, &self.bytes_received),
+            front,
+            (sent, received),
+        );
     }
 
     /// Copies the tiers' own counters into the exported gauges (called at scrape time).

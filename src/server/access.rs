@@ -141,23 +141,16 @@ struct Record {
 impl Drop for Record {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let status = self.status.to_string();
         let m = &self.metrics;
-        m.requests
-            .with_label_values(&[self.front, self.method, &status])
-            .inc();
-        m.request_duration
-            .with_label_values(&[self.front, self.method])
-            .observe(elapsed.as_secs_f64());
-        m.bytes_sent
-            .with_label_values(&[self.front])
-            .inc_by(self.sent);
-        m.bytes_received
-            .with_label_values(&[self.front])
-            .inc_by(self.outcome.received);
+        m.record_request(
+            (self.front, self.method, self.status),
+            elapsed.as_secs_f64(),
+            self.sent,
+            self.outcome.received,
+        );
         if let Some(operation) = self.outcome.operation {
             m.operations
-                .with_label_values(&[self.front, operation, &status])
+                .with_label_values(&[self.front, operation, &self.status.to_string()])
                 .inc();
         }
         let object_get = match self.outcome.operation {
