@@ -738,9 +738,6 @@ fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
     Ok(secret)
 }
 
-#[cfg(test)]
-mod tests;
-
 impl ListenConfig {
     /// `cache_allow_from`, parsed.
     pub fn cache_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
@@ -775,3 +772,6 @@ fn parse_networks(key: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>, Co
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
