@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, FreshnessPolicy, WritePolicy};
+use crate::deps::Deps;
 use crate::fronts::admin::{AdminFront, RemoteStatus};
 use crate::fronts::gradle::GradleFront;
 use crate::fronts::s3::forward::Forward;
@@ -241,13 +242,24 @@ impl Daemon {
         ));
         if let Some(listener) = bind("listen.gradle", &config.listen.gradle).await? {
             daemon.gradle_addr = Some(listener.local_addr()?);
-            let front = Arc::new(GradleFront::new(
-                store.clone(),
-                &config.gradle,
-                uploads.clone(),
-                metrics.clone(),
-                tally.clone(),
-            ));
+            let front = Arc::new(
+                GradleFront::new(
+                    store.clone(),
+                    &config.gradle,
+                    uploads.clone(),
+                    metrics.clone(),
+                    tally.clone(),
+                )
+                .with_deps(
+                    Deps::new(
+                        store.clone(),
+                        &config.maven,
+                        &config.downloads,
+                        metrics.clone(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("maven: {e}"))?,
+                ),
+            );
             tasks.spawn(server::serve(
                 listener,
                 front,
@@ -397,6 +409,18 @@ pub fn policies(config: &Config) -> Policies {
             location,
         };
         policies = policies.with(namespace, policy);
+    }
+    // Dependencies: written back to the default bucket, under `<s3.prefix>deps/`, so that other
+    // nodes read them from there instead of the internet. Immutable to the store: a changing
+    // file (maven-metadata.xml, a snapshot) is revalidated with its upstream, not with S3.
+    if !config.maven.repositories.is_empty() || !config.downloads.is_empty() {
+        let policy = NamespacePolicy {
+            write: WriteMode::Back,
+            freshness: Freshness::Immutable,
+            max_object_size: None,
+            location: None,
+        };
+        policies = policies.with(Namespace::deps(), policy);
     }
     // A forwarded endpoint's copies are this node's alone: the clients' requests write S3, and
     // S3 is asked (with the client's signature) before a copy is served.

@@ -16,10 +16,13 @@
 //! - [`gradle_meta`] reads the task facts (type, path, execution time) from the head of each
 //!   Gradle entry as it is stored, and tallies what hits saved, for the metrics and the admin
 //!   front's status page.
+//! - [`deps`] is the dependency proxy: Maven repositories and Gradle distributions pulled
+//!   through the node into the store's `deps` namespace, served on the Gradle listener.
 
 pub mod checksum;
 pub mod config;
 pub mod daemon;
+pub mod deps;
 pub mod fronts;
 pub mod gradle_meta;
 pub mod logging;

@@ -4,6 +4,7 @@
 //! (`front`, `listener`, `method`, `status`, `tier`, `result`, `op`), never a key. Label sets that are known
 //! up front are created at start so dashboards see zeros instead of gaps.
 
+pub mod deps;
 mod per_request;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +84,8 @@ pub struct Metrics {
     pub gradle_stores: IntCounterVec,
     pub gradle_time_saved: CounterVec,
     pub gradle_unknown_entries: IntCounterVec,
+    /// The dependency proxy's series.
+    pub deps: deps::DepsMetrics,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -434,9 +437,11 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            deps: deps::DepsMetrics::new(),
             registry,
         };
         m.register_all();
+        m.deps.register(&m.registry);
         for front in READ_FRONTS {
             m.reads.with_label_values(&[front, "miss", "none"]);
             for tier in [Tier::Memory, Tier::Disk, Tier::S3] {

@@ -4,12 +4,14 @@
 //! key they are about (`disk.max_size: ...`), whether the value came from the file or from a
 //! `BUILD_CACHE_PROXY_<SECTION>_<KEY>` variable.
 
+mod deps;
 mod env;
 mod types;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use deps::{Download, MavenConfig, MavenRepository};
 pub use types::*;
 
 /// Why a configuration could not be used. The message always names the key at fault.
@@ -108,6 +110,9 @@ impl Config {
                 credential.secret_key = Some(read_secret(&key, file)?);
             }
         }
+        for (i, repository) in self.maven.repositories.iter_mut().enumerate() {
+            repository.read_credentials(i, read_secret)?;
+        }
         Ok(())
     }
 
@@ -129,6 +134,7 @@ impl Config {
         self.listen.admin_networks()?;
         self.validate_timeouts()?;
         self.validate_limits()?;
+        deps::validate(&self.maven, &self.downloads)?;
         // max_size "0" turns the memory tier off, whatever max_entry_size says.
         if self.memory.max_size.as_u64() > 0 && self.memory.max_entry_size > self.memory.max_size {
             return Err(ConfigError::invalid(

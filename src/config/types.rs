@@ -30,6 +30,11 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The node-local address `listen.s3` is bound to, made by the daemon at start.
     pub node_local: NodeLocalConfig,
+    /// Maven repositories pulled through the node (`/maven/<name>/` on the Gradle listener).
+    pub maven: super::deps::MavenConfig,
+    /// Other immutable files pulled through the node (`/downloads/<name>/`): Gradle
+    /// distributions.
+    pub downloads: Vec<super::deps::Download>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -434,7 +439,7 @@ fn default_forward_response_timeout() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct S3ApiBucket {
     /// The bucket's name as clients address it; also its namespace in the cache. S3 bucket
-    /// naming; `gradle`, `tmp` and `.queue` are reserved.
+    /// naming; `gradle`, `deps`, `tmp` and `.queue` are reserved.
     pub name: String,
     /// The S3 bucket behind it; default: `s3.bucket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,8 +22,11 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use super::auth::{BasicAuth, Identity};
-use super::reply::{content_length, in_namespace, respond, set_length, with_tier, BodyAnswers};
+use super::reply::{
+    content_length, in_namespace, method_not_allowed, respond, set_length, with_tier, BodyAnswers,
+};
 use crate::config::{Access, GradleConfig, Oversize};
+use crate::deps::{self, Deps};
 use crate::gradle_meta::tally::GradleTally;
 use crate::gradle_meta::{MetadataReader, Reading, TaskFacts};
 use crate::metrics::Metrics;
@@ -44,6 +47,8 @@ pub struct GradleFront<S> {
     answers: BodyAnswers,
     metrics: Arc<Metrics>,
     tally: Arc<GradleTally>,
+    /// The dependency proxy, on the same listener under `/maven/` and `/downloads/`.
+    deps: Option<Arc<Deps<S>>>,
 }
 
 impl<S: Store> GradleFront<S> {
@@ -74,7 +79,25 @@ impl<S: Store> GradleFront<S> {
             uploads,
             metrics,
             tally,
+            deps: None,
         }
+    }
+
+    /// Serves the dependency proxy beside the build cache.
+    pub fn with_deps(mut self, deps: Option<Deps<S>>) -> Self {
+        self.deps = deps.map(Arc::new);
+        self
+    }
+
+    /// A request for the dependency proxy: any user who may read the cache may read
+    /// dependencies through it.
+    async fn dependency(&self, deps: &Deps<S>, req: Request<Incoming>) -> Response<ResponseBody> {
+        let response = match self.auth.identify(req.headers()) {
+            Identity::Known(access) if access >= Access::Read => deps.handle(&req).await,
+            Identity::Known(_) => unauthorized("credentials_required"),
+            Identity::Invalid => unauthorized("unauthorized"),
+        };
+        self.answers.refuse(req, response).await
     }
 
     /// Route, method, credentials and key: everything decided from the request head.
@@ -90,14 +113,7 @@ impl<S: Store> GradleFront<S> {
         let needed = match *req.method() {
             Method::GET | Method::HEAD => Access::Read,
             Method::PUT => Access::Readwrite,
-            _ => {
-                let mut response =
-                    respond(StatusCode::METHOD_NOT_ALLOWED, "bad_method", body::empty());
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
-                return Err(Box::new(response));
-            }
+            _ => return Err(Box::new(method_not_allowed("GET, HEAD, PUT"))),
         };
         match self.auth.identify(req.headers()) {
             Identity::Invalid => {
@@ -313,6 +329,14 @@ impl<S: Store> Front for GradleFront<S> {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        if let Some(deps) = self
+            .deps
+            .as_ref()
+            .filter(|_| deps::routes(req.uri().path()))
+        {
+            // Boxed: the dependency proxy's future (an upstream fetch's) is not a hit's.
+            return Box::pin(self.dependency(deps, req)).await;
+        }
         let key = match self.admit(&req) {
             Ok(key) => key,
             Err(refusal) => return self.answers.refuse(req, *refusal).await,

@@ -32,6 +32,15 @@ pub fn respond(
     response
 }
 
+/// A 405 that says which methods the path takes.
+pub fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, "bad_method", body::empty());
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// Records which tier served the response.
 pub fn with_tier(mut response: Response<ResponseBody>, tier: Tier) -> Response<ResponseBody> {
     if let Some(outcome) = response.extensions_mut().get_mut::<Outcome>() {

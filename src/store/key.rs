@@ -9,10 +9,11 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_GRADLE_KEY_LEN: usize = 128;
 
 const GRADLE: &str = "gradle";
+const DEPS: &str = "deps";
 /// Names no bucket's namespace may take: `tmp` is the disk tier's temp directory, `.queue` the
 /// write-back queue's (no bucket name can start with a dot anyway; it is listed so that the
-/// refusal says why) and `gradle` the Gradle front's namespace.
-pub const RESERVED_NAMESPACES: &[&str] = &[GRADLE, "tmp", ".queue"];
+/// refusal says why), `gradle` the Gradle front's namespace and `deps` the dependency proxy's.
+pub const RESERVED_NAMESPACES: &[&str] = &[GRADLE, DEPS, "tmp", ".queue"];
 
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,12 @@ pub struct Namespace(String);
 impl Namespace {
     pub fn gradle() -> Self {
         Namespace(GRADLE.into())
+    }
+
+    /// The dependency proxy's: files pulled from Maven repositories and downloads, named
+    /// `maven/<repository>/<path>` and `downloads/<name>/<path>`.
+    pub fn deps() -> Self {
+        Namespace(DEPS.into())
     }
 
     /// A bucket's namespace. The name follows S3 bucket naming (3–63 of `[a-z0-9.-]`, starting
@@ -70,6 +77,8 @@ impl Namespace {
     pub fn parse(name: &str) -> Result<Self, KeyError> {
         if name == GRADLE {
             Ok(Namespace::gradle())
+        } else if name == DEPS {
+            Ok(Namespace::deps())
         } else {
             Namespace::new(name)
         }
@@ -192,6 +201,7 @@ mod tests {
         }
         assert!(RESERVED_NAMESPACES.contains(&crate::store::write_back::QUEUE_DIR));
         assert_eq!(Namespace::parse("gradle"), Ok(Namespace::gradle()));
+        assert_eq!(Namespace::parse("deps"), Ok(Namespace::deps()));
         assert!(Namespace::parse("tmp").is_err());
         assert!(Namespace::parse("runner-cache").is_ok());
     }

@@ -72,6 +72,18 @@ impl Project {
 
     /// [`Project::build`] with extra environment variables (e.g. `GRADLE_OPTS`).
     pub fn build_with_env(&self, tasks: &[&str], env: &[(&str, &str)]) -> String {
+        let (success, text) = self.run(tasks, env);
+        assert!(success, "gradle {tasks:?} failed:\n{text}");
+        assert!(
+            has_line(&text, "BUILD SUCCESSFUL"),
+            "no BUILD SUCCESSFUL in:\n{text}"
+        );
+        text
+    }
+
+    /// Runs Gradle as [`Project::build_with_env`] does, but returns whether it succeeded
+    /// instead of asserting it, with its output.
+    pub fn run(&self, tasks: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         let _serial = GRADLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let mut cmd = Command::new("gradle");
@@ -118,16 +130,7 @@ impl Project {
             started.elapsed().as_secs_f64(),
             output.status
         );
-        assert!(
-            output.status.success(),
-            "gradle {tasks:?} failed with {}:\n{text}",
-            output.status
-        );
-        assert!(
-            has_line(&text, "BUILD SUCCESSFUL"),
-            "no BUILD SUCCESSFUL in:\n{text}"
-        );
-        text
+        (output.status.success(), text)
     }
 
     pub fn edit(&self, file: &str, from: &str, to: &str) {

@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod gradle;
+pub mod maven;
 pub mod s3;
 
 use std::io::{BufRead, BufReader};

@@ -30,7 +30,7 @@ mod flight;
 mod pass;
 mod prefetch;
 mod read;
-mod upstream;
+pub(crate) mod upstream;
 mod write;
 
 use std::sync::Arc;

@@ -56,30 +56,7 @@ impl Upstream {
     /// A client with the system's root certificates. Fails only when `https` is needed and
     /// the system has no roots to check S3's certificate with.
     pub fn new(connect_timeout: Duration, needs_https: bool) -> io::Result<Upstream> {
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let builder = match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider) {
-            Ok(builder) => builder,
-            Err(e) if needs_https => {
-                return Err(io::Error::other(format!(
-                    "no root certificates to check the S3 endpoint's with: {e}"
-                )))
-            }
-            // Plain HTTP only (a test server): an empty root store refuses every certificate.
-            Err(_) => HttpsConnectorBuilder::new().with_tls_config(
-                tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-                    tokio_rustls::rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(io::Error::other)?
-                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-            ),
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        let connector = connector(connect_timeout, needs_https, "the S3 endpoint")?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             // The client's Host header is what it signed; it must go out as it came.
@@ -109,6 +86,40 @@ impl Upstream {
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
+}
+
+/// An HTTP/1.1 connector for a client of `what`: HTTPS with rustls + ring and the system's
+/// root certificates, or plain HTTP. Fails only when `https` is needed and the system has no
+/// roots to check certificates with.
+pub fn connector(
+    connect_timeout: Duration,
+    needs_https: bool,
+    what: &str,
+) -> io::Result<HttpsConnector<HttpConnector>> {
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider) {
+        Ok(builder) => builder,
+        Err(e) if needs_https => {
+            return Err(io::Error::other(format!(
+                "no root certificates to check {what}'s certificate with: {e}"
+            )))
+        }
+        // Plain HTTP only (a test server): an empty root store refuses every certificate.
+        Err(_) => HttpsConnectorBuilder::new().with_tls_config(
+            tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+                tokio_rustls::rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        ),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
 }
 
 /// The request to send to `endpoint` for a client's request head: the same method, path and
@@ -219,7 +230,7 @@ pub fn quoted(etag: &str) -> Option<HeaderValue> {
 }
 
 /// The error and its sources, for a log line a person can act on.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {
