@@ -576,3 +576,58 @@ fn allow_from_lists_are_networks_or_addresses() {
     let e = err("[listen]\nadmin_allow_from = [\"x\"]\n");
     assert!(e.starts_with("listen.admin_allow_from:"), "{e}");
 }
+
+#[test]
+fn dependency_upstreams_are_named_once_with_base_urls() {
+    let repo = |name: &str, url: &str| {
+        format!("[[maven.repositories]]\nname = \"{name}\"\nurl = \"{url}\"\n")
+    };
+    let ok = parse(&format!(
+        "{}{}[[downloads]]\nname = \"central\"\nurl = \"https://services.gradle.org/distributions/\"\n",
+        repo("central", "https://repo.maven.apache.org/maven2/"),
+        repo("company", "http://nexus.internal:8081/repository/maven-public"),
+    ))
+    .unwrap();
+    assert_eq!(ok.maven.repositories.len(), 2);
+    assert_eq!(ok.downloads.len(), 1);
+    for (text, key) in [
+        (repo("a/b", "https://x/"), "maven.repositories[0].name"),
+        (repo("", "https://x/"), "maven.repositories[0].name"),
+        (repo("a", "ftp://x/"), "maven.repositories[0].url"),
+        (repo("a", "https://x/?token=1"), "maven.repositories[0].url"),
+        (repo("a", "x"), "maven.repositories[0].url"),
+        (
+            format!("{}{}", repo("a", "https://x/"), repo("a", "https://y/")),
+            "maven.repositories[1].name",
+        ),
+        (
+            format!(
+                "{}username_file = \"/nonexistent\"\n",
+                repo("a", "https://x/")
+            ),
+            "maven.repositories[0].username_file",
+        ),
+    ] {
+        match parse(&text) {
+            Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (user, password) = (dir.path().join("user"), dir.path().join("password"));
+    std::fs::write(&user, "ci\n").unwrap();
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let config = parse(&format!(
+        "{}username_file = \"{}\"\npassword_file = \"{}\"\n",
+        repo("company", "https://nexus/"),
+        user.display(),
+        password.display()
+    ))
+    .unwrap();
+    let repository = &config.maven.repositories[0];
+    assert_eq!(
+        repository.credentials,
+        Some(("ci".to_string(), "s3cret".to_string()))
+    );
+    assert!(!format!("{repository:?}").contains("s3cret"));
+}
