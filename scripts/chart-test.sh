@@ -113,6 +113,12 @@ grep -q 'targetPort: s3' "$work/s3-api.yaml" || fail "s3Api.enabled must expose 
 grep -q 'hostIP: "169.254.20.11"' "$work/s3-api.yaml" || fail "s3Api.hostPort must publish the S3 port on the link-local address"
 grep -q '^ *\[\[s3_api.forward\]\]' "$work/s3-api.yaml" || fail "s3Api.forward must render [[s3_api.forward]]"
 grep -q 'hostPort:' "$work/default.yaml" && fail "the default render publishes a host port"
+grep -q '^ *\[\[maven.repositories\]\]' "$work/full.yaml" || fail "dependencies.maven must render [[maven.repositories]]"
+grep -q '^ *\[\[downloads\]\]' "$work/full.yaml" || fail "dependencies.downloads must render [[downloads]]"
+grep -A3 'name: bcp-build-cache-proxy-gradle-init' "$work/full.yaml" | grep -q 'namespace: gitlab-builds' \
+  || fail "the Gradle init script's ConfigMap must be rendered into dependencies.initScript.namespaces"
+grep -q 'settingsEvaluated' "$work/full.yaml" || fail "the init script ConfigMap does not carry the script"
+grep -q 'gradle-init' "$work/default.yaml" && fail "the default render has an init script ConfigMap although no repository is set"
 grep -q 'hostNetwork' "$work/default.yaml" "$work/s3-api.yaml" && fail "only s3Api.nodeLocalAddress puts the pod on the host network"
 # s3Api.nodeLocalAddress: the daemon on the host network makes the address and binds S3 there,
 # with only the capabilities that takes, and drops to the pod's user (node_local.run_as_user).

@@ -79,6 +79,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s.%s.svc" (include "bcp.fullname" .) .Release.Namespace }}
 {{- end }}
 
+{{/* The Gradle listener as build pods reach it: dependencies.initScript.url, or the Service. */}}
+{{- define "bcp.gradleUrl" -}}
+{{- $scheme := ternary "https" "http" (eq (include "bcp.tlsOn" (list . "gradle")) "true") }}
+{{- .Values.dependencies.initScript.url | default (printf "%s://%s:%d" $scheme (include "bcp.serviceHost" .) (int .Values.ports.gradle)) }}
+{{- end }}
+
 {{/*
 One TOML value from a Helm value: strings as TOML basic strings (JSON string escapes are valid
 TOML), whole numbers as integers (Helm reads every YAML number as a float), booleans, and flat
@@ -209,6 +215,16 @@ access = {{ toJson .access }}
 
 [{{ $section }}]
 {{- include "bcp.tomlKeys" (list $section (index $cfg $section)) }}
+{{- end }}
+{{- range $v.dependencies.maven }}
+
+[[maven.repositories]]
+{{- include "bcp.tomlKeys" (list "maven.repositories" .) }}
+{{- end }}
+{{- range $v.dependencies.downloads }}
+
+[[downloads]]
+{{- include "bcp.tomlKeys" (list "downloads" .) }}
 {{- end }}
 {{- if $v.tls.enabled }}
 
