@@ -301,6 +301,9 @@ anonymous = "readwrite"
 name = "ci"
 password_file = "$work/scrape/pw"
 access = "readwrite"
+[[maven.repositories]]
+name = "central"
+url = "http://127.0.0.1:9/maven2/"
 EOF
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true \
   "$bin" serve --config "$work/scrape/config.toml" >"$work/scrape/out" 2>"$work/scrape/log" &
@@ -320,6 +323,7 @@ c() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 [ "$(c "http://$gradle_addr/cache/${key%?}0")" = 404 ] || fail "GET of a missing entry"
 c -X PUT --data-binary "$(head -c 4096 /dev/zero | tr '\0' x)" "http://$gradle_addr/cache/${key%?}1" >/dev/null
 c -u ci:wrong "http://$gradle_addr/cache/$key" >/dev/null
+[ "$(c "http://$gradle_addr/maven/central/org/example/x/1.0/x-1.0.pom")" = 502 ] || fail "GET of a dependency with its upstream down"
 curl -sf "http://$admin_addr/metrics" >"$work/scrape/metrics" || fail "no /metrics"
 
 python3 - "$dashboard" "$work/scrape/metrics" "$repo/src/metrics.rs" <<'EOF'

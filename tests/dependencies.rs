@@ -299,6 +299,18 @@ async fn gradle_resolves_through_the_node_and_a_second_node_from_s3() {
         .await
             > 0.0
     );
+    // The status page's split: node B's bytes came from the bucket, not the internet.
+    let (_, status) = get(&b.admin_url("/status.json")).await;
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let test_repo = status["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["repository"] == "maven/test")
+        .unwrap_or_else(|| panic!("no maven/test in {status}"));
+    assert!(test_repo["s3_bytes"].as_u64().unwrap() > 0, "{test_repo}");
+    let (_, page) = get(&b.admin_url("/")).await;
+    assert!(String::from_utf8_lossy(&page).contains("Dependencies served"));
     // Node B does not have the tampered jar either: it checks the upstream's bytes itself.
     let (status, _) = get(&format!("http://{}/maven/test/{tampered}", b.gradle)).await;
     assert_eq!(status, 502);

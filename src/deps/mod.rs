@@ -304,9 +304,12 @@ impl<S: Store> Inner<S> {
                     self.serve_fetched(source, &key, head).await
                 }
                 Fetched::NotFound => self.not_found(source, "not_found"),
-                // The upstream cannot say: the copy we have is the best answer there is.
+                // The upstream cannot say: the copy we have is the best answer there is, for
+                // another metadata_max_age, so that requests meanwhile do not each wait on an
+                // upstream that may be hanging.
                 Fetched::Failed(reason) | Fetched::NotKept(_, reason) => {
                     tracing::warn!(key = %key, %reason, "revalidation failed; serving the cached copy");
+                    self.validated.insert(key.clone(), SystemTime::now()).await;
                     self.answer(source, object, "stale", false, head)
                 }
                 Fetched::Refused(result, reason) => self.refused(source, result, &reason),

@@ -1,6 +1,7 @@
 //! The dependency proxy's series (`src/deps`), labelled by `repository`: `maven/<name>` or
 //! `downloads/<name>`, one per configured upstream, so their number is the config's.
 
+use prometheus::core::Collector;
 use prometheus::{IntCounterVec, Registry};
 
 use super::opts;
@@ -81,6 +82,31 @@ impl DepsMetrics {
                 .register(Box::new(c.clone()))
                 .expect("metric names are unique");
         }
+    }
+
+    /// Bytes served per repository since start, by [`SERVED_FROM`] (in that order), for the
+    /// status page; sorted by repository.
+    pub fn served_by_repository(&self) -> Vec<(String, [u64; 4])> {
+        let mut rows: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
+        for family in self.served_bytes.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                let (Some(repository), Some(from)) = (label("repository"), label("from")) else {
+                    continue;
+                };
+                if let Some(i) = SERVED_FROM.iter().position(|f| *f == from) {
+                    rows.entry(repository).or_default()[i] =
+                        metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        rows.into_iter().collect()
     }
 
     /// Creates a repository's series at zero, so dashboards see zeros instead of gaps.

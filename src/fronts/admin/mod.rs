@@ -212,6 +212,7 @@ impl AdminFront {
                 .as_ref()
                 .map(|r| (r.s3.bucket().to_string(), r.s3.breaker().is_up())),
             node_local: self.node_local.as_ref().map(NodeLocalState::describe),
+            dependencies: m.deps.served_by_repository(),
             recent_errors: RECENT.newest_first(),
         })
     }

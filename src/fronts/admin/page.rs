@@ -42,6 +42,7 @@ pub fn render(s: &Status) -> String {
     saved(&mut h, s);
     hit_ratios(&mut h, s);
     bytes(&mut h, s);
+    dependencies(&mut h, s);
     tables(&mut h, s);
     tiers(&mut h, s);
     remote(&mut h, s);
@@ -125,6 +126,31 @@ fn bytes(h: &mut String, s: &Status) {
         size(b.s3_since_start),
         sparkline(&remote, "bytes served from S3 per minute"),
     );
+}
+
+/// Dependency bytes from the node and the bucket against those from the internet.
+fn dependencies(h: &mut String, s: &Status) {
+    if s.dependencies.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section><h2>Dependencies served</h2><table id=\"dependencies\"><tr><th>repository</th>\
+         <th>from this node</th><th>from S3</th><th>from the internet</th><th>not from the internet</th></tr>",
+    );
+    for d in &s.dependencies {
+        let total = d.node_bytes + d.s3_bytes + d.upstream_bytes;
+        let kept = (total > 0).then(|| (d.node_bytes + d.s3_bytes) as f64 / total as f64);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.repository),
+            size(d.node_bytes),
+            size(d.s3_bytes),
+            size(d.upstream_bytes),
+            ratio(kept),
+        );
+    }
+    h.push_str("</table></section>");
 }
 
 fn tables(h: &mut String, s: &Status) {

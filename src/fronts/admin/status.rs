@@ -27,7 +27,22 @@ pub struct Status {
     pub write_back: Option<QueueStatus>,
     pub s3: Option<S3Status>,
     pub node_local: Option<String>,
+    /// The dependency proxy's repositories; empty when it is off.
+    pub dependencies: Vec<DependencyStatus>,
     pub recent_errors: Vec<LoggedError>,
+}
+
+/// Bytes one dependency repository served since start, by where they came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct DependencyStatus {
+    /// `maven/<name>` or `downloads/<name>`.
+    pub repository: String,
+    /// From this node's memory and disk.
+    pub node_bytes: u64,
+    /// From the bucket (another node fetched them).
+    pub s3_bytes: u64,
+    /// From the internet (the upstream), fetched for the request.
+    pub upstream_bytes: u64,
 }
 
 /// Reads of one front: since start and over the last hour.
@@ -159,6 +174,8 @@ pub struct Inputs {
     pub write_back: Option<(u64, u64, u64)>,
     pub s3: Option<(String, bool)>,
     pub node_local: Option<String>,
+    /// Per repository: bytes served from memory, disk, S3 and the upstream.
+    pub dependencies: Vec<(String, [u64; 4])>,
     pub recent_errors: Vec<LoggedError>,
 }
 
@@ -231,6 +248,18 @@ pub fn gather(inputs: Inputs) -> Status {
         write_back,
         s3,
         node_local: inputs.node_local,
+        dependencies: inputs
+            .dependencies
+            .into_iter()
+            .map(
+                |(repository, [memory, disk, s3, upstream])| DependencyStatus {
+                    repository,
+                    node_bytes: memory + disk,
+                    s3_bytes: s3,
+                    upstream_bytes: upstream,
+                },
+            )
+            .collect(),
         recent_errors: inputs.recent_errors,
     }
 }
