@@ -606,6 +606,29 @@ async fn alpn_offers_get_http_1_1() {
     );
 }
 
+/// The dependency proxy is on the Gradle listener, so it speaks TLS where that does: the index
+/// over TLS, and a file whose upstream is down is the proxy's 502, not a handshake failure.
+#[tokio::test]
+async fn dependencies_are_served_over_tls_on_the_gradle_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let downloads = "\n[[downloads]]\nname = \"gradle\"\nurl = \"http://127.0.0.1:9/\"\n";
+    let (pki, _leaf, daemon) = serving_tls(tmp.path(), downloads);
+    let client = connector(&pki, &[&version::TLS13, &version::TLS12]);
+    let mut conn = connect(&client, daemon.gradle).await;
+    assert_eq!(request(&mut conn, "GET", "/downloads/", b"").await, 200);
+    let mut conn = connect(&client, daemon.gradle).await;
+    assert_eq!(
+        request(
+            &mut conn,
+            "GET",
+            "/downloads/gradle/gradle-8.10-bin.zip",
+            b""
+        )
+        .await,
+        502
+    );
+}
+
 #[tokio::test]
 async fn plain_http_and_silent_clients_fail_the_handshake_and_are_counted() {
     let tmp = tempfile::tempdir().unwrap();

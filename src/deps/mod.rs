@@ -481,13 +481,11 @@ impl<S: Store> Inner<S> {
                 if !class.changing {
                     self.mark_missing(source, path).await;
                 }
-                if current.is_some() {
-                    revalidated("gone");
-                    // Gone upstream: no tier may serve it again.
-                    if let Err(e) = self.store.delete(key).await {
-                        tracing::warn!(key = %key, error = %e, "cannot remove a dependency gone upstream");
-                    }
-                }
+                // A changing file gone upstream stays in the store (deleting it from the
+                // bucket would need s3:DeleteObject on the daemon's own prefix), but it is
+                // never served fresh again: past metadata_max_age every read asks the upstream
+                // first, and this 404 is remembered.
+                revalidated("gone");
                 Fetched::NotFound
             }
             StatusCode::OK => {
