@@ -299,6 +299,15 @@ async fn gradle_resolves_through_the_node_and_a_second_node_from_s3() {
         .await
             > 0.0
     );
+    assert!(
+        deps_metric(
+            &b,
+            "dependency_hits_total",
+            "repository=\"maven/test\",tier=\"s3\""
+        )
+        .await
+            >= 4.0
+    );
     // The status page's split: node B's bytes came from the bucket, not the internet.
     let (_, status) = get(&b.admin_url("/status.json")).await;
     let status: serde_json::Value = serde_json::from_slice(&status).unwrap();

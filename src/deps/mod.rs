@@ -748,6 +748,13 @@ impl<S: Store> Inner<S> {
     ) -> Response<ResponseBody> {
         let Object { meta, body, tier } = object;
         self.count(source, result);
+        if !from_upstream {
+            self.metrics
+                .deps
+                .hits
+                .with_label_values(&[&source.label, tier.as_str()])
+                .inc();
+        }
         if !head {
             let from = if from_upstream {
                 "upstream"

@@ -14,6 +14,9 @@ pub struct DepsMetrics {
     /// Requests answered, by result: `hit`, `fetched`, `revalidated`, `stale`, `not_found`,
     /// `not_found_cached`, `checksum_mismatch`, `upstream_error`, `refused`.
     pub requests: IntCounterVec,
+    /// Requests answered from a copy the store had (`hit`, `revalidated`, `stale`), by the tier
+    /// that had it.
+    pub hits: IntCounterVec,
     /// Body bytes served, by where they came from ([`SERVED_FROM`]).
     pub served_bytes: IntCounterVec,
     /// Requests made to the upstream, by status (`200`, `304`, `404`, `5xx`, `other`, `error`).
@@ -37,6 +40,12 @@ impl DepsMetrics {
                 "dependency_requests_total",
                 "Dependency requests answered, by repository and result.",
                 &["repository", "result"],
+            ),
+            hits: vec(
+                "dependency_hits_total",
+                "Dependency requests answered from a copy the store had, by repository and the \
+                 tier that had it (memory, disk, s3).",
+                &["repository", "tier"],
             ),
             served_bytes: vec(
                 "dependency_served_bytes_total",
@@ -72,6 +81,7 @@ impl DepsMetrics {
     pub(super) fn register(&self, registry: &Registry) {
         for c in [
             &self.requests,
+            &self.hits,
             &self.served_bytes,
             &self.upstream_requests,
             &self.upstream_bytes,
@@ -113,6 +123,9 @@ impl DepsMetrics {
     pub fn add_repository(&self, repository: &str) {
         for from in SERVED_FROM {
             self.served_bytes.with_label_values(&[repository, from]);
+        }
+        for tier in &SERVED_FROM[..3] {
+            self.hits.with_label_values(&[repository, tier]);
         }
         for result in ["hit", "fetched", "not_found", "upstream_error"] {
             self.requests.with_label_values(&[repository, result]);

@@ -196,7 +196,8 @@ newrow("Dependencies: the node versus the internet")
 panel("timeseries", "Dependency bytes by source", "Bytes of Maven artifacts and downloads served, by where they came from: this node (memory, disk), the bucket (another node fetched them), or the internet (the upstream).",
       [(rate("dependency_served_bytes_total", "", "from"), "{{from}}")], "Bps", w=8, stack=True)
 panel("timeseries", "Dependency requests", "Dependency requests per second by repository and result (hit, fetched, revalidated, stale, not_found_cached, checksum_mismatch, upstream_error, ...).",
-      [(rate("dependency_requests_total", "", "repository, result"), "{{repository}} {{result}}")], "ops", w=8)
+      [(rate("dependency_requests_total", "", "repository, result"), "{{repository}} {{result}}"),
+       (rate("dependency_hits_total", "", "tier"), "hits from {{tier}}")], "ops", w=8)
 panel("timeseries", "Upstream requests and checksum failures", "Requests the nodes made to the upstream repositories, by status, and files refused because they did not match the upstream's checksum file.",
       [(rate("dependency_upstream_requests_total", "", "repository, status"), "{{repository}} {{status}}"),
        (rate("dependency_checksum_failures_total", "", "repository"), "checksum mismatch {{repository}}")], "ops", w=8)
