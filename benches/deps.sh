@@ -16,14 +16,16 @@
 #   direct  the build's repositories are the upstream's, no init script
 #   cold    a fresh daemon (local tiers only, no [s3]) proxying both repositories, reached
 #           through the chart's init script (BUILD_CACHE_PROXY_URL)
-#   warm    the last cold run's daemon again: it holds every file and every 404
-#   floor   the last direct run's GRADLE_USER_HOME again: no download at all, what a Gradle run
+#   warm    that cold run's daemon again, a fresh GRADLE_USER_HOME: the node holds every file
+#           and every 404
+#   floor   that round's direct GRADLE_USER_HOME again: no download at all, what a Gradle run
 #           costs here without any network (JVM start, configuration)
 #
-# Rounds alternate direct and cold, then the warm and floor runs follow. Prints a markdown table
-# of the medians, direct ÷ case, and the upstream requests each case made (median per run).
-# not_found_ttl is set to 10m, so that the warm runs, which may come more than the default
-# minute after the cold one, are served the remembered 404s too.
+# Each round runs the four in turn, seconds apart (the machine's load moves), the warm and floor
+# runs right after that round's cold one. Prints a markdown table of the medians, direct ÷ case
+# (the median of the rounds' ratios) and the upstream requests each case made (median per run),
+# then the first run's upstream requests by kind. not_found_ttl is set to 10m, as in the tests,
+# so that a slow warm run is still served the remembered 404s.
 # Needs gradle (apt-get install gradle), python3; builds --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -245,45 +247,56 @@ gradle_run() { # case gradle-home [node URL]
     tail -20 "$out" >&2; exit 1
   fi
   tail -n +"$((before + 1))" "$work/upstream.log" > "$work/requests-$run-$label.log"
+  [ -e "$work/first-$label.log" ] || cp "$work/requests-$run-$label.log" "$work/first-$label.log"
   awk -v l="$label" -v s="$started" -v e="$ended" '{n++} $3 == 404 {nf++}
     END {printf "%s %.2f %d %d\n", l, e - s, n, nf}' "$work/requests-$run-$label.log" >> "$work/results"
   tail -n 1 "$work/results" >&2
 }
 
 : > "$work/results"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq 1 "$repeats"); do
+  # The four cases seconds apart, so that a change in the machine's load hits them alike.
   gradle_run direct "$work/home-direct-$round"
   [ -n "$daemon_pid" ] && { kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; }
   start_daemon "$work/node-$round"
   gradle_run cold "$work/home-cold-$round" "$node"
-  [ "$round" -lt "$repeats" ] && rm -rf "$work/home-direct-$round"
-  rm -rf "$work/home-cold-$round"
-done
-for round in $(seq 1 "$repeats"); do
   gradle_run warm "$work/home-warm-$round" "$node"
-  rm -rf "$work/home-warm-$round"
-done
-for _ in $(seq 1 "$repeats"); do
-  gradle_run floor "$work/home-direct-$repeats"
+  gradle_run floor "$work/home-direct-$round"
+  rm -rf "$work/home-direct-$round" "$work/home-cold-$round" "$work/home-warm-$round"
 done
 
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 stat() { awk -v c="$1" -v k="$2" '$1 == c {print $k}' "$work/results" | median; }
-direct=$(stat direct 2)
 floor=$(stat floor 2)
+# direct ÷ case: the median of each round's ratio (its runs seconds apart).
+ratio() { # case
+  awk -v c="$1" '$1 == "direct" {d[++nd] = $2} $1 == c {t[++nt] = $2} END {for (i = 1; i <= nt; i++) print d[i] / t[i]}' \
+    "$work/results" | median
+}
 echo
-echo "Gradle $(gradle --version 2>/dev/null | sed -n 's/^Gradle //p'), $(nproc) cores, $latency_ms ms per upstream answer, $repeats runs per case, medians:"
+echo "Gradle $(gradle --version 2>/dev/null | sed -n 's/^Gradle //p'), $(nproc) cores (load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end), $latency_ms ms per upstream answer, $repeats rounds, medians:"
 echo
 echo "| case | wall s | runs (s) | above floor s | direct ÷ case | upstream requests (404s) |"
 echo "|---|---:|---|---:|---:|---:|"
 for label in direct cold warm floor; do
   t=$(stat "$label" 2)
   runs=$(awk -v c="$label" '$1 == c {printf "%s%s", sep, $2; sep=" / "}' "$work/results")
-  awk -v l="$label" -v t="$t" -v d="$direct" -v f="$floor" -v runs="$runs" \
+  awk -v l="$label" -v t="$t" -v r="$(ratio "$label")" -v f="$floor" -v runs="$runs" \
     -v n="$(stat "$label" 3)" -v nf="$(stat "$label" 4)" 'BEGIN {
     name["direct"] = "direct from the upstream"
     name["cold"] = "cold through the node"
     name["warm"] = "warm from the node"
     name["floor"] = "floor (Gradle cache full, no download)"
-    printf "| %s | %.2f | %s | %.2f | %.2f | %d (%d) |\n", name[l], t, runs, t - f, d / t, n, nf }'
+    if (l == "floor") printf "| %s | %.2f | %s | – | – | %d (%d) |\n", name[l], t, runs, n, nf
+    else printf "| %s | %.2f | %s | %.2f | %.2f | %d (%d) |\n", name[l], t, runs, t - f, r, n, nf }'
+done
+echo
+echo "Upstream requests of each case's first run, by kind:"
+echo
+for label in direct cold warm; do
+  kinds=$(awk '{file = $2; sub(/.*\//, "", file); if (match(file, /\.[a-z]/)) file = substr(file, RSTART)
+      print $1 " " file " " $3}' "$work/first-$label.log" | sort | uniq -c | awk '{print $2 " " $3 " " $4 ": " $1}' |
+    paste -sd, - | sed 's/,/, /g')
+  echo "- $label: ${kinds:-none}"
 done
