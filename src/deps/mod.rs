@@ -449,11 +449,22 @@ impl<S: Store> Inner<S> {
                     .inc();
             }
         };
-        let response = match self
+        // A file to be checked against its checksum file asks for both at once, so that a cold
+        // fetch costs the upstream's round trip once, not twice (a revalidation, which mostly
+        // ends in a 304, asks for the checksum only once the file has changed).
+        let get = self
             .client
-            .get(&url, source.credentials.as_ref(), &validators)
-            .await
-        {
+            .get(&url, source.credentials.as_ref(), &validators);
+        let (response, early_checksum) = match class.verified && current.is_none() {
+            true => {
+                let first = &source.kind.checksums()[..1];
+                let (response, checksum) =
+                    tokio::join!(get, self.expected_checksum(source, path, first));
+                (response, Some(checksum))
+            }
+            false => (get.await, None),
+        };
+        let response = match response {
             Ok(response) => response,
             Err(e) => {
                 upstream_status("error");
@@ -489,7 +500,9 @@ impl<S: Store> Inner<S> {
                 Fetched::NotFound
             }
             StatusCode::OK => {
-                let fetched = self.keep(source, key, path, class, response).await;
+                let fetched = self
+                    .keep(source, key, (path, class), response, early_checksum)
+                    .await;
                 if matches!(fetched, Fetched::Stored) {
                     revalidated("changed");
                 } else {
@@ -523,13 +536,14 @@ impl<S: Store> Inner<S> {
     }
 
     /// Streams the upstream's 200 into the store, checked against its checksum file.
+    /// `checksum` is the file's expected digest when it was asked for with the file.
     async fn keep(
         self: &Arc<Self>,
         source: &Arc<Source>,
         key: &Key,
-        path: &str,
-        class: PathClass,
+        (path, class): (&str, PathClass),
         response: Response<hyper::body::Incoming>,
+        checksum: Option<Result<Option<Expected>, String>>,
     ) -> Fetched {
         let declared = crate::fronts::reply::content_length(response.headers());
         if let Some(len) = declared.filter(|&len| len > self.max_file_size) {
@@ -541,12 +555,18 @@ impl<S: Store> Inner<S> {
                 ),
             );
         }
-        let expected = match class.verified {
-            true => match self.expected_checksum(source, path).await {
-                Ok(expected) => expected,
-                Err(reason) => return Fetched::Failed(reason),
-            },
-            false => None,
+        let all = source.kind.checksums();
+        let checksum = match (class.verified, checksum) {
+            (false, _) => Ok(None),
+            // The first kind was asked for with the file; the others only now that the file
+            // is there (a probe for a file that does not exist costs one round trip).
+            (true, Some(Ok(None))) => self.expected_checksum(source, path, &all[1..]).await,
+            (true, Some(early)) => early,
+            (true, None) => self.expected_checksum(source, path, &all).await,
+        };
+        let expected = match checksum {
+            Ok(expected) => expected,
+            Err(reason) => return Fetched::Failed(reason),
         };
         let attrs = attrs_of(&response);
         let body = self.counted(source, response);
@@ -591,15 +611,17 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    /// The digest the upstream publishes for `path`, from its checksum file (itself cached):
+    /// The digest the upstream publishes for `path`, from its checksum file of the first of
+    /// `algorithms` it has (the file itself cached):
     /// `None` when it publishes none. An upstream that fails while asked is an error: a file
     /// that should be checked is not kept unchecked because of a timeout.
     async fn expected_checksum(
         self: &Arc<Self>,
         source: &Arc<Source>,
         path: &str,
+        algorithms: &[Algorithm],
     ) -> Result<Option<Expected>, String> {
-        for algorithm in source.kind.checksums() {
+        for &algorithm in algorithms {
             let sum_path = format!("{path}{}", algorithm.suffix());
             let Ok(sum_key) =
                 Key::object(Namespace::deps(), &format!("{}/{sum_path}", source.label))
