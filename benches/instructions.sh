@@ -15,12 +15,19 @@
 #
 # counts only what the extra requests cost the daemon (every thread). The same for a 4 MiB disk
 # hit (per MiB served). Needs valgrind, python3 and boto3.
+#
+# BCP_INSTRUCTIONS_BIN=path measures that binary instead of building this tree's (a before/after
+# from one checkout: keep a copy of the binary from before a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-2000}
 command -v valgrind >/dev/null || { echo "instructions.sh needs valgrind (apt-get install valgrind)" >&2; exit 2; }
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/build-cache-proxy
+if [ -n "${BCP_INSTRUCTIONS_BIN:-}" ]; then
+  bin=$BCP_INSTRUCTIONS_BIN
+else
+  cargo build --release --quiet
+  bin=${CARGO_TARGET_DIR:-target}/release/build-cache-proxy
+fi
 work=$(mktemp -d /tmp/bcp-instructions.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
