@@ -20,6 +20,7 @@ use hyper::{Request, Response};
 use super::body::ResponseBody;
 use super::deadline::ActiveRequest;
 use super::Front;
+use crate::logging::access_line::AccessLine;
 use crate::metrics::Metrics;
 use crate::store::Tier;
 
@@ -171,22 +172,21 @@ impl Drop for Record {
         } else {
             "aborted"
         };
-        tracing::info!(
-            target: "access",
-            front = self.front,
-            method = self.method,
-            path = %self.path,
-            status = self.status,
+        crate::logging::access_line::log(&AccessLine {
+            front: self.front,
+            method: self.method,
+            path: &self.path,
+            status: self.status,
             outcome,
-            operation = self.outcome.operation.unwrap_or("-"),
-            tier = self.outcome.tier.map(Tier::as_str).unwrap_or("-"),
-            namespace = self.outcome.namespace.as_deref().unwrap_or("-"),
-            authority = self.outcome.authority.as_deref().unwrap_or("-"),
-            bytes_in = self.outcome.received,
-            bytes_out = self.sent,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            peer = %self.peer,
-        );
+            operation: self.outcome.operation.unwrap_or("-"),
+            tier: self.outcome.tier.map(Tier::as_str).unwrap_or("-"),
+            namespace: self.outcome.namespace.as_deref().unwrap_or("-"),
+            authority: self.outcome.authority.as_deref().unwrap_or("-"),
+            bytes_in: self.outcome.received,
+            bytes_out: self.sent,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            peer: self.peer,
+        });
     }
 }
 
