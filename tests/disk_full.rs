@@ -213,3 +213,63 @@ async fn min_free_evicts_to_keep_the_floor() {
         200
     );
 }
+
+/// The dependency proxy on a full disk: a file it cannot keep is passed through from the
+/// upstream, whole and still checked against the upstream's `.sha1` (a tampered one is cut short,
+/// never complete), and a full disk leaves nothing half written behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_pass_through_a_full_disk_checked() {
+    use common::maven::{Repo, Upstream};
+    let fs = SmallFs::mount("4m");
+    let upstream_root = tempfile::tempdir().unwrap();
+    let repo = Repo::new(&upstream_root.path().join("maven2"));
+    let jar: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    repo.publish(("org.example", "big", "1.0"), &[], &jar);
+    repo.publish(("org.example", "bad", "1.0"), &[], &jar);
+    let mut tampered = jar.clone();
+    tampered[700_000] ^= 1;
+    repo.write_raw("org/example/bad/1.0/bad-1.0.jar", &tampered);
+    let upstream = Upstream::start(upstream_root.path(), std::time::Duration::ZERO);
+    let config = format!(
+        "[disk]\nmax_size = \"64MiB\"\nmin_free = \"0\"\n[memory]\nmax_size = \"0\"\n[gradle]\nmax_entry_size = \"1MiB\"\n\
+         [[maven.repositories]]\nname = \"test\"\nurl = \"{}\"\n",
+        upstream.url("maven2")
+    );
+    let daemon = Daemon::start(&fs.dir, &config);
+    let filler = fs.dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+    drop(file);
+
+    let base = format!("http://{}/maven/test/org/example", daemon.gradle);
+    let response = reqwest::get(format!("{base}/big/1.0/big-1.0.jar"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.unwrap() == jar,
+        "the passed-through jar differs"
+    );
+    let text = metrics(&daemon).await;
+    assert!(
+        metric_value(
+            &text,
+            "build_cache_proxy_dependency_requests_total{repository=\"maven/test\",result=\"passed_through\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    let response = reqwest::get(format!("{base}/bad/1.0/bad-1.0.jar"))
+        .await
+        .unwrap();
+    let whole = response.bytes().await;
+    assert!(
+        whole.is_err() || whole.unwrap().len() < jar.len(),
+        "a jar that does not match its .sha1 arrived complete"
+    );
+    assert_eq!(
+        temp_files(&daemon.data_dir),
+        0,
+        "a failed write left its temp file"
+    );
+    std::fs::remove_file(&filler).unwrap();
+}

@@ -639,9 +639,10 @@ impl<S: Store> Inner<S> {
                         text = self.read_small(&sum_key).await
                     }
                     Fetched::NotFound | Fetched::Refused(..) => continue,
-                    Fetched::Failed(reason) | Fetched::NotKept(_, reason) => {
-                        return Err(format!("{sum_path}: {reason}"))
-                    }
+                    // The node cannot keep even the checksum file (disk full): read it from
+                    // the upstream for this once, so the file can still be checked.
+                    Fetched::NotKept(..) => text = self.fetch_small(source, &sum_path).await?,
+                    Fetched::Failed(reason) => return Err(format!("{sum_path}: {reason}")),
                 }
             }
             match text.as_deref().and_then(|t| Expected::parse(algorithm, t)) {
@@ -652,6 +653,29 @@ impl<S: Store> Inner<S> {
             }
         }
         Ok(None)
+    }
+
+    /// A small file straight from the upstream, not kept: `None` when it is not there or is
+    /// larger than a checksum file can be.
+    async fn fetch_small(&self, source: &Source, path: &str) -> Result<Option<Vec<u8>>, String> {
+        let url = upstream::join(&source.base, path).ok_or_else(|| format!("{path:?}: no URL"))?;
+        let response = self
+            .client
+            .get(&url, source.credentials.as_ref(), &Validators::default())
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        if response.status() != StatusCode::OK {
+            return Ok(None);
+        }
+        let mut body = self.counted(source, response);
+        let mut text = Vec::new();
+        while let Some(chunk) = body.next().await {
+            text.extend_from_slice(&chunk.map_err(|e| format!("{path}: {e}"))?);
+            if text.len() > MAX_CHECKSUM_FILE {
+                return Ok(None);
+            }
+        }
+        Ok(Some(text))
     }
 
     /// A small cached file's bytes (a checksum file): `None` if absent or too large.

@@ -8,6 +8,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use sha1::Digest;
 
@@ -69,42 +70,48 @@ impl Outcome {
     }
 }
 
-/// `body`, which fails at its end instead of ending when its digest is not `expected`.
+/// `body`, which fails at its end instead of ending when its digest is not `expected`. The last
+/// chunk is held back until the digest is known, so a client streamed a file that turns out not
+/// to match never has it complete (its connection is cut one chunk short).
 pub fn verified(body: ByteStream, expected: Expected) -> (ByteStream, Arc<Outcome>) {
     let outcome = Arc::new(Outcome::default());
     let hasher = match expected.algorithm {
         Algorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
         Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
     };
-    let state = Some((body, hasher));
+    let state = Some((body, hasher, None::<Bytes>));
     let seen = outcome.clone();
     let stream = futures_util::stream::unfold(state, move |state| {
         let (expected, seen) = (expected.clone(), seen.clone());
         async move {
-            let (mut body, mut hasher) = state?;
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    hasher.update(&chunk);
-                    Some((Ok(chunk), Some((body, hasher))))
-                }
-                Some(Err(e)) => Some((Err(e), None)),
-                None => {
-                    let actual = hasher.finish();
-                    if actual == expected.hex {
-                        return None;
+            let (mut body, mut hasher, mut held) = state?;
+            loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        if let Some(previous) = held.replace(chunk) {
+                            return Some((Ok(previous), Some((body, hasher, held))));
+                        }
                     }
-                    seen.mismatch.store(true, Ordering::Release);
-                    let error = io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "{} mismatch: the upstream's checksum file says {}, the file has {actual}",
-                            &expected.algorithm.suffix()[1..],
-                            expected.hex
-                        ),
-                    );
-                    Some((Err(error), None))
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None => break,
                 }
             }
+            let actual = hasher.finish();
+            if actual == expected.hex {
+                // The last chunk, then the end.
+                return held.map(|last| (Ok(last), None));
+            }
+            seen.mismatch.store(true, Ordering::Release);
+            let error = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} mismatch: the upstream's checksum file says {}, the file has {actual}",
+                    &expected.algorithm.suffix()[1..],
+                    expected.hex
+                ),
+            );
+            Some((Err(error), None))
         }
     });
     (Box::pin(stream), outcome)
@@ -134,7 +141,6 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn body(parts: &[&'static [u8]]) -> ByteStream {
         let chunks: Vec<io::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from(*p))).collect();
@@ -173,8 +179,12 @@ mod tests {
         assert_eq!(drain(stream).await.unwrap(), b"abc");
         assert!(!outcome.mismatched());
 
-        let (stream, outcome) = verified(body(&[b"a", b"bd"]), expected);
-        let error = drain(stream).await.unwrap_err();
+        // A tampered body: the error comes in place of its last chunk, so fewer bytes than
+        // the whole pass before it.
+        let (mut stream, outcome) = verified(body(&[b"a", b"bd"]), expected);
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"a");
+        let error = stream.next().await.unwrap().unwrap_err();
+        assert!(stream.next().await.is_none());
         assert!(outcome.mismatched());
         assert!(error.to_string().contains("sha1 mismatch"), "{error}");
 
