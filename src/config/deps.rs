@@ -130,31 +130,29 @@ impl MavenRepository {
 
 /// Checks the repositories' and downloads' names and URLs.
 pub(super) fn validate(maven: &MavenConfig, downloads: &[Download]) -> Result<(), ConfigError> {
+    // A name is a path segment under its section's prefix (`/maven/`, `/downloads/`): unique
+    // within the section.
     let sources = maven
         .repositories
         .iter()
         .enumerate()
-        .map(|(i, r)| (format!("maven.repositories[{i}]"), &r.name, &r.url))
+        .map(|(i, r)| ("maven.repositories", i, &r.name, &r.url))
         .chain(
             downloads
                 .iter()
                 .enumerate()
-                .map(|(i, d)| (format!("downloads[{i}]"), &d.name, &d.url)),
+                .map(|(i, d)| ("downloads", i, &d.name, &d.url)),
         );
-    let mut maven_names = std::collections::HashSet::new();
-    let mut download_names = std::collections::HashSet::new();
-    for (key, name, url) in sources {
-        let names = match key.starts_with("maven") {
-            true => &mut maven_names,
-            false => &mut download_names,
-        };
+    let mut names = std::collections::HashSet::new();
+    for (section, i, name, url) in sources {
+        let key = format!("{section}[{i}]");
         if !valid_name(name) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
                 format!("{name:?} must be 1-64 of letters, digits, '-', '_' and '.', not starting with '.'"),
             ));
         }
-        if !names.insert(name.as_str()) {
+        if !names.insert((section, name.as_str())) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
                 format!("{name:?} is used twice"),

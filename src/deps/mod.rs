@@ -31,7 +31,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::config::{Download, MavenConfig};
-use crate::fronts::reply::{method_not_allowed, respond, set_length, with_tier};
+use crate::fronts::reply::{in_namespace, method_not_allowed, respond, set_length, with_tier};
 use crate::fronts::s3::forward::upstream::body_stream;
 use crate::metrics::Metrics;
 use crate::server::access::Outcome;
@@ -253,8 +253,8 @@ impl<S: Store> Deps<S> {
                 Kind::Maven => "MavenGet",
                 Kind::Download => "DownloadGet",
             });
-            outcome.namespace = Some(Namespace::deps().as_str().to_string());
         }
+        in_namespace(&mut response, Namespace::deps().as_str());
         response
     }
 }
@@ -297,7 +297,8 @@ impl<S: Store> Inner<S> {
             if !class.changing || self.is_fresh(source, &key, &object.meta).await {
                 return self.answer(source, object, "hit", false, head);
             }
-            return match self.flight(source, &key, &path, class).await {
+            let current = Some(object.meta.clone());
+            return match self.flight(source, &key, (&path, class), current).await {
                 Fetched::NotModified => self.answer(source, object, "revalidated", false, head),
                 Fetched::Stored => {
                     drop(object);
@@ -318,7 +319,7 @@ impl<S: Store> Inner<S> {
         if !class.changing && self.shared_missing(source, &key, &path).await {
             return self.not_found(source, "not_found_cached");
         }
-        match self.flight(source, &key, &path, class).await {
+        match self.flight(source, &key, (&path, class), None).await {
             Fetched::Stored | Fetched::NotModified => self.serve_fetched(source, &key, head).await,
             Fetched::NotFound => self.not_found(source, "not_found"),
             Fetched::Failed(reason) => self.refused(source, "upstream_error", &reason),
@@ -384,13 +385,14 @@ impl<S: Store> Inner<S> {
     }
 
     /// The flight that brings `key` up to date with its upstream: joined if one is on its way,
-    /// started (as its own task) if not.
+    /// started (as its own task) if not. `current` is the copy the caller found (its
+    /// validators make a changing file's request conditional), `None` when it found none.
     fn flight(
         self: &Arc<Self>,
         source: &Arc<Source>,
         key: &Key,
-        path: &str,
-        class: PathClass,
+        (path, class): (&str, PathClass),
+        current: Option<ObjectMeta>,
     ) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = flights.get(key) {
@@ -399,7 +401,9 @@ impl<S: Store> Inner<S> {
         let (inner, source, task_key, path) =
             (self.clone(), source.clone(), key.clone(), path.to_string());
         let task = tokio::spawn(async move {
-            let fetched = inner.fetch(&source, &task_key, &path, class).await;
+            let fetched = inner
+                .fetch(&source, &task_key, (&path, class), current)
+                .await;
             inner
                 .flights
                 .lock()
@@ -417,19 +421,16 @@ impl<S: Store> Inner<S> {
         flight
     }
 
-    /// One upstream request for `key`: conditional when the store has a copy of a changing
-    /// file.
+    /// One upstream request for `key`: conditional when the caller has a copy of a changing
+    /// file (an immutable one is only ever fetched when there is none).
     async fn fetch(
         self: &Arc<Self>,
         source: &Arc<Source>,
         key: &Key,
-        path: &str,
-        class: PathClass,
+        (path, class): (&str, PathClass),
+        current: Option<ObjectMeta>,
     ) -> Fetched {
-        let current = match class.changing {
-            true => self.store.head(key).await.ok().flatten(),
-            false => None,
-        };
+        let current = current.filter(|_| class.changing);
         let validators = current.as_ref().map(validators_of).unwrap_or_default();
         let Some(url) = upstream::join(&source.base, path) else {
             return Fetched::Failed(format!("{path:?} makes no URL under {}", source.base));
@@ -634,7 +635,10 @@ impl<S: Store> Inner<S> {
             let mut text = self.read_small(&sum_key).await;
             if text.is_none() {
                 let class = source.kind.classify(&sum_path);
-                match self.flight(source, &sum_key, &sum_path, class).await {
+                match self
+                    .flight(source, &sum_key, (&sum_path, class), None)
+                    .await
+                {
                     Fetched::Stored | Fetched::NotModified => {
                         text = self.read_small(&sum_key).await
                     }
@@ -684,15 +688,8 @@ impl<S: Store> Inner<S> {
         if object.meta.len > MAX_CHECKSUM_FILE as u64 {
             return None;
         }
-        let mut body = object.body;
-        let mut text = Vec::new();
-        while let Some(chunk) = body.next().await {
-            text.extend_from_slice(&chunk.ok()?);
-            if text.len() > MAX_CHECKSUM_FILE {
-                return None;
-            }
-        }
-        Some(text)
+        let text = crate::store::body::read_exact(object.body, object.meta.len).await;
+        text.ok().map(|text| text.to_vec())
     }
 
     /// The upstream's body, counted as it arrives, failing when the upstream stalls.

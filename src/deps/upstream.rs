@@ -36,12 +36,6 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
-impl Validators {
-    pub fn is_empty(&self) -> bool {
-        self.etag.is_none() && self.last_modified.is_none()
-    }
-}
-
 /// Why there is no answer from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
