@@ -435,6 +435,9 @@ async fn one_upstream_request_per_miss_remembered_404s_and_refusals() {
     ] {
         assert_eq!(raw_get(node.gradle, path), status, "{path}");
     }
+    // A path longer than any key may be (900 bytes after the repository's name).
+    let long = format!("/maven/test/{}x.pom", "segment/".repeat(120));
+    assert_eq!(raw_get(node.gradle, &long), 404);
     let put = reqwest::Client::new()
         .put(&url)
         .body("x")
