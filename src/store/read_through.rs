@@ -13,8 +13,11 @@
 //!   of them (the first included) never strands the others. The fill runs to the end even when
 //!   nobody is left reading: the bytes are on their way into the cache anyway.
 //! - **Bounded memory, independent readers.** The fill writes S3's body to the spool file in
-//!   small batches and publishes how much is on disk; each reader reads the file at its own pace,
-//!   so a slow client neither holds back the download nor makes anyone buffer for it.
+//!   small batches (the buffers it arrived in, one vectored write each) and publishes how much
+//!   is on disk; each reader reads at its own pace, so a slow client neither holds back the
+//!   download nor makes anyone buffer for it. The last [`RECENT_BYTES`] written stay in memory
+//!   ([`Recent`]): a reader keeping pace takes them from there, one that fell behind reads the
+//!   spool file.
 //! - **A cut-off download resumes.** When S3's body fails or ends early, the fill asks for the
 //!   rest with a ranged GET conditional on the object's ETag (so the bytes are of the same
 //!   object), up to [`MAX_RESUMES`] times; readers just see the body continue.
@@ -43,12 +46,12 @@
 //!   download of a cold archive is served at S3's parallel speed instead of waiting for one
 //!   stream to get there. A range is read from the spool at its own offset as its segment fills.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -75,6 +78,8 @@ pub const SEGMENT: u64 = 16 * 1024 * 1024;
 pub const MAX_DOWNLOADS: usize = 8;
 /// Batches on their way from a fill's downloads to its spool (bounds its memory).
 const BATCHES_IN_FLIGHT: usize = 8;
+/// The last body bytes a fill wrote, kept in memory for readers that keep pace with it.
+const RECENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// A handle to the read-through; cheap to clone.
 pub struct ReadThrough<B: Backend = S3Tier> {
@@ -121,6 +126,49 @@ struct Progress {
     verified: bool,
     /// Set when the fill is over.
     end: Option<End>,
+    /// The last bytes written to the spool, as the buffers they arrived in.
+    recent: Recent,
+}
+
+/// The last [`RECENT_BYTES`] (or a little more) a fill wrote to its spool, in the buffers S3's
+/// body arrived in: a reader that keeps pace with the download is handed these instead of
+/// reading the same bytes back from the spool file (a copy, a zeroed buffer and a thread
+/// hand-off fewer per chunk). They are the very bytes the spool has at those offsets, and what
+/// a reader may take is still decided by the fill's progress alone.
+#[derive(Clone, Default)]
+struct Recent {
+    /// (body offset, bytes), oldest first.
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, at: u64, chunks: &[Bytes]) {
+        let mut at = at;
+        for chunk in chunks.iter().filter(|chunk| !chunk.is_empty()) {
+            self.chunks.push_back((at, chunk.clone()));
+            self.bytes += chunk.len();
+            at += chunk.len() as u64;
+        }
+        while self.bytes > RECENT_BYTES {
+            match self.chunks.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The bytes from `pos` up to at most `upto`, if one kept buffer holds `pos`.
+    fn at(&self, pos: u64, upto: u64) -> Option<Bytes> {
+        // Readers keeping pace look for the newest bytes: search from the back.
+        let (at, chunk) = self
+            .chunks
+            .iter()
+            .rev()
+            .find(|(at, chunk)| *at <= pos && pos < at + chunk.len() as u64)?;
+        let end = (at + chunk.len() as u64).min(upto);
+        (pos < end).then(|| chunk.slice((pos - at) as usize..(end - at) as usize))
+    }
 }
 
 impl Progress {
@@ -642,10 +690,17 @@ impl Claims {
     }
 }
 
-/// Body bytes of one segment, from a download on their way to the spool.
+/// Body bytes of one segment, from a download on their way to the spool: the buffers S3's
+/// body arrived in, end to end from `at` (never copied into one).
 struct Batch {
     at: u64,
-    data: Bytes,
+    chunks: Vec<Bytes>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
 }
 
 /// The downloads of one fill: the first GET from the start, and ranged GETs started where
@@ -675,16 +730,23 @@ impl<B: Backend> Downloads<B> {
         running.spawn(self.download(0, Some(first), batches_tx.clone()));
         let mut waiting = BTreeSet::new();
         let mut write = async |batch: Batch, spool: &mut Spool| -> Result<(), String> {
-            let n = batch.data.len();
+            let n = batch.len();
             if let Some(keep) = keep.as_deref_mut() {
-                keep[batch.at as usize..][..n].copy_from_slice(&batch.data);
+                let mut at = batch.at as usize;
+                for chunk in &batch.chunks {
+                    keep[at..][..chunk.len()].copy_from_slice(chunk);
+                    at += chunk.len();
+                }
             }
             let index = (batch.at / SEGMENT) as usize;
             spool
-                .write_at(batch.at, batch.data)
+                .write_chunks_at(batch.at, batch.chunks.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            tx.send_modify(|p| p.filled[index] += n as u64);
+            tx.send_modify(|p| {
+                p.filled[index] += n as u64;
+                p.recent.push(batch.at, &batch.chunks);
+            });
             Ok(())
         };
         while spool.written() < len {
@@ -785,7 +847,8 @@ impl<B: Backend> Downloads<B> {
             };
             let mut pos = start;
             let mut limit = segment_end((start / SEGMENT) as usize, len);
-            let mut batch = BytesMut::with_capacity(BATCH);
+            let mut batch = Vec::new();
+            let mut batched = 0;
             let mut batch_at = pos;
             while pos < len {
                 let mut chunk = match body.next().await {
@@ -802,15 +865,20 @@ impl<B: Backend> Downloads<B> {
                 };
                 while !chunk.is_empty() && pos < len {
                     let take = chunk.len().min((limit - pos) as usize);
-                    batch.extend_from_slice(&chunk.split_to(take));
+                    batch.push(chunk.split_to(take));
+                    batched += take;
                     pos += take as u64;
                     // A batch never spans two segments.
-                    if batch.len() >= BATCH || pos == limit {
-                        let data = batch.split().freeze();
+                    if batched >= BATCH || pos == limit {
+                        let chunks = std::mem::take(&mut batch);
                         batches
-                            .send(Batch { at: batch_at, data })
+                            .send(Batch {
+                                at: batch_at,
+                                chunks,
+                            })
                             .await
                             .map_err(|_| "the fill ended".to_string())?;
+                        batched = 0;
                         batch_at = pos;
                     }
                     if pos == limit && pos < len {
@@ -976,6 +1044,10 @@ impl tail::Progress for FillProgress {
             .map_err(|_| io::Error::other("S3 fill task ended unexpectedly"))
     }
 
+    fn in_memory(&mut self, pos: u64, upto: u64) -> Option<Bytes> {
+        self.progress.borrow().recent.at(pos, upto)
+    }
+
     fn waiting_at(&mut self, pos: u64) {
         let segment = (pos / SEGMENT) as usize;
         if self.asked_for != Some(segment) {
@@ -992,6 +1064,31 @@ mod tests {
 
     use super::*;
     use crate::store::testing::{eventually, key, pattern, read_body, Local};
+
+    #[test]
+    fn recent_bytes_are_found_by_offset_cut_at_the_bound_and_kept_to_their_budget() {
+        let chunk = |n: usize, fill: u8| Bytes::from(vec![fill; n]);
+        let mut recent = Recent::default();
+        // Two segments' downloads interleaved, an empty chunk among them.
+        recent.push(0, &[chunk(100, 1), chunk(0, 9), chunk(50, 2)]);
+        recent.push(SEGMENT, &[chunk(70, 3)]);
+        assert_eq!(recent.at(0, 1000).unwrap(), chunk(100, 1));
+        assert_eq!(recent.at(120, 1000).unwrap(), chunk(30, 2));
+        // Never past what the reader may take (the held-back last byte, a span's end).
+        assert_eq!(recent.at(120, 130).unwrap(), chunk(10, 2));
+        assert!(recent.at(120, 120).is_none());
+        assert_eq!(recent.at(SEGMENT + 69, SEGMENT + 70).unwrap(), chunk(1, 3));
+        assert!(recent.at(150, 1000).is_none(), "not written yet");
+        // Past the budget, the oldest go first; a reader that far behind reads the spool.
+        let big = RECENT_BYTES / 4;
+        for i in 0..4 {
+            recent.push(2 * SEGMENT + (i * big) as u64, &[chunk(big, 4)]);
+        }
+        assert!(recent.bytes <= RECENT_BYTES);
+        assert!(recent.at(0, 1000).is_none());
+        assert!(recent.at(SEGMENT, SEGMENT + 70).is_none());
+        assert!(recent.at(2 * SEGMENT, 3 * SEGMENT).is_some());
+    }
 
     fn read_through(local: &Local) -> ReadThrough<crate::store::backend::fake::FakeBackend> {
         ReadThrough::new(

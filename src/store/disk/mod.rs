@@ -18,7 +18,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
@@ -32,18 +31,6 @@ use spool::{EntryMeta, EtagSource};
 
 /// Most body bytes handed to one blocking write.
 const WRITE_BATCH: usize = 256 * 1024;
-
-/// One buffer from a batch of chunks; a single chunk is passed on without a copy.
-fn concat(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.pop().expect("one chunk");
-    }
-    let mut joined = BytesMut::with_capacity(len);
-    for chunk in chunks {
-        joined.extend_from_slice(&chunk);
-    }
-    joined.freeze()
-}
 
 /// Counters the disk tier keeps for the metrics module to read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -410,7 +397,8 @@ impl DiskTier {
                 }
                 _ => {}
             }
-            spool.write(concat(batch, batched)).await?;
+            let at = spool.written();
+            spool.write_chunks_at(at, batch).await?;
         }
         if let BodyLen::AtMost(_) = len {
             spool.end_here()?;

@@ -223,7 +223,7 @@ impl FileChunks {
 
 /// Up to `len` bytes of `file` at `at`, read into the spare capacity of a new buffer (no
 /// zeroing, no copy); fewer only at the end of the file.
-fn read_chunk(file: &std::fs::File, at: u64, len: usize) -> io::Result<Bytes> {
+pub(super) fn read_chunk(file: &std::fs::File, at: u64, len: usize) -> io::Result<Bytes> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let offset = at + buf.len() as u64;

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::index::Reservation;
+use super::read::read_chunk;
 use super::{Commit, DiskTier, Sealed, TempFile, Version};
 use crate::store::entry_file::{table_len, EntryHeader, BLOCK};
 use crate::store::{Key, ObjectAttrs, StoreError};
@@ -238,7 +239,14 @@ impl Spool {
     /// first, in steps of at least [`RESERVE_STEP`], evicting as needed. Writing past the
     /// declared length fails, and so does every write after a failed one.
     pub async fn write_at(&mut self, at: u64, data: Bytes) -> Result<(), StoreError> {
-        let end = at + data.len() as u64;
+        self.write_chunks_at(at, vec![data]).await
+    }
+
+    /// [`Spool::write_at`] of `chunks` end to end, in one vectored write: the bytes are written
+    /// from the buffers they arrived in, never gathered into one first.
+    pub async fn write_chunks_at(&mut self, at: u64, chunks: Vec<Bytes>) -> Result<(), StoreError> {
+        let len: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+        let end = at + len;
         if end > self.header.body_len {
             return Err(StoreError::LengthMismatch {
                 declared: self.header.body_len,
@@ -257,7 +265,7 @@ impl Spool {
                 ))));
             }
             let piece_end = end.min(segment_start + self.segment_len);
-            pieces.push((index, (pos - at) as usize..(piece_end - at) as usize));
+            pieces.push((index, pos - at..piece_end - at));
             pos = piece_end;
         }
         // Checked all before taking any: a refused write leaves the spool as it was.
@@ -271,7 +279,7 @@ impl Spool {
         let mut reservation = self.reservation.take().ok_or_else(spool_failed)?;
         let file = self.file.clone();
         let file_at = self.header.header_len + at;
-        let needed = file_at + data.len() as u64;
+        let needed = file_at + len;
         let mut md5 = self.md5.take();
         let (md5, pieces, reservation) = self
             .disk
@@ -280,12 +288,12 @@ impl Spool {
                     let step = (needed - reservation.reserved()).max(RESERVE_STEP);
                     reservation.grow(step)?;
                 }
-                file.write_all_at(&data, file_at)?;
+                write_all_vectored_at(&file, &chunks, file_at)?;
                 if let Some(md5) = md5.as_mut() {
-                    md5.update(&data);
+                    chunks.iter().for_each(|chunk| md5.update(chunk));
                 }
                 for (_, span, blocks) in pieces.iter_mut() {
-                    blocks.append(&data[span.clone()]);
+                    for_each_slice(&chunks, span.clone(), |slice| blocks.append(slice));
                 }
                 Ok((md5, pieces, reservation))
             })
@@ -294,10 +302,10 @@ impl Spool {
         for (index, span, blocks) in pieces {
             let segment = &mut self.segments[index];
             segment.blocks = blocks;
-            segment.written += span.len() as u64;
+            segment.written += span.end - span.start;
         }
         self.reservation = Some(reservation);
-        self.written += end - at;
+        self.written += len;
         Ok(())
     }
 
@@ -400,12 +408,57 @@ impl Spool {
 /// async threads: how readers tail a spool that another task is writing.
 pub async fn read_spooled(file: Arc<std::fs::File>, at: u64, n: usize) -> std::io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; n];
-        file.read_exact_at(&mut buf, at)?;
-        Ok(Bytes::from(buf))
+        let chunk = read_chunk(&file, at, n)?;
+        if chunk.len() < n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "spool file ends {} bytes into a read of {n} at {at}",
+                    chunk.len()
+                ),
+            ));
+        }
+        Ok(chunk)
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Writes `chunks` end to end at `at` of `file`, in as few `pwritev` calls as the kernel allows.
+fn write_all_vectored_at(file: &std::fs::File, chunks: &[Bytes], at: u64) -> std::io::Result<()> {
+    // Linux takes at most IOV_MAX (1024) buffers per call.
+    const MAX_BUFFERS: usize = 1024;
+    let mut at = at;
+    for group in chunks.chunks(MAX_BUFFERS) {
+        let mut slices: Vec<std::io::IoSlice<'_>> = group
+            .iter()
+            .map(|chunk| std::io::IoSlice::new(chunk))
+            .collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let written = rustix::io::pwritev(file, slices, at)?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            at += written as u64;
+            std::io::IoSlice::advance_slices(&mut slices, written);
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with the parts of `chunks` (taken end to end) that fall in `span`, in order.
+fn for_each_slice(chunks: &[Bytes], span: std::ops::Range<u64>, mut f: impl FnMut(&[u8])) {
+    let mut start = 0u64;
+    for chunk in chunks {
+        let end = start + chunk.len() as u64;
+        if end > span.start && start < span.end {
+            let from = span.start.saturating_sub(start) as usize;
+            let to = (span.end.min(end) - start) as usize;
+            f(&chunk[from..to]);
+        }
+        start = end;
+    }
 }
 
 /// One independently written piece of a spool's body.

@@ -3,7 +3,8 @@
 //! parallel) or the forward mode's (S3's answer teed as it passes).
 //!
 //! The reader reads at explicit offsets (`pread` of the shared handle), up to what the writer
-//! reports as readable without a gap. It holds the body's last byte back until the writer says
+//! reports as readable without a gap, or takes the same bytes from the writer's memory when it
+//! still has them ([`Progress::in_memory`]). It holds the body's last byte back until the writer says
 //! the whole body is in place (at its declared length, and verified where the writer verifies),
 //! so a client never holds every byte of a `Content-Length` body that is not complete: a fill
 //! that fails ends the reader's body with an error, never with a short body that looks whole.
@@ -41,6 +42,12 @@ pub trait Progress: Send + 'static {
 
     /// The reader waits for the byte at `pos` (a hint the writer may act on).
     fn waiting_at(&mut self, _pos: u64) {}
+
+    /// Bytes of the body from `pos`, up to at most `upto` (both readable), if the writer still
+    /// has them in memory: the reader takes them instead of reading the spool file.
+    fn in_memory(&mut self, _pos: u64, _upto: u64) -> Option<Bytes> {
+        None
+    }
 }
 
 /// A spool file being written: its handle, where the body starts, and the body's length.
@@ -96,6 +103,10 @@ impl<P: Progress> Reader<P> {
             }
             .min(self.end);
             if self.pos < readable {
+                if let Some(chunk) = self.progress.in_memory(self.pos, readable) {
+                    self.pos += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
                 let n = (readable - self.pos).min(BATCH) as usize;
                 let chunk = read_spooled(
                     self.spooled.file.clone(),

@@ -751,6 +751,53 @@ async fn a_segmented_spool_written_out_of_order_stores_the_same_entry() {
     assert!(got.unwrap() == data[block + 5..]);
 }
 
+/// Chunks written end to end in one vectored write (as a fill hands on the buffers S3's body
+/// arrived in), of odd sizes and across a segment's end, store the same entry and checksums
+/// as one buffer would.
+#[tokio::test]
+async fn chunks_written_together_across_segments_store_the_same_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::open(settings(dir.path(), 20 << 20))
+        .await
+        .unwrap();
+    let block = crate::store::entry_file::BLOCK as usize;
+    let segment = 2 * block;
+    let len = 2 * segment + 333;
+    let data = pattern(len, 4);
+    let mut spool = disk
+        .spool(&key(2), len as u64)
+        .await
+        .unwrap()
+        .with_segments(segment as u64);
+    // Cut at sizes that fall on no block or segment boundary, an empty chunk among them.
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for size in [1, 0, 4095, 70_000, block, 3 * block / 2, 17]
+        .iter()
+        .cycle()
+    {
+        if at == len {
+            break;
+        }
+        let to = (at + size).min(len);
+        chunks.push(Bytes::copy_from_slice(&data[at..to]));
+        at = to;
+    }
+    let (first, rest) = chunks.split_at(chunks.len() / 2);
+    let first_len: usize = first.iter().map(|c| c.len()).sum();
+    spool.write_chunks_at(0, first.to_vec()).await.unwrap();
+    spool
+        .write_chunks_at(first_len as u64, rest.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(spool.written(), len as u64);
+    assert_eq!(spool.crc32c(), crc32c::crc32c(&data));
+    spool.finish(Commit::Cached).await.unwrap();
+    assert!(read_all(&disk, &key(2)).await.unwrap().unwrap() == data);
+    let (_, got) = read_range(&disk, &key(2), &format!("bytes={}-", segment + 3)).await;
+    assert!(got.unwrap() == data[segment + 3..]);
+}
+
 /// A write admitted as its bytes arrive (a copy of a client's upload) promises nothing: a
 /// large declaration holds no space from other writes, and the write itself fails, evicting
 /// no more than fits, when its bytes find no room.
