@@ -59,7 +59,9 @@ start_daemon() {
 # Stops it and prints the run's total instructions (callgrind's "summary:" / "totals:" line).
 stop_daemon() {
   local run=$1
-  stop_daemon "$run"
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$run/callgrind.out"
 }
 
 # One daemon run under callgrind: PUT the body, GET it `count` times, stop; prints total Ir.
