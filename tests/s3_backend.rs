@@ -241,3 +241,182 @@ async fn the_s3_tier_keeps_the_backend_contract() {
     assert!(tier.head(&small).await.unwrap().is_none());
     s3::remove_bucket(&client, &bucket).await;
 }
+
+/// The multipart uploads of `bucket` still open (neither completed nor aborted).
+async fn open_uploads(client: &aws_sdk_s3::Client, bucket: &str) -> usize {
+    let listed = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    listed.uploads().len()
+}
+
+/// Polls `check` until it holds (the abort of a dropped upload runs in the background).
+async fn eventually(mut check: impl AsyncFnMut() -> bool, what: &str) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not within 5 s: {what}");
+}
+
+/// A write-through that starts while its body arrives: parts go to S3 as the file holds them,
+/// nothing is visible until `finish`, which S3 accepts only with the body's CRC32C (kept as
+/// the object's full-object checksum, read back as its CRC), and an upload dropped or failed
+/// leaves neither an object nor an open upload behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_begun_while_its_body_arrives_is_visible_only_when_finished_with_its_crc() {
+    use build_cache_proxy::store::backend::{Growing, StreamedPut};
+    use std::os::unix::fs::FileExt;
+
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "streamed").await;
+    let tier = tier(&bucket, client.clone());
+    let data: Vec<u8> = (0..12 * MIB + 77).map(|i| (i % 241) as u8).collect();
+    let crc = crc32c::crc32c(&data);
+    let attrs = ObjectAttrs {
+        content_type: Some("application/zip".into()),
+        user: vec![("origin".into(), "streamed".into())],
+        ..Default::default()
+    };
+    // A growing file: 3 header bytes, then the body as it is "received".
+    let begin = |name: &str| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().write_all_at(b"hdr", 0).unwrap();
+        let (written, growing) = tokio::sync::watch::channel(0u64);
+        let body = Growing {
+            key: key(name),
+            file: Arc::new(file.reopen().unwrap()),
+            offset: 3,
+            len: data.len() as u64,
+            attrs: attrs.clone(),
+            written: growing,
+        };
+        (file, written, body)
+    };
+    let receive =
+        |file: &tempfile::NamedTempFile, written: &tokio::sync::watch::Sender<u64>, to: usize| {
+            let from = *written.borrow() as usize;
+            file.as_file()
+                .write_all_at(&data[from..to], 3 + from as u64)
+                .unwrap();
+            written.send_replace(to as u64);
+        };
+
+    let (file, written, body) = begin("grown");
+    let streamed = tier
+        .begin_put(body)
+        .await
+        .expect("a body of three parts is streamed");
+    // The first part goes up while the rest of the body has not arrived.
+    receive(&file, &written, 6 * MIB);
+    let object_key = "pre/objects/grown".to_string();
+    eventually(
+        async || {
+            let Some(upload) = client
+                .list_multipart_uploads()
+                .bucket(&bucket)
+                .send()
+                .await
+                .unwrap()
+                .uploads()
+                .first()
+                .and_then(|u| u.upload_id().map(str::to_string))
+            else {
+                return false;
+            };
+            let parts = client
+                .list_parts()
+                .bucket(&bucket)
+                .key(&object_key)
+                .upload_id(upload)
+                .send()
+                .await
+                .unwrap();
+            !parts.parts().is_empty()
+        },
+        "a part in S3 before the body is complete",
+    )
+    .await;
+    assert!(
+        tier.head(&key("grown")).await.unwrap().is_none(),
+        "not visible yet"
+    );
+    receive(&file, &written, data.len());
+    drop(written);
+    let etag = streamed.finish(crc).await.unwrap();
+    assert!(etag.is_some_and(|e| e.ends_with("-3")), "three parts");
+    let meta = tier.head(&key("grown")).await.unwrap().unwrap();
+    assert_eq!(meta.len, data.len() as u64);
+    assert_eq!(
+        meta.crc32c,
+        Some(crc),
+        "S3's full-object CRC32C is read as ours"
+    );
+    assert_eq!(meta.attrs.content_type.as_deref(), Some("application/zip"));
+    assert_eq!(
+        meta.attrs.user,
+        vec![("origin".to_string(), "streamed".to_string())]
+    );
+    let (_, got) = body_of(
+        tier.get(&key("grown"), &GetOptions::default())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(got == data);
+    if let Fetch::Found(found) = tier
+        .get(&key("grown"), &GetOptions::default())
+        .await
+        .unwrap()
+    {
+        assert_eq!(
+            found.meta.crc32c,
+            Some(crc),
+            "a whole-object GET reads it too"
+        );
+    }
+
+    // Finished with another CRC than its bytes': S3 refuses it, the object stays as it was.
+    let (file, written, body) = begin("grown");
+    let streamed = tier.begin_put(body).await.unwrap();
+    receive(&file, &written, data.len());
+    drop(written);
+    assert!(streamed.finish(crc ^ 1).await.is_err());
+    assert_eq!(
+        tier.head(&key("grown")).await.unwrap().unwrap().crc32c,
+        Some(crc)
+    );
+
+    // Dropped halfway (the client's body cut off): no object, and the upload is aborted.
+    let (file, written, body) = begin("cut");
+    let streamed = tier.begin_put(body).await.unwrap();
+    receive(&file, &written, 7 * MIB);
+    drop(written);
+    drop(streamed);
+    eventually(
+        async || open_uploads(&client, &bucket).await == 0,
+        "every unfinished upload aborted",
+    )
+    .await;
+    assert!(tier.head(&key("cut")).await.unwrap().is_none());
+
+    // One part's worth is not streamed: it goes as one PUT once received.
+    let (written_small, growing) = tokio::sync::watch::channel(0u64);
+    let small = Growing {
+        key: key("small"),
+        file: Arc::new(file_with(b"tiny").reopen().unwrap()),
+        offset: 3,
+        len: 4,
+        attrs: ObjectAttrs::default(),
+        written: growing,
+    };
+    assert!(tier.begin_put(small).await.is_none());
+    drop(written_small);
+    s3::remove_bucket(&client, &bucket).await;
+}

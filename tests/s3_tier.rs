@@ -782,6 +782,74 @@ async fn write_through_acknowledges_once_s3_has_the_object() {
             >= 3.0
     );
 
+    // The multipart one went up while its body arrived: S3 keeps the body's CRC32C as its
+    // full-object checksum, checked against the parts it received.
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(s3::gradle_object(&key(71)))
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.checksum_type(),
+        Some(&aws_sdk_s3::types::ChecksumType::FullObject)
+    );
+    let crc = crc32c::crc32c(&data(71, 12 * MIB)).to_be_bytes();
+    assert_eq!(
+        head.checksum_crc32_c(),
+        Some(base64_of(&crc).as_str()),
+        "the streamed upload's CRC32C"
+    );
+
+    // A body cut off after two parts' worth: the upload begun for it is aborted, nothing of it
+    // is in S3, and the node has no copy.
+    let cut = key(73);
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(daemon.gradle).await.unwrap();
+        let head = format!(
+            "PUT /cache/{cut} HTTP/1.1\r\nHost: node\r\nContent-Length: {}\r\n\r\n",
+            12 * MIB
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&data(73, 11 * MIB)).await.unwrap();
+        // Until two parts are surely in S3 (the third has not arrived), then the client goes.
+        eventually("two parts uploaded", Duration::from_secs(10), || async {
+            metric(
+                &daemon,
+                "s3_requests_total",
+                "op=\"upload_part\",result=\"ok\"",
+            )
+            .await
+                >= 5.0
+        })
+        .await;
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+    }
+    eventually(
+        "the cut upload aborted",
+        Duration::from_secs(10),
+        || async {
+            let open = client
+                .list_multipart_uploads()
+                .bucket(&bucket)
+                .send()
+                .await
+                .unwrap();
+            open.uploads().is_empty()
+        },
+    )
+    .await;
+    assert!(s3::object(&client, &bucket, &s3::gradle_object(&cut))
+        .await
+        .is_none());
+    let response = http.get(daemon.entry_url(&cut)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+
     // S3 down: the write cannot be acknowledged as stored; Gradle gets its counted 2xx drop.
     fwd.stop().await;
     let response = http
@@ -840,4 +908,10 @@ async fn a_fill_never_replaces_a_newer_write() {
     let shared = s3::object(&client, &bucket, &s3::gradle_object(&k)).await;
     assert!(shared.unwrap() == newer, "S3 got the fill's stale bytes");
     s3::remove_bucket(&client, &bucket).await;
+}
+
+/// The base64 form S3 gives checksums in.
+fn base64_of(raw: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(raw)
 }

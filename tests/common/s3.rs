@@ -153,6 +153,33 @@ pub async fn object_metadata(
     out.metadata().cloned().unwrap_or_default()
 }
 
+/// The CRC32C S3 keeps for an object the daemon uploaded: our metadata, or (for a
+/// write-through uploaded while its body arrived) S3's own full-object CRC32C.
+pub async fn object_crc32c(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<u32> {
+    let out = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    if let Some(hex) = out
+        .metadata()
+        .and_then(|m| m.get("build-cache-proxy-crc32c"))
+    {
+        return u32::from_str_radix(hex, 16).ok();
+    }
+    if out.checksum_type() != Some(&aws_sdk_s3::types::ChecksumType::FullObject) {
+        return None;
+    }
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(out.checksum_crc32_c()?)
+        .ok()?;
+    Some(u32::from_be_bytes(raw.try_into().ok()?))
+}
+
 pub async fn put_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str, data: Vec<u8>) {
     client
         .put_object()

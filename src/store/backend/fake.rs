@@ -237,6 +237,12 @@ fn body(data: Bytes, cut: Option<u64>, stall: Option<(u64, watch::Receiver<bool>
 }
 
 impl Backend for FakeBackend {
+    type Streamed = super::NoStreaming;
+
+    async fn begin_put(&self, _body: super::Growing) -> Option<super::NoStreaming> {
+        None
+    }
+
     async fn get(&self, key: &Key, options: &GetOptions) -> Result<Fetch, StoreError> {
         self.call("get").await?;
         let Some(stored) = self.lock().objects.get(&path(key)).cloned() else {

@@ -219,6 +219,41 @@ pub struct Upload {
     pub parts: PartLayout,
 }
 
+/// A body the backend may start storing while it is still being received (a write-through of
+/// a client's upload, see [`Backend::begin_put`]): a region of the spool file that grows as
+/// `written` says. The sender of `written` is dropped when the receive ends, complete or not.
+#[derive(Debug)]
+pub struct Growing {
+    pub key: Key,
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Where the body starts in the file.
+    pub offset: u64,
+    /// The declared length: the body is complete when `written` reaches it.
+    pub len: u64,
+    pub attrs: ObjectAttrs,
+    /// Body bytes in the file so far.
+    pub written: tokio::sync::watch::Receiver<u64>,
+}
+
+/// A put under way while its body arrives (see [`Backend::begin_put`]). Nothing of it is
+/// visible until [`StreamedPut::finish`]; dropping it unfinished abandons it.
+pub trait StreamedPut: Send + 'static {
+    /// The whole body is in the file, and `crc32c` is its CRC32C: sends what is left and makes
+    /// the object visible, replacing any, once the backend has checked what it received
+    /// against `crc32c`. Returns the object's ETag when the backend reports one.
+    fn finish(self, crc32c: u32)
+        -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+}
+
+/// For backends that never stream a put.
+pub enum NoStreaming {}
+
+impl StreamedPut for NoStreaming {
+    async fn finish(self, _crc32c: u32) -> Result<Option<String>, StoreError> {
+        match self {}
+    }
+}
+
 /// How a put is split into multipart parts: decides the object's ETag (`md5-N` for parts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartLayout {
@@ -301,6 +336,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         upload: &Upload,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// A put started before its body is complete.
+    type Streamed: StreamedPut;
+
+    /// Starts storing `body` while it is still being received, when the backend can for this
+    /// body; `None`: it is to be stored with [`Backend::put`] once complete. The put becomes
+    /// visible only with [`StreamedPut::finish`], so the caller still decides when.
+    fn begin_put(&self, body: Growing) -> impl Future<Output = Option<Self::Streamed>> + Send;
 
     /// Removes an object; removing a missing one is not an error.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -358,6 +358,17 @@ impl DiskTier {
         options: &PutOptions,
     ) -> Result<spool::Spool, StoreError> {
         let len = len.into();
+        let spool = self.spool_for(key, len, options).await?;
+        Self::receive_into(spool, len, body, options, None).await
+    }
+
+    /// The spool a client's body of `len` is received into (see [`DiskTier::receive`]).
+    pub async fn spool_for(
+        &self,
+        key: &Key,
+        len: BodyLen,
+        options: &PutOptions,
+    ) -> Result<spool::Spool, StoreError> {
         let meta = EntryMeta {
             attrs: options.attrs.clone(),
             etag: if options.etag {
@@ -367,10 +378,21 @@ impl DiskTier {
             },
             modified: None,
         };
-        let mut spool = match len {
-            BodyLen::Exact(len) => self.spool_with(key, len, meta).await?,
-            BodyLen::AtMost(limit) => self.spool_up_to(key, limit, meta).await?,
-        };
+        match len {
+            BodyLen::Exact(len) => self.spool_with(key, len, meta).await,
+            BodyLen::AtMost(limit) => self.spool_up_to(key, limit, meta).await,
+        }
+    }
+
+    /// Receives a client's body into `spool` (from [`DiskTier::spool_for`]), publishing the
+    /// body bytes written so far on `written` after each write.
+    pub async fn receive_into(
+        mut spool: spool::Spool,
+        len: BodyLen,
+        body: ByteStream,
+        options: &PutOptions,
+        written: Option<&tokio::sync::watch::Sender<u64>>,
+    ) -> Result<spool::Spool, StoreError> {
         // Fused: the batching below may see the end before the loop does.
         let mut body = body.fuse();
         while let Some(first) = body.next().await {
@@ -399,6 +421,9 @@ impl DiskTier {
             }
             let at = spool.written();
             spool.write_chunks_at(at, batch).await?;
+            if let Some(written) = written {
+                written.send_replace(spool.written());
+            }
         }
         if let BodyLen::AtMost(_) = len {
             spool.end_here()?;

@@ -29,13 +29,16 @@ pub mod breaker;
 pub mod client;
 mod file_body;
 mod read;
+mod streamed;
 mod upload;
+
+pub use streamed::S3Streamed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend::{Backend, Fetch, GetOptions, ListRequest, Listing, Upload};
+use super::backend::{Backend, Fetch, GetOptions, Growing, ListRequest, Listing, Upload};
 use super::policy::{BackendLocation, Policies};
 use super::{Key, Namespace, ObjectMeta, StoreError};
 use crate::config::S3Config;
@@ -85,6 +88,9 @@ struct Inner {
     part_concurrency: usize,
     breaker: Breaker,
     metrics: Arc<Metrics>,
+    /// S3 refused a multipart upload with a full-object checksum: write-through uploads start
+    /// once the body is received (see `streamed.rs`).
+    streaming_refused: std::sync::atomic::AtomicBool,
 }
 
 /// How S3 answered a read that did not return the object: each is an answer, not a failure.
@@ -146,6 +152,7 @@ impl S3Tier {
                 part_concurrency: config.multipart_concurrency.max(1),
                 breaker,
                 metrics,
+                streaming_refused: std::sync::atomic::AtomicBool::new(false),
             }),
             locations: Arc::new(HashMap::new()),
         }
@@ -291,6 +298,22 @@ impl S3Tier {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.write_call_answered(op, bytes, call)
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`S3Tier::write_call`], saying of a failure whether S3 answered it (a 4xx: S3 refused
+    /// the request, rather than failed or was not reached).
+    async fn write_call_answered<T, E>(
+        &self,
+        op: &'static str,
+        bytes: u64,
+        call: impl std::future::Future<Output = Result<T, SdkError<E>>>,
+    ) -> Result<T, (bool, StoreError)>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let deadline = UPLOAD_BASE_DEADLINE + Duration::from_secs(bytes / UPLOAD_FLOOR_RATE);
         let started = Instant::now();
         match tokio::time::timeout(deadline, call).await {
@@ -304,17 +327,21 @@ impl S3Tier {
                 let answered = status_of(&e).is_some_and(|s| (400..500).contains(&s));
                 self.inner.breaker.record(answered);
                 self.observe(op, "error", started);
-                Err(StoreError::Remote(format!(
-                    "S3 {op}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )))
+                Err((
+                    answered,
+                    StoreError::Remote(format!(
+                        "S3 {op}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    )),
+                ))
             }
             Err(_) => {
                 self.inner.breaker.record(false);
                 self.observe(op, "timeout", started);
-                Err(StoreError::Remote(format!(
-                    "S3 {op}: not done within {deadline:?}"
-                )))
+                Err((
+                    false,
+                    StoreError::Remote(format!("S3 {op}: not done within {deadline:?}")),
+                ))
             }
         }
     }
@@ -331,6 +358,12 @@ impl Backend for S3Tier {
 
     async fn put(&self, upload: &Upload) -> Result<Option<String>, StoreError> {
         self.upload(upload).await
+    }
+
+    type Streamed = S3Streamed;
+
+    async fn begin_put(&self, body: Growing) -> Option<S3Streamed> {
+        self.begin_streamed(body).await
     }
 
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {

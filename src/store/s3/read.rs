@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
+use aws_sdk_s3::types::ChecksumMode;
 use aws_smithy_types::DateTime;
 use futures_util::StreamExt;
 
 use super::{checksum_meta_name, S3Tier, CHECKSUM_META_PREFIX, CRC32C_META, LEGACY_CRC32C_META};
+use crate::checksum::ChecksumAlgorithm;
 use crate::metrics::Metrics;
 use crate::store::backend::{unquote, Fetch, Fetched, GetOptions, ListRequest, Listed, Listing};
 use crate::store::{
@@ -35,6 +37,10 @@ macro_rules! object_meta {
                 $out.expires_string(),
             ],
             legacy_crc: $key.namespace() == &Namespace::gradle(),
+            full_crc32c: match $out.checksum_type() {
+                Some(aws_sdk_s3::types::ChecksumType::FullObject) => $out.checksum_crc32_c(),
+                _ => None,
+            },
         }
         .meta()
     };
@@ -53,6 +59,9 @@ struct Headers<'a> {
     cache_control: Option<&'a str>,
     /// The values of [`KEPT_HEADERS`], in that order.
     kept: [Option<&'a str>; 3],
+    /// S3's own CRC32C of the whole object (base64), where it keeps one: a streamed
+    /// write-through's (see `streamed.rs`), which has no CRC in its metadata.
+    full_crc32c: Option<&'a str>,
 }
 
 impl Headers<'_> {
@@ -68,7 +77,11 @@ impl Headers<'_> {
                 m.get(CRC32C_META)
                     .or_else(|| m.get(LEGACY_CRC32C_META).filter(|_| self.legacy_crc))
             })
-            .and_then(|v| u32::from_str_radix(v, 16).ok());
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .or_else(|| {
+                let raw = ChecksumAlgorithm::Crc32c.decode(self.full_crc32c?)?;
+                Some(u32::from_be_bytes(raw.try_into().ok()?))
+            });
         let mut meta = ObjectMeta::new(self.len, system_time(self.modified), crc32c);
         meta.etag = self.etag.map(|e| unquote(e).to_string());
         let mut user: Vec<(String, String)> = self
@@ -116,6 +129,8 @@ impl S3Tier {
             .bucket(bucket)
             .key(object_key)
             .set_range(options.range.map(|r| r.header_value()))
+            // S3 returns a whole object's checksums only when asked (a range has none).
+            .set_checksum_mode(options.range.is_none().then_some(ChecksumMode::Enabled))
             .set_if_match(c.if_match.as_deref().map(quote_list))
             .set_if_none_match(c.if_none_match.as_deref().map(quote_list))
             .set_if_modified_since(c.if_modified_since.map(DateTime::from))
@@ -167,6 +182,7 @@ impl S3Tier {
             .head_object()
             .bucket(bucket)
             .key(object_key)
+            .checksum_mode(ChecksumMode::Enabled)
             .send();
         let Ok(out) = self.read_call("head", call).await? else {
             // A HEAD has no conditions or range: the only answer without the object is a 404.

@@ -3,13 +3,20 @@
 //! back), ordered per key with the other writes that reach the backend.
 
 use super::{Route, TieredStore};
-use crate::store::backend::{Backend, Conditions, PartLayout, Verdict};
+use crate::store::backend::{Backend, Conditions, Growing, PartLayout, StreamedPut, Verdict};
 use crate::store::disk::spool::Spool;
-use crate::store::disk::{Commit, Sealed};
+use crate::store::disk::{Commit, DiskTier, Sealed};
 use crate::store::entry_file::EntryHeader;
 use crate::store::multipart::{Completion, ListedChecksums, Multipart, MultipartError};
 use crate::store::write_back::{Op, Slot, WriteBack};
 use crate::store::{BodyLen, ByteStream, Key, ObjectMeta, PutOptions, Store, StoreError};
+
+/// How a write-through sends its body: whole once received, laid out in `PartLayout`'s parts,
+/// or by completing the upload begun while it was received.
+pub(super) enum Sending<'a, B: Backend> {
+    Whole(&'a B, PartLayout),
+    Streamed(B::Streamed),
+}
 
 impl<B: Backend> TieredStore<B> {
     /// Commits a sealed entry (pinned when it waits for the backend) and keeps a small one's
@@ -43,21 +50,25 @@ impl<B: Backend> TieredStore<B> {
         Ok(self.commit_local(sealed, false).await?.meta())
     }
 
-    /// Write-through: the sealed entry is uploaded from its own file handle, and committed
-    /// locally only once the backend has it, all under the key's lock. So two writes of a key
-    /// reach S3 and the node in the same order and each upload reads only its own body; a
-    /// refused upload leaves no copy here (S3 still has what the node has).
+    /// Write-through: the sealed entry is uploaded from its own file handle (or the upload
+    /// begun while it was received is completed), and committed locally only once the backend
+    /// has it, all under the key's lock. So two writes of a key become visible in S3 and on the
+    /// node in the same order and each upload reads only its own body; a refused upload leaves
+    /// no copy here (S3 still has what the node has).
     pub(super) async fn put_through(
         &self,
-        backend: &B,
         key: &Key,
         sealed: Sealed,
-        parts: PartLayout,
+        sending: Sending<'_, B>,
         conditions: &Conditions,
     ) -> Result<ObjectMeta, StoreError> {
         let _ordered = self.key_locks.lock(key).await;
+        // A refused condition drops a streamed upload unfinished: it is aborted.
         self.check_write_conditions(key, conditions).await?;
-        backend.put(&sealed.upload(parts)).await?;
+        match sending {
+            Sending::Whole(backend, parts) => backend.put(&sealed.upload(parts)).await?,
+            Sending::Streamed(streamed) => streamed.finish(sealed.header().crc32c).await?,
+        };
         let meta = sealed.header().meta();
         if let Err(e) = self.commit_local(sealed, false).await {
             // S3 has the new body: the older local copy must not be served in its place.
@@ -148,8 +159,8 @@ impl<B: Backend> TieredStore<B> {
         match self.route(key.namespace()) {
             Route::Local => self.put_local(key, sealed, conditions).await,
             Route::Through(backend) => {
-                self.put_through(backend, key, sealed, parts, conditions)
-                    .await
+                let sending = Sending::Whole(backend, parts);
+                self.put_through(key, sealed, sending, conditions).await
             }
             Route::Back(queue) => {
                 let slot = queue.reserve(key)?;
@@ -218,10 +229,35 @@ impl<B: Backend> TieredStore<B> {
                 self.put_local(key, spool.seal().await?, conditions).await
             }
             Route::Through(backend) => {
-                let spool = self.disk.receive(key, len, body, options).await?;
+                let spool = self.disk.spool_for(key, len, options).await?;
+                // The upload starts as the body arrives, when the backend can take it so: a
+                // body of declared length, all of whose metadata is known before it (a trailer
+                // checksum is not).
+                let (written, growing) = tokio::sync::watch::channel(0);
+                let streamed = match len {
+                    BodyLen::Exact(len) if options.trailer_checksum.is_none() => {
+                        let body = Growing {
+                            key: key.clone(),
+                            file: spool.file(),
+                            offset: spool.body_offset(),
+                            len,
+                            attrs: options.attrs.clone(),
+                            written: growing,
+                        };
+                        backend.begin_put(body).await
+                    }
+                    _ => None,
+                };
+                let progress = streamed.is_some().then_some(&written);
+                // On any failure from here on, a streamed upload is dropped, so aborted.
+                let spool = DiskTier::receive_into(spool, len, body, options, progress).await?;
+                drop(written);
                 let sealed = spool.seal().await?;
-                self.put_through(backend, key, sealed, PartLayout::Auto, conditions)
-                    .await
+                let sending = match streamed {
+                    Some(streamed) => Sending::Streamed(streamed),
+                    None => Sending::Whole(backend, PartLayout::Auto),
+                };
+                self.put_through(key, sealed, sending, conditions).await
             }
             Route::Back(queue) => {
                 // The slot first: a full queue refuses the write before anything is stored
