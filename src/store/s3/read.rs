@@ -121,6 +121,7 @@ impl S3Tier {
         options: &GetOptions,
     ) -> Result<Fetch, StoreError> {
         let c = &options.conditions;
+        let whole = options.range.is_none();
         let (bucket, object_key) = self.object_location(key);
         let call = self
             .inner
@@ -129,12 +130,22 @@ impl S3Tier {
             .bucket(bucket)
             .key(object_key)
             .set_range(options.range.map(|r| r.header_value()))
-            // S3 returns a whole object's checksums only when asked (a range has none).
-            .set_checksum_mode(options.range.is_none().then_some(ChecksumMode::Enabled))
             .set_if_match(c.if_match.as_deref().map(quote_list))
             .set_if_none_match(c.if_none_match.as_deref().map(quote_list))
             .set_if_modified_since(c.if_modified_since.map(DateTime::from))
             .set_if_unmodified_since(c.if_unmodified_since.map(DateTime::from))
+            .customize()
+            .mutate_request(move |request| {
+                // S3 returns a whole object's checksums only when asked (a range has none). Asked
+                // by header rather than through the SDK's `checksum_mode`, which would also make
+                // the SDK hash the body a second time to validate it: the read-through verifies
+                // the CRC32C itself, and other checksums are not ours to check here.
+                if whole {
+                    request
+                        .headers_mut()
+                        .insert("x-amz-checksum-mode", "ENABLED");
+                }
+            })
             .send();
         let out = match self.read_call("get", call).await? {
             Ok(out) => out,
