@@ -1,11 +1,12 @@
 //! Log output: human-readable or JSON lines on stderr, filtered by `log.level`.
 //!
-//! Lines leave the thread that logs through a bounded channel to one writer thread
-//! ([`start_writer`]), which writes them in batches: a request never waits on the log's pipe,
-//! and a burst costs one `write` per batch instead of one per line. Before that thread starts
-//! (the node-local set-up must run while the process has one thread), lines go to stderr
-//! directly. When the channel is full (the log's reader stalled), lines are dropped and
-//! counted (`build_cache_proxy_log_lines_dropped_total`) rather than holding requests up.
+//! Lines leave the thread that logs through a bounded buffer to one writer thread
+//! ([`start_writer`], [`batch_writer`]), which writes them in batches: a request never waits on
+//! the log's pipe, and the lines of a burst cost one `write` per 64 KiB, not one per line.
+//! Before that thread starts (the node-local set-up must run while the process has one thread),
+//! lines go to stderr directly. When the buffer is full (the log's reader stalled), lines are
+//! dropped and counted (`build_cache_proxy_log_lines_dropped_total`) rather than holding
+//! requests up.
 //!
 //! A log line that cannot be written (stderr on a full disk, a closed pipe) is dropped. By
 //! default the subscriber reports such a failure with `eprintln!`, which panics when stderr
@@ -17,13 +18,13 @@
 //! same bytes to the same writer for a fraction of the cost.
 
 pub mod access_line;
+pub mod batch_writer;
 pub mod recent;
 
-use std::io::{BufWriter, Stderr};
+use std::io::Stderr;
 use std::sync::OnceLock;
 
 use tracing::Subscriber;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -31,49 +32,44 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use batch_writer::{BatchWriter, WriterGuard};
 
-/// Lines waiting for the writer thread at most (an access line is ~300 bytes: under 3 MiB).
-const QUEUED_LINES: usize = 8192;
-/// What the writer thread gathers before a `write` (it also writes whenever the queue is empty).
-const BATCH_BYTES: usize = 64 * 1024;
+/// The buffer of the writer thread, once it runs.
+static WRITER: OnceLock<BatchWriter> = OnceLock::new();
 
-/// The channel to the writer thread, once it runs.
-static WRITER: OnceLock<(NonBlocking, ErrorCounter)> = OnceLock::new();
-
-/// Where the subscriber's lines go: the writer thread's channel, or stderr before it starts.
+/// Where the subscriber's lines go: the writer thread's buffer, or stderr before it starts.
 struct LogWriter;
 
 impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = EitherWriter<NonBlocking, Stderr>;
+    type Writer = EitherWriter<BatchWriter, Stderr>;
 
     fn make_writer(&'a self) -> Self::Writer {
         match WRITER.get() {
-            Some((channel, _)) => EitherWriter::A(channel.clone()),
+            Some(writer) => EitherWriter::A(writer.clone()),
             None => EitherWriter::B(std::io::stderr()),
         }
     }
 }
 
-/// Keeps the writer thread; dropping it writes what is queued and ends the thread.
+/// Keeps the writer thread; dropping it writes what is buffered and ends the thread.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
-    _worker: Option<WorkerGuard>,
+    _worker: Option<WriterGuard>,
 }
 
-/// Starts the writer thread: from now on lines are queued for it. Call once, after the
+/// Starts the writer thread: from now on lines are buffered for it. Call once, after the
 /// node-local set-up (which needs the process to have a single thread); keep the guard until
 /// the process ends, so the last lines are written.
 pub fn start_writer() -> LogGuard {
     if WRITER.get().is_some() {
         return LogGuard { _worker: None };
     }
-    let (channel, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUED_LINES)
-        .lossy(true)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(BATCH_BYTES, std::io::stderr()));
-    let dropped = channel.error_counter();
-    match WRITER.set((channel, dropped)) {
+    let (writer, guard) = match BatchWriter::start(std::io::stderr()) {
+        Ok(started) => started,
+        // No thread: lines keep going to stderr directly.
+        Err(_) => return LogGuard { _worker: None },
+    };
+    match WRITER.set(writer) {
         Ok(()) => LogGuard {
             _worker: Some(guard),
         },
@@ -81,11 +77,9 @@ pub fn start_writer() -> LogGuard {
     }
 }
 
-/// Lines dropped because the writer thread's queue was full.
+/// Lines dropped because the writer thread's buffer was full.
 pub fn dropped_lines() -> u64 {
-    WRITER
-        .get()
-        .map_or(0, |(_, dropped)| dropped.dropped_lines() as u64)
+    WRITER.get().map_or(0, BatchWriter::dropped_lines)
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.

@@ -5,7 +5,7 @@
 //! every timestamp) cost about a third of the instructions of a 32 KiB memory hit. The fields
 //! of this line are always the same, so it is written here, byte for byte as the subscriber
 //! installed by [`super::init`] writes it (the tests below hold the two side by side), into a
-//! reused per-thread buffer, and handed to the same writer (the writer thread's queue, with its
+//! reused per-thread buffer, and handed to the same writer (the writer thread's buffer, with its
 //! drop counting). The level filter still decides: when `access` at INFO is filtered out, nothing
 //! is written. When that subscriber is not the one installed (a test's, or none), or the clock
 //! is outside what this formatter covers, the line goes through `tracing` as before.
@@ -47,8 +47,8 @@ pub(super) fn installed(format: LogFormat) {
     let _ = FORMAT.set(format);
 }
 
-/// Per-thread scratch: the line's buffer (kept, so a line costs no allocation but the copy the
-/// writer's queue takes) and the timestamp's date and time to the second, which changes once a
+/// Per-thread scratch: the line's buffer (kept, so a line costs no allocation, only the copy
+/// into the writer's buffer) and the timestamp's date and time to the second, which changes once a
 /// second while lines are written many times a second.
 struct Scratch {
     line: Vec<u8>,
