@@ -318,15 +318,16 @@ impl<B: Backend> ReadThrough<B> {
                 None => return Ok(Through::Local),
             };
             let waiter = joined.then(|| WaiterGuard::new(self.inner.metrics.clone()));
-            let current = match progress
+            // Only where the fill stands is taken, not its recent bytes or segment counts.
+            let (source, end) = match progress
                 .wait_for(|p| p.source.is_some() || p.end.is_some())
                 .await
             {
-                Ok(p) => p.clone(),
+                Ok(p) => (p.source.clone(), p.end.clone()),
                 Err(_) => return Err(StoreError::Remote("S3 fill task ended unexpectedly".into())),
             };
             let lookup = |hit| self.inner.metrics.record_lookup(Tier::S3, hit);
-            return match (current.source, current.end) {
+            return match (source, end) {
                 (Some(source), _) => {
                     lookup(true);
                     // A range is read from the spool at its own offset (waiting for the fill
