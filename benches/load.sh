@@ -10,7 +10,8 @@
 # The load generator (wrk) shares the two cores with the server, so absolute numbers say little;
 # the ratios against the peers measured seconds apart are the result.
 # Usage: benches/load.sh [seconds per run] [repeats]
-#   (BCP_LOAD_ONLY=hits: only the small and large hit cases, not the runner's 1 GiB cases)
+#   (BCP_LOAD_ONLY=hits: only the small and large hit cases, not the runner's 1 GiB cases;
+#    BCP_LOAD_ONLY=runner: only the runner's cases)
 #   (needs: nginx, wrk, weed, curl, python3 with boto3; builds --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -132,8 +133,10 @@ median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v
 # the large body, where a run holds only a few dozen requests). Each case runs `repeats` times,
 # the three servers in turn, and the table gives the medians; the ratio columns are the medians
 # of the per-round ratios (each against its peer seconds apart).
-printf '%-34s %14s %14s %10s %10s %10s\n' "case" "req/s" "MiB/s" "non-2xx" "÷nginx" "÷seaweedfs"
-for case in "small $small_key 16" "large $large_key 4"; do
+hit_cases=("small $small_key 16" "large $large_key 4")
+[ "${BCP_LOAD_ONLY:-}" = runner ] && hit_cases=()
+[ ${#hit_cases[@]} -gt 0 ] && printf '%-34s %14s %14s %10s %10s %10s\n' "case" "req/s" "MiB/s" "non-2xx" "÷nginx" "÷seaweedfs"
+for case in "${hit_cases[@]}"; do
   set -- $case
   label=$1 key=$2 conns=$3
   : > "$work/rounds"
@@ -190,4 +193,5 @@ for _ in $(seq 1 100); do grep -q ready "$work/runner.out" 2>/dev/null && break;
 s3_addr=$(sed -n 's/.* s3=\([^ ]*\).*/\1/p' "$work/runner.out")
 [ -n "$s3_addr" ] || { echo "the runner daemon did not start:" >&2; cat "$work/runner.err" >&2; exit 1; }
 python3 benches/runner_load.py "$endpoint" "http://$s3_addr" "$runner_pid" \
-  "http://127.0.0.1:$nginx_port/runner/archive" "$work/www/runner/archive" "$repeats"
+  "http://127.0.0.1:$nginx_port/runner/archive" "$work/www/runner/archive" "$repeats" \
+  "$(cat "$work/seaweedfs/pid")"

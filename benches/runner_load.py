@@ -2,7 +2,7 @@
 """The GitLab Runner cases of benches/load.sh: a cache archive downloaded and uploaded through
 the daemon's S3 front, against the same transfer from its peers, in one run.
 
-    runner_load.py SEAWEEDFS DAEMON_S3 DAEMON_PID NGINX_URL ARCHIVE REPEATS
+    runner_load.py SEAWEEDFS DAEMON_S3 DAEMON_PID NGINX_URL ARCHIVE REPEATS [SEAWEEDFS_PID]
 
 SEAWEEDFS is the backend (bucket "bench", keys AK / SK); DAEMON_S3 the daemon's S3 listener,
 exposing bucket "runner" (stored under "runner/" in "bench", write-through) to RUNNER_KEY /
@@ -17,8 +17,12 @@ Cases (each repeated, alternating with its peer; the median is reported):
   upload          PUT through the daemon (write-through: acknowledged once S3 has it)
                   ÷  direct PUT to SeaweedFS
 The daemon's peak RSS is reset before each of its runs (/proc/PID/clear_refs) and read after.
+CPU seconds per GiB moved are counted for every process in a run (from /proc/PID/stat and the
+curl children's rusage): on a machine of two cores the large cases are CPU-bound, so these say
+more than the timings about where a ratio comes from, and swing far less.
 """
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,14 +90,36 @@ class Daemon:
         return float("nan")
 
 
-def timed(action):
-    start = time.monotonic()
-    action()
-    return time.monotonic() - start
+def cpu_seconds(pid):
+    """User and system CPU seconds a process has used so far (0 without a pid)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Run:
+    """One timed run: its wall time and the CPU seconds of the daemon, SeaweedFS and curl."""
+
+    def __init__(self, action, daemon_pid, seaweedfs_pid):
+        before = (cpu_seconds(daemon_pid), cpu_seconds(seaweedfs_pid), children_cpu_seconds())
+        start = time.monotonic()
+        action()
+        self.seconds = time.monotonic() - start
+        after = (cpu_seconds(daemon_pid), cpu_seconds(seaweedfs_pid), children_cpu_seconds())
+        self.daemon, self.seaweedfs, self.curl = (b - a for a, b in zip(before, after))
 
 
 def main():
-    seaweedfs, daemon_s3, pid, nginx_url, archive, repeats = sys.argv[1:]
+    seaweedfs, daemon_s3, pid, nginx_url, archive, repeats = sys.argv[1:7]
+    seaweedfs_pid = int(sys.argv[7]) if len(sys.argv) > 7 else None
     repeats = int(repeats)
     daemon = Daemon(int(pid))
     backend = client(seaweedfs, "AK", "SK")
@@ -106,16 +132,17 @@ def main():
     for key in colds:
         backend.copy_object(Bucket="bench", Key=f"runner/{key}", CopySource={"Bucket": "bench", "Key": "runner/archive-0"})
 
-    rows = []  # (case, seconds of the daemon, seconds of the peer, peer name, peak RSS MiB)
+    rows = []  # (case, the daemon's runs, the peer's runs, peer name, peak RSS MiB)
 
     def case(name, peer_name, daemon_run, peer_run):
         ours, theirs, peaks = [], [], []
         for i in range(repeats):
             daemon.reset_peak()
-            ours.append(timed(lambda: daemon_run(i)))
+            ours.append(Run(lambda: daemon_run(i), daemon.pid, seaweedfs_pid))
             peaks.append(daemon.peak_rss_mib())
-            theirs.append(timed(lambda: peer_run(i)))
-        rows.append((name, statistics.median(ours), statistics.median(theirs), peer_name, max(peaks)))
+            # The peer's runs count the idle daemon too, which should be next to nothing.
+            theirs.append(Run(lambda: peer_run(i), daemon.pid, seaweedfs_pid))
+        rows.append((name, ours, theirs, peer_name, max(peaks)))
 
     daemon_get = lambda key: presign(front, "GET", "runner", key)
     direct_get = lambda key: presign(backend, "GET", "bench", f"runner/{key}")
@@ -136,10 +163,21 @@ def main():
          lambda i: put(presign(front, "PUT", "runner", f"upload-{i}"), archive, length),
          lambda i: put(presign(backend, "PUT", "bench", f"direct-upload-{i}"), archive, length))
 
+    gib = length / (1 << 30)
+    median = lambda runs, field: statistics.median(getattr(run, field) for run in runs)
     print(f"\n{'runner case (median of %d)' % repeats:<34} {'daemon MiB/s':>13} {'peer':>10} {'peer MiB/s':>11} {'ratio':>7} {'peak RSS':>9}")
     for name, ours, theirs, peer, peak in rows:
-        print(f"{name:<34} {length / ours / MIB:13.1f} {peer:>10} {length / theirs / MIB:11.1f} "
-              f"{theirs / ours:7.2f} {peak:7.0f} MiB")
+        mine, peers = median(ours, "seconds"), median(theirs, "seconds")
+        print(f"{name:<34} {length / mine / MIB:13.1f} {peer:>10} {length / peers / MIB:11.1f} "
+              f"{peers / mine:7.2f} {peak:7.0f} MiB")
+    if seaweedfs_pid is not None:
+        print(f"\n{'CPU seconds per GiB (median)':<34} {'daemon':>8} {'seaweedfs':>10} {'curl':>6} {'total':>6}"
+              f"   {'peer run: seaweedfs':>19} {'curl':>6} {'total':>6}")
+        for name, ours, theirs, peer, _ in rows:
+            cells = [median(ours, f) / gib for f in ("daemon", "seaweedfs", "curl")]
+            peer_cells = [median(theirs, f) / gib for f in ("seaweedfs", "curl")]
+            print(f"{name:<34} {cells[0]:8.2f} {cells[1]:10.2f} {cells[2]:6.2f} {sum(cells):6.2f}"
+                  f"   {peer_cells[0]:19.2f} {peer_cells[1]:6.2f} {sum(peer_cells):6.2f}")
 
 
 if __name__ == "__main__":
