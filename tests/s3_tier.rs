@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::older_s3::OlderS3;
 use common::s3::{self, Forwarder};
 use common::{eventually, metric_value, metrics, Daemon};
 use futures_util::StreamExt;
@@ -747,6 +748,53 @@ async fn an_object_failing_its_checksum_is_never_served_whole_or_cached() {
     }
     assert_eq!(s3_gets(&daemon).await, 2.0, "nothing was cached");
     assert_eq!(metric(&daemon, "disk_entries", "").await, 0.0);
+    s3::remove_bucket(&client, &bucket).await;
+}
+
+/// An S3-compatible store without full-object checksums refuses the multipart upload a
+/// write-through starts while the body arrives: the daemon then uploads bodies once received,
+/// with their CRC32C in metadata, asks no more, and no PUT fails on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_full_object_checksums_gets_write_throughs_once_received() {
+    let endpoint = s3::endpoint();
+    let client = s3::client(&endpoint);
+    let bucket = s3::fresh_bucket(&client, "older").await;
+    let older = OlderS3::start(&endpoint).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = s3::config(
+        &bucket,
+        &older.endpoint(),
+        "multipart_part_size = \"5MiB\"\nmax_attempts = 1",
+        "[gradle]\nwrite = \"through\"",
+    );
+    let daemon = Daemon::start_spec(work.path(), s3::spec(&config));
+    let http = reqwest::Client::new();
+
+    for seed in [74, 75] {
+        let (k, body) = (key(seed), data(seed, 12 * MIB));
+        put(&http, &daemon, &k, body.clone()).await;
+        let object = s3::gradle_object(&k);
+        let stored = s3::object(&client, &bucket, &object).await;
+        assert!(
+            stored == Some(body.clone()),
+            "{k} is in S3 when the PUT returns"
+        );
+        let meta = s3::object_metadata(&client, &bucket, &object).await;
+        assert_eq!(
+            meta.get("build-cache-proxy-crc32c").map(String::as_str),
+            Some(format!("{:08x}", crc32c::crc32c(&body)).as_str()),
+            "uploaded once received, its CRC32C in metadata"
+        );
+    }
+    assert_eq!(older.refused(), 1, "asked once, then remembered");
+    assert_eq!(
+        daemon
+            .log()
+            .matches("S3 refused a multipart upload with a full-object CRC32C")
+            .count(),
+        1
+    );
+    drop(daemon);
     s3::remove_bucket(&client, &bucket).await;
 }
 

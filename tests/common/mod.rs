@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod gradle;
 pub mod maven;
+pub mod older_s3;
 pub mod s3;
 
 use std::io::{BufRead, BufReader};
