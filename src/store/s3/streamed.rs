@@ -32,6 +32,8 @@ pub struct S3Streamed {
     bucket: String,
     object_key: String,
     upload_id: String,
+    /// S3 completed the upload: nothing to abort when this is dropped.
+    completed: bool,
     /// Sends each part once the file holds it; its parts in order, or the first failure.
     parts: Option<JoinHandle<Result<Vec<CompletedPart>, StoreError>>>,
 }
@@ -90,6 +92,7 @@ impl S3Tier {
             bucket: bucket.to_string(),
             object_key,
             upload_id,
+            completed: false,
             parts: Some(parts),
         })
     }
@@ -165,8 +168,7 @@ impl StreamedPut for S3Streamed {
             .tier
             .write_call("complete_multipart", 0, complete.send())
             .await?;
-        // Completed: nothing to abort any more.
-        self.upload_id.clear();
+        self.completed = true;
         Ok(out.e_tag().map(|e| unquote(e).to_string()))
     }
 }
@@ -178,7 +180,7 @@ impl Drop for S3Streamed {
         if let Some(parts) = self.parts.take() {
             parts.abort();
         }
-        if self.upload_id.is_empty() {
+        if self.completed {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
