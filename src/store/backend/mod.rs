@@ -264,7 +264,21 @@ pub enum PartLayout {
     Sizes(Vec<u64>),
 }
 
+/// S3's largest single PUT.
+pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
+
 impl PartLayout {
+    /// The layout of a client's single PUT whose ETag it was given, the body's MD5: one part,
+    /// so that S3 computes the same ETag (parts would make it `<md5 of part md5s>-N`). A body
+    /// too large for one PUT is laid out by the backend; no client can single-PUT it to S3.
+    pub fn single_put(len: u64) -> PartLayout {
+        if len <= MAX_SINGLE_PUT {
+            PartLayout::Sizes(vec![len])
+        } else {
+            PartLayout::Auto
+        }
+    }
+
     /// Parts of `part_size` (the last one shorter) covering `len` bytes; one part when it fits.
     pub fn uniform(len: u64, part_size: u64) -> Vec<u64> {
         let part_size = part_size.max(1);

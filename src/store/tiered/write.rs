@@ -253,9 +253,13 @@ impl<B: Backend> TieredStore<B> {
                 let spool = DiskTier::receive_into(spool, len, body, options, progress).await?;
                 drop(written);
                 let sealed = spool.seal().await?;
-                let sending = match streamed {
-                    Some(streamed) => Sending::Streamed(streamed),
-                    None => Sending::Whole(backend, PartLayout::Auto),
+                let sending = match (streamed, options.etag) {
+                    (Some(streamed), _) => Sending::Streamed(streamed),
+                    // An object with an ETag keeps it in S3: the one its client was given.
+                    (None, true) => {
+                        Sending::Whole(backend, PartLayout::single_put(sealed.header().body_len))
+                    }
+                    (None, false) => Sending::Whole(backend, PartLayout::Auto),
                 };
                 self.put_through(key, sealed, sending, conditions).await
             }
@@ -265,7 +269,12 @@ impl<B: Backend> TieredStore<B> {
                 let slot = queue.reserve(key)?;
                 let spool = self.disk.receive(key, len, body, options).await?;
                 let sealed = spool.seal().await?;
-                self.put_back(queue, slot, key, sealed, PartLayout::Auto, conditions)
+                // An object with an ETag keeps it in S3: the one its client was given.
+                let parts = match options.etag {
+                    true => PartLayout::single_put(sealed.header().body_len),
+                    false => PartLayout::Auto,
+                };
+                self.put_back(queue, slot, key, sealed, parts, conditions)
                     .await
             }
         }
