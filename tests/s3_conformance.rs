@@ -540,9 +540,6 @@ async fn kept_headers_travel_with_the_object() {
     node.stop().await;
 }
 
-/// A part uploaded twice (a retry whose first attempt finished last) and listed twice in the
-/// completion, as the ceph suite's "resend, first finishes last" does: the object is the part
-/// that finished last, whose listing comes last.
 /// A single PUT larger than the backend's part size keeps, in S3, the ETag its client was given
 /// (the body's MD5): the write-back uploads it as one PUT, where parts would have made S3's
 /// ETag `<md5 of part md5s>-N`. (A write-through still streams such a body as parts; see
@@ -551,11 +548,9 @@ async fn kept_headers_travel_with_the_object() {
 async fn a_large_single_put_keeps_its_etag_in_s3() {
     let node = Node::start("bigetag").await;
     let s3 = node.front();
+    use md5::Digest as _;
     let data = pattern(20 << 20, 9);
-    let md5 = format!(
-        "\"{}\"",
-        hex::encode(<md5::Md5 as md5::Digest>::digest(&data))
-    );
+    let md5 = format!("\"{}\"", hex::encode(md5::Md5::digest(&data)));
     let etag = put(&s3, "back", "big/archive.zip", data).await;
     assert_eq!(etag, md5, "the PUT's ETag is the body's MD5");
     node.uploaded("big/archive.zip").await;
@@ -570,6 +565,9 @@ async fn a_large_single_put_keeps_its_etag_in_s3() {
     node.stop().await;
 }
 
+/// A part uploaded twice (a retry whose first attempt finished last) and listed twice in the
+/// completion, as the ceph suite's "resend, first finishes last" does: the object is the part
+/// that finished last, whose listing comes last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_listed_twice_completes_with_the_last_one() {
     let node = Node::start("part-twice").await;

@@ -18,6 +18,16 @@ pub(super) enum Sending<'a, B: Backend> {
     Streamed(B::Streamed),
 }
 
+/// How a client's body goes up to the backend once received. An object with an ETag keeps in
+/// S3 the one its client was given, the body's MD5: one PUT ([`PartLayout::single_put`]).
+/// Other bodies (Gradle entries) are laid out by the backend.
+fn upload_layout(options: &PutOptions, sealed: &Sealed) -> PartLayout {
+    match options.etag {
+        true => PartLayout::single_put(sealed.header().body_len),
+        false => PartLayout::Auto,
+    }
+}
+
 impl<B: Backend> TieredStore<B> {
     /// Commits a sealed entry (pinned when it waits for the backend) and keeps a small one's
     /// memory copy.
@@ -253,13 +263,9 @@ impl<B: Backend> TieredStore<B> {
                 let spool = DiskTier::receive_into(spool, len, body, options, progress).await?;
                 drop(written);
                 let sealed = spool.seal().await?;
-                let sending = match (streamed, options.etag) {
-                    (Some(streamed), _) => Sending::Streamed(streamed),
-                    // An object with an ETag keeps it in S3: the one its client was given.
-                    (None, true) => {
-                        Sending::Whole(backend, PartLayout::single_put(sealed.header().body_len))
-                    }
-                    (None, false) => Sending::Whole(backend, PartLayout::Auto),
+                let sending = match streamed {
+                    Some(streamed) => Sending::Streamed(streamed),
+                    None => Sending::Whole(backend, upload_layout(options, &sealed)),
                 };
                 self.put_through(key, sealed, sending, conditions).await
             }
@@ -269,11 +275,7 @@ impl<B: Backend> TieredStore<B> {
                 let slot = queue.reserve(key)?;
                 let spool = self.disk.receive(key, len, body, options).await?;
                 let sealed = spool.seal().await?;
-                // An object with an ETag keeps it in S3: the one its client was given.
-                let parts = match options.etag {
-                    true => PartLayout::single_put(sealed.header().body_len),
-                    false => PartLayout::Auto,
-                };
+                let parts = upload_layout(options, &sealed);
                 self.put_back(queue, slot, key, sealed, parts, conditions)
                     .await
             }
